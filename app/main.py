@@ -1,0 +1,116 @@
+"""The FastAPI application: wiring of settings, Redis, models, routers and error handling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from prometheus_client.core import GaugeMetricFamily
+from redis.exceptions import RedisError
+from rq.registry import StartedJobRegistry
+from starlette.concurrency import run_in_threadpool
+
+from app.body_limit import BodyLimitMiddleware
+from app.metrics import CallbackCollector, HttpMetrics, MetricsMiddleware, job_duration_family
+from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers
+from app.redis_conn import connect
+from app.routers import classify, health, jobs, stylize
+from app.settings import Settings, get_settings
+from worker.main import make_queue
+from worker.store import JobKeys
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """
+Neural style transfer and CIFAR-10 classification over HTTP.
+
+* **POST /stylize** – fast feed-forward style transfer (Johnson et al. 2016), synchronous.
+* **POST /classify** – CIFAR-10 top-k classification, synchronous.
+* **POST /jobs/optimize** – slow, high-quality Gatys et al. optimization, run by queue workers; poll
+  **GET /jobs/{id}** and download **GET /jobs/{id}/result**.
+
+Errors are RFC 9457 problem details (`application/problem+json`).
+"""
+
+
+async def _reap_abandoned_jobs(app: FastAPI) -> None:
+    """Periodically fail jobs whose worker died (stopped heartbeating), so none stays 'started'."""
+    registry = StartedJobRegistry(queue=app.state.queue)
+    while True:
+        await asyncio.sleep(app.state.settings.reaper_interval_s)
+        try:
+            await run_in_threadpool(registry.cleanup)
+        except RedisError as exc:
+            log.debug("reaper: Redis unavailable (%s)", exc)
+        except Exception:
+            log.exception("reaper: unexpected error")
+
+
+def _queue_collector(app: FastAPI) -> CallbackCollector:
+    def collect():
+        state = app.state
+        depth = GaugeMetricFamily("atelier_queue_depth", "Jobs waiting in the queue.")
+        try:
+            depth.add_metric([], state.queue.count)
+            raw = state.redis.hgetall(JobKeys(state.settings.key_prefix).job_stats)
+        except RedisError:
+            return []
+        return [depth, job_duration_family(raw)]
+
+    return CallbackCollector(collect)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build an app; tests pass their own settings (own queue and key prefix)."""
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await classify.startup(app)
+        await stylize.startup(app)
+        reaper = asyncio.create_task(_reap_abandoned_jobs(app))
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            await classify.shutdown(app)
+            await stylize.shutdown(app)
+            app.state.redis.close()
+
+    app = FastAPI(title="Atelier", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.redis = connect(settings)
+    app.state.queue = make_queue(settings, app.state.redis)
+    app.state.ready_checks = {}
+    app.state.metrics = HttpMetrics()
+    app.state.metrics.registry.register(_queue_collector(app))
+
+    install_problem_handlers(app)
+
+    @app.exception_handler(RedisError)
+    async def _redis_down(request, exc: RedisError):
+        from app.problems import problem_response
+
+        return problem_response(
+            Problem(503, "service-unavailable", f"The job store (Redis) is unavailable: {exc}. Retry shortly.",
+                    headers={"Retry-After": "5"}),
+            request.url.path,
+        )
+
+    @app.get("/problems/{slug}", include_in_schema=False)
+    async def problem_type(slug: str) -> dict[str, str]:
+        if slug not in PROBLEM_TYPES:
+            raise Problem(404, "not-found", f"No problem type '{slug}'.")
+        title, explanation = PROBLEM_TYPES[slug]
+        return {"type": f"/problems/{slug}", "title": title, "description": explanation}
+
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(classify.router)
+    app.include_router(stylize.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,101 @@
+"""Prometheus metrics: request counts and latencies by route, plus queue depth and job durations.
+
+Each app gets its own registry (tests build many apps in one process). Job durations are measured by
+the workers, which may live on other machines, so they accumulate in Redis and are read at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from worker.store import JOB_DURATION_BUCKETS
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class HttpMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "atelier_http_requests", "HTTP requests by route and status.", ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "atelier_http_request_seconds", "HTTP request latency by route.", ["method", "route"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def route_template(scope: Scope) -> str:
+    """The route's path template (``/jobs/{job_id}``), so label cardinality stays bounded."""
+    app = scope.get("app")
+    router = getattr(app, "router", None)
+    for route in getattr(router, "routes", []):
+        match, _ = route.matches(scope)
+        if match == Match.FULL:
+            return getattr(route, "path", "unmatched")
+    return "unmatched"
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = route_template(scope)
+            method = scope.get("method", "GET")
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+
+
+class CallbackCollector(Collector):
+    """Adapts a function returning metric families into a prometheus collector."""
+
+    def __init__(self, collect: Callable[[], Iterable[GaugeMetricFamily | HistogramMetricFamily]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterable[GaugeMetricFamily | HistogramMetricFamily]:
+        return self._collect()
+
+
+def job_duration_family(raw: dict[bytes, bytes]) -> HistogramMetricFamily:
+    """Build the job-duration histogram from the counters workers keep in a Redis hash."""
+    family = HistogramMetricFamily("atelier_job_duration_seconds", "Gatys job run time by final state.",
+                                   labels=["state"])
+    states = sorted({k.decode().split(":", 1)[1] for k in raw if k.startswith(b"count:")})
+    for state in states:
+        buckets = []
+        for bound in JOB_DURATION_BUCKETS:
+            buckets.append((str(float(bound)), float(raw.get(f"le:{bound}:{state}".encode(), 0))))
+        count = float(raw.get(f"count:{state}".encode(), 0))
+        buckets.append(("+Inf", count))
+        family.add_metric([state], buckets, float(raw.get(f"sum:{state}".encode(), 0.0)))
+    return family
+

@@ -1,0 +1,121 @@
+"""RFC 9457 problem details: every error the API returns is ``application/problem+json``.
+
+Routes raise :class:`Problem`; the handlers here also turn FastAPI's validation errors and plain HTTP
+errors into the same shape, so clients parse one error format everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_BASE = "/problems/"
+
+log = logging.getLogger(__name__)
+
+# slug -> (title, explanation). The explanation is served at /problems/<slug> for people who follow the link.
+PROBLEM_TYPES: dict[str, tuple[str, str]] = {
+    "validation-error": ("Invalid request", "A field is missing, malformed or out of range; see `errors`."),
+    "payload-too-large": ("Payload too large", "The upload or request body exceeds the configured limit."),
+    "image-too-large": ("Image too large", "The image has more pixels than the service accepts."),
+    "unsupported-media-type": ("Unsupported media type", "The upload is not an image format we accept."),
+    "invalid-image": ("Invalid image", "The upload is empty, truncated or corrupt."),
+    "not-found": ("Not found", "No such resource (or it expired)."),
+    "job-not-finished": ("Job not finished", "The job has no result yet; poll GET /jobs/{id}."),
+    "job-ended": ("Job already ended", "The job finished, failed or was canceled; it cannot be canceled."),
+    "unknown-style": ("Unknown style", "The style name is not one of GET /styles."),
+    "service-unavailable": ("Service unavailable", "A dependency (Redis, a model) is not available."),
+    "method-not-allowed": ("Method not allowed", "This path does not accept that HTTP method."),
+    "http-error": ("HTTP error", "A generic HTTP error."),
+    "internal-error": ("Internal error", "An unexpected error; it was logged."),
+}
+
+
+class Problem(Exception):
+    """An error response with a stable machine-readable type and a human-readable detail."""
+
+    def __init__(
+        self,
+        status: int,
+        slug: str,
+        detail: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.slug = slug
+        self.detail = detail
+        self.field = field
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        title = PROBLEM_TYPES.get(self.slug, PROBLEM_TYPES["http-error"])[0]
+        body: dict[str, Any] = {
+            "type": PROBLEM_BASE + self.slug,
+            "title": title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if instance:
+            body["instance"] = instance
+        if self.field:
+            body["field"] = self.field
+        body.update(self.extra)
+        return body
+
+
+def problem_response(problem: Problem, instance: str | None = None) -> JSONResponse:
+    return JSONResponse(
+        problem.body(instance), status_code=problem.status, headers=problem.headers, media_type=PROBLEM_MEDIA_TYPE
+    )
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    """``("body", "top_k")`` -> ``top_k``: clients care about the field, not where FastAPI found it."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "form")]
+    return ".".join(parts) or ".".join(str(p) for p in loc)
+
+
+def validation_problem(exc: RequestValidationError) -> Problem:
+    errors = [{"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()]
+    fields = sorted({e["field"] for e in errors})
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "Invalid request."
+    return Problem(422, "validation-error", detail, field=fields[0] if fields else None, errors=errors)
+
+
+_STATUS_SLUGS = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large", 503: "service-unavailable"}
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Route every error path of the app through problem details."""
+
+    @app.exception_handler(Problem)
+    async def _problem(request: Request, exc: Problem) -> JSONResponse:
+        return problem_response(exc, request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return problem_response(validation_problem(exc), request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        slug = _STATUS_SLUGS.get(exc.status_code, "http-error")
+        detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        if exc.status_code == 400 and "parsing the body" in detail:
+            detail = "The request body is not valid multipart/form-data (or a form field is too large)."
+        return problem_response(Problem(exc.status_code, slug, detail, headers=exc.headers), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return problem_response(Problem(500, "internal-error", "Unexpected server error."), request.url.path)

@@ -1,0 +1,15 @@
+"""Placeholder: the stylize endpoint is being written; startup/shutdown hooks keep main.py stable."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+router = APIRouter(tags=["stylize"])
+
+
+async def startup(app: FastAPI) -> None:
+    """Load models onto the device and register a readiness check in app.state.ready_checks."""
+
+
+async def shutdown(app: FastAPI) -> None:
+    """Release batchers and models."""

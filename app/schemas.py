@@ -1,0 +1,36 @@
+"""Response bodies of the job API (what clients can rely on)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+JobState = Literal["queued", "started", "finished", "failed", "canceled"]
+
+
+class JobLinks(BaseModel):
+    self: str = Field(examples=["/jobs/3f0c6f2e-6f55-4a8e-9a7e-0b7f2c9e1d11"])
+    result: str = Field(examples=["/jobs/3f0c6f2e-6f55-4a8e-9a7e-0b7f2c9e1d11/result"])
+
+
+class JobProgress(BaseModel):
+    step: int = 0
+    total_steps: int
+    percent: float = 0.0
+    losses: dict[str, float] = Field(default_factory=dict, examples=[{"content": 1.2, "style": 3.4, "tv": 0.1}])
+
+
+class JobStatus(BaseModel):
+    id: str
+    state: JobState
+    progress: JobProgress
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    error: str | None = None
+    cancel_requested: bool = False
+    options: dict[str, object] = Field(default_factory=dict)
+    links: JobLinks
+    result_url: str | None = Field(None, description="Set once the job has finished.")

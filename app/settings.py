@@ -1,0 +1,69 @@
+"""Service settings, read from ``ATELIER_*`` environment variables (and an optional ``.env`` file).
+
+One object holds every knob so the API, the worker and the CLI agree on Redis, limits and devices.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS_DIR = PROJECT_ROOT / "models" / "weights"
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything configurable about a running Atelier process."""
+
+    model_config = SettingsConfigDict(env_prefix="ATELIER_", env_file=".env", extra="ignore")
+
+    # --- Redis and the job queue -------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis for the job queue and results.")
+    queue_name: str = Field("atelier", description="RQ queue shared by the API and every worker.")
+    key_prefix: str = Field("atelier:", description="Prefix of Atelier's own Redis keys (images, flags).")
+    redis_timeout_s: float = Field(2.0, gt=0, description="Socket timeout so no request hangs on Redis.")
+    job_timeout_s: int = Field(3600, gt=0, description="A job running longer than this is killed.")
+    result_ttl_s: int = Field(86400, gt=0, description="How long finished jobs and result images are kept.")
+    worker_monitor_interval_s: int = Field(5, gt=0, description="How often a worker heartbeats its job.")
+    heartbeat_grace_s: int = Field(
+        10, ge=1, description="A started job whose worker missed heartbeats this long is marked failed."
+    )
+    reaper_interval_s: float = Field(5.0, gt=0, description="How often the API sweeps abandoned jobs.")
+
+    # --- Uploads -------------------------------------------------------------------------------
+    max_upload_bytes: int = Field(20 * MIB, gt=0, description="Largest single uploaded file.")
+    max_request_bytes: int = Field(64 * MIB, gt=0, description="Largest request body, all parts together.")
+    max_image_pixels: int = Field(40_000_000, gt=0, description="Refuse images with more pixels (bombs).")
+    max_files_per_request: int = Field(32, gt=0, description="Most images in one /classify request.")
+
+    # --- Devices and models --------------------------------------------------------------------
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when present, else CPU.")
+    weights_dir: Path = Field(WEIGHTS_DIR, description="Where the committed model weights live.")
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads for torch; 0 keeps torch's default.")
+
+    # --- Gatys optimization jobs ---------------------------------------------------------------
+    gatys_default_size: int = Field(512, gt=0, description="Default longest side of a job's output.")
+    gatys_max_size: int = Field(1024, gt=0, description="Hard maximum longest side of a job's output.")
+    gatys_max_steps: int = Field(2000, gt=0, description="Hard maximum optimization steps per job.")
+    gatys_max_styles: int = Field(4, gt=0, description="Most style images in one job.")
+
+    # --- Classification ------------------------------------------------------------------------
+    classify_max_batch: int = Field(64, gt=0, description="Largest batch the classifier runs at once.")
+    classify_batch_wait_ms: float = Field(2.0, ge=0, description="How long to wait to fill a batch.")
+    classify_backend: Literal["torch", "onnx"] = Field("torch", description="Runtime for the classifier.")
+
+    # --- Fast style transfer -------------------------------------------------------------------
+    stylize_max_size: int = Field(1024, gt=0, description="Largest longest side /stylize produces.")
+    stylize_max_batch: int = Field(8, gt=0, description="Largest batch of same-style, same-size images.")
+    stylize_batch_wait_ms: float = Field(2.0, ge=0, description="How long to wait to fill a batch.")
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings (cached: environment is read once)."""
+    return Settings()

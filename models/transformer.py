@@ -1,0 +1,220 @@
+"""Johnson et al. (2016) image transformation network, in two sizes.
+
+Layout: reflection-padded convs, instance norm, residual blocks and upsample-then-conv decoders
+(no transposed convs: they leave checkerboard artifacts). The architecture is a small frozen
+dataclass serialized into the safetensors metadata, so a weights file alone rebuilds its network.
+
+Variants:
+
+* ``reference`` – the paper's network: 32-64-128 channels, five residual blocks, 9×9 edge convs.
+* ``fast`` – for CPU serving: 16-32-64 channels and depthwise-separable residual blocks.
+
+The network maps RGB in [0, 1] to RGB in (roughly) [0, 1]; callers clamp. Input sides should be
+multiples of :data:`DOWNSAMPLE` so the output has exactly the input's size (see :func:`stylize`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, safe_open, save_file
+from torch import Tensor, nn
+
+DOWNSAMPLE = 4  # two stride-2 convs
+METADATA_ARCH_KEY = "atelier.arch"
+MIN_SIDE = 16  # below this the 9×9 reflection pads have nothing to reflect
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Everything that determines the network's shape (stored in the weights file)."""
+
+    channels: tuple[int, int, int] = (32, 64, 128)
+    blocks: int = 5
+    separable: bool = False  # depthwise 3×3 + pointwise 1×1 in residual blocks
+    edge_kernel: int = 9  # kernel of the first and last convolution
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TransformerConfig:
+        raw = json.loads(text)
+        raw["channels"] = tuple(raw["channels"])
+        return cls(**raw)
+
+
+ARCHS: dict[str, TransformerConfig] = {
+    "reference": TransformerConfig(),
+    "fast": TransformerConfig(channels=(16, 32, 64), blocks=5, separable=True, edge_kernel=9),
+}
+
+
+class ConvLayer(nn.Sequential):
+    """Reflection pad + conv: 'same' padding without the dark borders zero padding creates."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1) -> None:
+        super().__init__(
+            nn.ReflectionPad2d(kernel // 2),
+            nn.Conv2d(c_in, c_out, kernel, stride=stride, groups=groups),
+        )
+
+
+class ConvNormReLU(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1) -> None:
+        super().__init__(
+            ConvLayer(c_in, c_out, kernel, stride), nn.InstanceNorm2d(c_out, affine=True), nn.ReLU()
+        )
+
+
+class SeparableConv(nn.Sequential):
+    """Depthwise 3×3 then pointwise 1×1: ~8× fewer multiply-adds than a full 3×3 at 64 channels."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(ConvLayer(channels, channels, 3, groups=channels), nn.Conv2d(channels, channels, 1))
+
+
+class ResidualBlock(nn.Module):
+    """conv-IN-ReLU-conv-IN plus identity, without a final ReLU (Gross & Wilber, as Johnson uses)."""
+
+    def __init__(self, channels: int, separable: bool) -> None:
+        super().__init__()
+
+        def conv() -> nn.Module:
+            return SeparableConv(channels) if separable else ConvLayer(channels, channels, 3)
+
+        self.body = nn.Sequential(
+            conv(),
+            nn.InstanceNorm2d(channels, affine=True),
+            nn.ReLU(),
+            conv(),
+            nn.InstanceNorm2d(channels, affine=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class UpsampleConv(nn.Module):
+    """Nearest-neighbour 2× upsampling followed by a conv (Odena et al.: no checkerboard)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = ConvNormReLU(c_in, c_out, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class TransformerNet(nn.Module):
+    """Feed-forward stylization network: encoder (÷4), residual blocks, decoder (×4)."""
+
+    def __init__(self, config: TransformerConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or TransformerConfig()
+        c1, c2, c3 = self.config.channels
+        k = self.config.edge_kernel
+        self.encoder = nn.Sequential(
+            ConvNormReLU(3, c1, k),
+            ConvNormReLU(c1, c2, 3, stride=2),
+            ConvNormReLU(c2, c3, 3, stride=2),
+        )
+        self.residuals = nn.Sequential(
+            *(ResidualBlock(c3, self.config.separable) for _ in range(self.config.blocks))
+        )
+        self.decoder = nn.Sequential(UpsampleConv(c3, c2), UpsampleConv(c2, c1), ConvLayer(c1, 3, k))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.residuals(self.encoder(x)))
+
+
+def build(arch: str | TransformerConfig) -> TransformerNet:
+    """A freshly initialised network for an arch name (``reference``/``fast``) or config."""
+    if isinstance(arch, str):
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
+        arch = ARCHS[arch]
+    return TransformerNet(arch)
+
+
+def arch_name(config: TransformerConfig) -> str:
+    """The registered name of a config, or ``custom``."""
+    return next((name for name, c in ARCHS.items() if c == config), "custom")
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def conv_macs(model: TransformerNet, height: int, width: int) -> int:
+    """Multiply-accumulates of all convolutions for one H×W image (norms/pads/upsampling excluded)."""
+    total = 0
+
+    def hook(module: nn.Conv2d, _inp: tuple[Tensor, ...], out: Tensor) -> None:
+        nonlocal total
+        kh, kw = module.kernel_size
+        total += out.numel() * (module.in_channels // module.groups) * kh * kw
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            model(torch.zeros(1, 3, height, width, device=next(model.parameters()).device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def pad_to_multiple(
+    x: Tensor, multiple: int = DOWNSAMPLE, minimum: int = MIN_SIDE
+) -> tuple[Tensor, int, int]:
+    """Pad bottom/right so both sides are multiples of ``multiple`` (and >= ``minimum``).
+
+    Reflection keeps the border statistics natural; tiny images fall back to edge replication,
+    which reflection cannot do when the pad is as large as the image. Returns (padded, h, w).
+    """
+    h, w = x.shape[-2:]
+    th = max(minimum, -(-h // multiple) * multiple)
+    tw = max(minimum, -(-w // multiple) * multiple)
+    if (th, tw) == (h, w):
+        return x, h, w
+    mode = "reflect" if th - h < h and tw - w < w else "replicate"
+    return F.pad(x, (0, tw - w, 0, th - h), mode=mode), h, w
+
+
+def stylize(model: nn.Module, x: Tensor) -> Tensor:
+    """Run the network on any N×3×H×W batch and return exactly N×3×H×W, clamped to [0, 1]."""
+    padded, h, w = pad_to_multiple(x)
+    return model(padded)[..., :h, :w].clamp(0.0, 1.0)
+
+
+def save_transformer(path: Path, model: TransformerNet, metadata: dict[str, str] | None = None) -> None:
+    """Save fp16 weights (half the bytes; stylization is insensitive) plus the arch config."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        **(metadata or {}),
+        METADATA_ARCH_KEY: model.config.to_json(),
+        "atelier.arch_name": arch_name(model.config),
+    }
+    save_file(tensors, str(path), metadata=meta)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_transformer(path: Path, device: torch.device | str = "cpu") -> tuple[TransformerNet, dict[str, str]]:
+    """Rebuild the network from the file's own arch metadata and load its weights (as fp32, eval)."""
+    metadata = read_metadata(path)
+    if METADATA_ARCH_KEY not in metadata:
+        raise ValueError(f"{path} has no '{METADATA_ARCH_KEY}' metadata; not an Atelier style network")
+    model = TransformerNet(TransformerConfig.from_json(metadata[METADATA_ARCH_KEY]))
+    state = {k: v.float() for k, v in load_file(str(path)).items()}
+    model.load_state_dict(state)
+    return model.to(device).eval().requires_grad_(False), metadata

@@ -1,0 +1,135 @@
+"""Shared fixtures: a real Redis, per-run queue/key isolation, real worker processes, test images."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Worker
+
+from app.main import create_app
+from app.settings import Settings
+from worker.main import make_queue
+
+REDIS_URL = os.environ.get("ATELIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("ATELIER_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def _ping(url: str) -> bool:
+    try:
+        return bool(Redis.from_url(url, socket_connect_timeout=1).ping())
+    except RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """The machine's real Redis; started here if it is down and redis-server is installed."""
+    if not _ping(REDIS_URL):
+        server = shutil.which("redis-server")
+        if server is None:
+            pytest.fail("Redis is not reachable at 127.0.0.1:6379 and redis-server is not installed")
+        subprocess.run([server, "--daemonize", "yes", "--port", "6379", "--save", ""], check=True)
+        for _ in range(50):
+            if _ping(REDIS_URL):
+                break
+            time.sleep(0.1)
+    return REDIS_URL
+
+
+def make_settings(redis_url: str, name: str = "main", **overrides) -> Settings:
+    """Settings isolated to this test run: own queue name and key prefix, short heartbeats."""
+    base = {
+        "redis_url": redis_url,
+        "queue_name": f"atelier-test-{RUN_ID}-{name}",
+        "key_prefix": f"atelier-test-{RUN_ID}-{name}:",
+        "worker_monitor_interval_s": 1,
+        "heartbeat_grace_s": 2,
+        "reaper_interval_s": 1.0,
+        "redis_timeout_s": 1.0,
+        "gatys_default_size": 64,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+def _purge(settings: Settings) -> None:
+    redis = Redis.from_url(settings.redis_url)
+    for pattern in (f"{settings.key_prefix}*", f"rq:*{settings.queue_name}*"):
+        for key in redis.scan_iter(match=pattern, count=500):
+            redis.delete(key)
+
+
+@pytest.fixture(scope="session")
+def settings(redis_url: str) -> Iterator[Settings]:
+    s = make_settings(redis_url)
+    yield s
+    _purge(s)
+
+
+@pytest.fixture(scope="session")
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+class WorkerProcess:
+    """A real ``atelier worker`` in its own process group (so a test can SIGKILL it and its horse)."""
+
+    def __init__(self, settings: Settings) -> None:
+        env = os.environ.copy()
+        env.update({
+            "ATELIER_REDIS_URL": settings.redis_url,
+            "ATELIER_QUEUE_NAME": settings.queue_name,
+            "ATELIER_KEY_PREFIX": settings.key_prefix,
+            "ATELIER_WORKER_MONITOR_INTERVAL_S": str(settings.worker_monitor_interval_s),
+            "ATELIER_HEARTBEAT_GRACE_S": str(settings.heartbeat_grace_s),
+            "ATELIER_TORCH_THREADS": "1",
+        })
+        self.settings = settings
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "worker"], env=env, cwd=PROJECT_ROOT, start_new_session=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        queue = make_queue(settings)
+        deadline = time.monotonic() + 60
+        while not any(w.pid == self.proc.pid for w in Worker.all(queue=queue)):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("worker did not register with the queue")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its work horse at once, like an OOM kill or a lost machine."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def worker(settings: Settings) -> Iterator[WorkerProcess]:
+    w = WorkerProcess(settings)
+    yield w
+    w.stop()

@@ -1,0 +1,5 @@
+"""``python -m worker``: one queue worker with the environment's settings."""
+
+from worker.main import run_worker
+
+run_worker()

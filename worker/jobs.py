@@ -1,0 +1,125 @@
+"""RQ job functions. Everything here runs inside a work horse, one job at a time."""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from typing import Any
+
+from PIL import Image
+from redis import Redis
+from rq import get_current_job
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
+
+from app.settings import get_settings
+from models.gatys import GatysOptions, StepReport, run_gatys
+from models.imaging import encode_image
+from worker import runtime
+from worker.store import JobKeys, cancel_requested, record_job_duration
+
+log = logging.getLogger(__name__)
+
+PROGRESS_MIN_INTERVAL_S = 0.5
+
+
+class JobCanceled(Exception):
+    """Raised at a step boundary when a client asked to cancel a running job."""
+
+
+def options_from_dict(raw: dict[str, Any]) -> GatysOptions:
+    """Rebuild options from the JSON payload; tuples arrive as lists, unknown keys are refused."""
+    known = {f.name for f in fields(GatysOptions)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return GatysOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def options_to_dict(options: GatysOptions) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
+
+
+def _load_image(redis: Redis, key: str, what: str, max_pixels: int) -> Image.Image:
+    data = redis.get(key)
+    if data is None:
+        raise ValueError(f"the {what} image expired before the job ran; submit the job again")
+    img = Image.open(io.BytesIO(data))
+    if img.width * img.height > max_pixels:
+        raise ValueError(f"the {what} image is larger than the configured pixel limit")
+    return img.convert("RGB")
+
+
+def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> Callable[[StepReport], None]:
+    """Writes progress to the job's meta (throttled) and turns a cancel request into JobCanceled."""
+    last_save = 0.0
+
+    def on_step(report: StepReport) -> None:
+        nonlocal last_save
+        if cancel_requested(redis, keys, job.id):
+            raise JobCanceled("canceled by the client")
+        now = time.monotonic()
+        if now - last_save >= PROGRESS_MIN_INTERVAL_S or report.step >= report.total:
+            job.meta["progress"] = {
+                "step": report.step,
+                "total_steps": report.total,
+                "percent": round(100.0 * report.step / max(report.total, 1), 1),
+                "losses": {k: float(v) for k, v in report.losses.items()},
+            }
+            job.save_meta()
+            last_save = now
+
+    return on_step
+
+
+def _fail_message(exc: BaseException, timeout_s: int) -> str:
+    if isinstance(exc, JobTimeoutException):
+        return f"the job exceeded its time limit of {timeout_s} s"
+    if isinstance(exc, MemoryError):
+        return "the job ran out of memory; try a smaller size"
+    if isinstance(exc, ValueError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
+    """Run one Gatys optimization; the result PNG goes to its own key, the return value is metadata."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("optimize_job must run inside an RQ worker")
+    settings = get_settings()
+    keys = JobKeys(settings.key_prefix)
+    redis = job.connection
+    started = time.monotonic()
+    try:
+        opts = options_from_dict(options)
+        content = _load_image(redis, keys.content(job.id), "content", settings.max_image_pixels)
+        styles = [
+            _load_image(redis, keys.style(job.id, i), f"style #{i + 1}", settings.max_image_pixels)
+            for i in range(style_count)
+        ]
+        device = runtime.resolve_device(settings.device)
+        vgg = runtime.vgg_on(device)
+        result = run_gatys(vgg, content, styles, opts, device=device, on_step=_progress_reporter(job, redis, keys))
+        png = encode_image(result, "png")
+        with redis.pipeline() as pipe:
+            pipe.set(keys.result(job.id), png, ex=settings.result_ttl_s)
+            record_job_duration(pipe, keys, "finished", time.monotonic() - started)
+            pipe.execute()
+        return {"width": result.width, "height": result.height, "bytes": len(png), "device": device.type}
+    except BaseException as exc:
+        canceled = isinstance(exc, JobCanceled)
+        state = "canceled" if canceled else "failed"
+        job.meta["canceled"] = canceled
+        job.meta["error"] = None if canceled else _fail_message(exc, settings.job_timeout_s)
+        try:
+            job.save_meta()
+            with redis.pipeline() as pipe:
+                record_job_duration(pipe, keys, state, time.monotonic() - started)
+                pipe.execute()
+        except Exception:  # the job's own failure matters more than bookkeeping
+            log.exception("could not record the end of job %s", job.id)
+        raise

@@ -1,0 +1,41 @@
+"""Per-process model state of a worker.
+
+The VGG19 weights are loaded once, in the worker's main process, onto the CPU and *before* any job
+is forked: every work horse shares them copy-on-write, and CUDA is never touched before the fork
+(a forked child cannot use a CUDA context its parent created). On a GPU machine each horse moves the
+already-loaded weights to the device: a memory copy, not a reload from disk.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from models.vgg import VGG19Features, load_vgg19
+
+log = logging.getLogger(__name__)
+
+_vgg: VGG19Features | None = None
+
+
+def preload(last_layer: str = "relu5_4") -> VGG19Features:
+    """Load VGG19 for this process (idempotent). Deep enough for any layer a job may ask for."""
+    global _vgg
+    if _vgg is None:
+        _vgg = load_vgg19(last_layer=last_layer)
+        log.info("VGG19 loaded up to %s", last_layer)
+    return _vgg
+
+
+def resolve_device(preference: str) -> torch.device:
+    """``auto`` picks CUDA when present; call only inside a job (after the fork)."""
+    if preference == "cuda" or (preference == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def vgg_on(device: torch.device) -> VGG19Features:
+    """The preloaded network on ``device`` (loaded here if the process skipped preloading)."""
+    vgg = preload()
+    return vgg if device.type == "cpu" else vgg.to(device)

@@ -1,0 +1,55 @@
+"""The Redis layout shared by the API (producer) and the workers (consumers).
+
+Images never travel inside RQ's job payload: they are PNG bytes under their own keys with a TTL, and
+the payload itself is JSON (RQ's JSONSerializer), so nothing read back from Redis can execute code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis import Redis
+from redis.client import Pipeline
+
+JOB_FUNC = "worker.jobs.optimize_job"
+JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
+
+
+@dataclass(frozen=True)
+class JobKeys:
+    """Names of one deployment's keys; ``prefix`` isolates deployments and test runs."""
+
+    prefix: str
+
+    def content(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:content"
+
+    def style(self, job_id: str, index: int) -> str:
+        return f"{self.prefix}job:{job_id}:style:{index}"
+
+    def result(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:result"
+
+    def cancel(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:cancel"
+
+    @property
+    def job_stats(self) -> str:
+        return f"{self.prefix}stats:jobs"
+
+
+def request_cancel(redis: Redis, keys: JobKeys, job_id: str, ttl_s: int) -> None:
+    redis.set(keys.cancel(job_id), b"1", ex=ttl_s)
+
+
+def cancel_requested(redis: Redis, keys: JobKeys, job_id: str) -> bool:
+    return bool(redis.exists(keys.cancel(job_id)))
+
+
+def record_job_duration(pipeline: Pipeline, keys: JobKeys, state: str, seconds: float) -> None:
+    """Add one job's run time to the cumulative histogram counters that /metrics renders."""
+    pipeline.hincrby(keys.job_stats, f"count:{state}", 1)
+    pipeline.hincrbyfloat(keys.job_stats, f"sum:{state}", seconds)
+    for bound in JOB_DURATION_BUCKETS:
+        if seconds <= bound:
+            pipeline.hincrby(keys.job_stats, f"le:{bound}:{state}", 1)
