@@ -9,6 +9,7 @@ the event loop, and torch's own intra-op threads are not fought over by several 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -113,7 +114,9 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                     self._executor, self._run_batch, batch[0].key, [p.item for p in batch]
                 )
                 if len(results) != len(batch):
-                    raise RuntimeError(f"batch function returned {len(results)} results for {len(batch)} items")
+                    raise RuntimeError(
+                        f"batch function returned {len(results)} results for {len(batch)} items"
+                    )
             except Exception as exc:  # every waiter of this batch gets the error, the loop goes on
                 for p in batch:
                     if not p.future.done():
@@ -126,10 +129,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         for p in self._queue:
             if not p.future.done():
                 p.future.set_exception(RuntimeError("service shutting down"))

@@ -17,8 +17,12 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     def _too_large(self) -> Problem:
-        return Problem(413, "payload-too-large", f"The request body exceeds the limit of {self.max_bytes} bytes.",
-                       headers={"Connection": "close"})
+        return Problem(
+            413,
+            "payload-too-large",
+            f"The request body exceeds the limit of {self.max_bytes} bytes.",
+            headers={"Connection": "close"},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -18,8 +18,15 @@ log = logging.getLogger("atelier")
 def _api(host: str, port: int, workers: int) -> None:
     import uvicorn
 
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level="info", timeout_graceful_shutdown=10)
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level="info",
+        timeout_graceful_shutdown=10,
+    )
 
 
 def cmd_api(args: argparse.Namespace) -> int:
@@ -70,8 +77,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     stop_redis = ensure_redis(settings.redis_url)
     workers = _spawn_workers(args.workers)
     try:
-        print(f"Atelier: API on http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s), "
-              f"Redis at {settings.redis_url}. Ctrl-C stops everything.", flush=True)
+        print(
+            f"Atelier: API on http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s), "
+            f"Redis at {settings.redis_url}. Ctrl-C stops everything.",
+            flush=True,
+        )
         _api(args.host, args.port, 1)
     except KeyboardInterrupt:
         pass

@@ -95,8 +95,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from app.problems import problem_response
 
         return problem_response(
-            Problem(503, "service-unavailable", f"The job store (Redis) is unavailable: {exc}. Retry shortly.",
-                    headers={"Retry-After": "5"}),
+            Problem(
+                503,
+                "service-unavailable",
+                f"The job store (Redis) is unavailable: {exc}. Retry shortly.",
+                headers={"Retry-After": "5"},
+            ),
             request.url.path,
         )
 

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worker.store import JOB_DURATION_BUCKETS
@@ -24,11 +23,15 @@ class HttpMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "atelier_http_requests", "HTTP requests by route and status.", ["method", "route", "status"],
+            "atelier_http_requests",
+            "HTTP requests by route and status.",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "atelier_http_request_seconds", "HTTP request latency by route.", ["method", "route"],
+            "atelier_http_request_seconds",
+            "HTTP request latency by route.",
+            ["method", "route"],
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
@@ -38,14 +41,12 @@ class HttpMetrics:
 
 
 def route_template(scope: Scope) -> str:
-    """The route's path template (``/jobs/{job_id}``), so label cardinality stays bounded."""
-    app = scope.get("app")
-    router = getattr(app, "router", None)
-    for route in getattr(router, "routes", []):
-        match, _ = route.matches(scope)
-        if match == Match.FULL:
-            return getattr(route, "path", "unmatched")
-    return "unmatched"
+    """The matched route's path template (``/jobs/{job_id}``), so label cardinality stays bounded.
+
+    The router records the matched route in the scope, which the middleware sees after the call.
+    """
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
 
 
 class MetricsMiddleware:
@@ -87,8 +88,9 @@ class CallbackCollector(Collector):
 
 def job_duration_family(raw: dict[bytes, bytes]) -> HistogramMetricFamily:
     """Build the job-duration histogram from the counters workers keep in a Redis hash."""
-    family = HistogramMetricFamily("atelier_job_duration_seconds", "Gatys job run time by final state.",
-                                   labels=["state"])
+    family = HistogramMetricFamily(
+        "atelier_job_duration_seconds", "Gatys job run time by final state.", labels=["state"]
+    )
     states = sorted({k.decode().split(":", 1)[1] for k in raw if k.startswith(b"count:")})
     for state in states:
         buckets = []
@@ -98,4 +100,3 @@ def job_duration_family(raw: dict[bytes, bytes]) -> HistogramMetricFamily:
         buckets.append(("+Inf", count))
         family.add_metric([state], buckets, float(raw.get(f"sum:{state}".encode(), 0.0)))
     return family
-

@@ -76,7 +76,10 @@ class Problem(Exception):
 
 def problem_response(problem: Problem, instance: str | None = None) -> JSONResponse:
     return JSONResponse(
-        problem.body(instance), status_code=problem.status, headers=problem.headers, media_type=PROBLEM_MEDIA_TYPE
+        problem.body(instance),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_MEDIA_TYPE,
     )
 
 
@@ -87,13 +90,20 @@ def _field_name(loc: tuple[Any, ...]) -> str:
 
 
 def validation_problem(exc: RequestValidationError) -> Problem:
-    errors = [{"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()]
+    errors = [
+        {"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()
+    ]
     fields = sorted({e["field"] for e in errors})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "Invalid request."
     return Problem(422, "validation-error", detail, field=fields[0] if fields else None, errors=errors)
 
 
-_STATUS_SLUGS = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large", 503: "service-unavailable"}
+_STATUS_SLUGS = {
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "payload-too-large",
+    503: "service-unavailable",
+}
 
 
 def install_problem_handlers(app: FastAPI) -> None:

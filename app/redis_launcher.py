@@ -46,7 +46,9 @@ def ensure_redis(url: str) -> Callable[[], None]:
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
     if host not in LOCAL_HOSTS:
-        raise SystemExit(f"Redis at {url} is unreachable. Start it, or set ATELIER_REDIS_URL to one that runs.")
+        raise SystemExit(
+            f"Redis at {url} is unreachable. Start it, or set ATELIER_REDIS_URL to one that runs."
+        )
     server = shutil.which("redis-server")
     if server:
         log.info("starting %s on %s:%s (in memory, nothing saved)", server, host, port)
@@ -73,7 +75,9 @@ def _start_embedded(url: str, host: str, port: int) -> Callable[[], None]:
     log.warning(
         "no Redis reachable and no redis-server installed: starting an embedded in-memory Redis on %s:%s. "
         "Jobs are lost when `atelier up` stops; install redis-server (apt-get install redis-server) "
-        "or set ATELIER_REDIS_URL for real deployments.", host, port,
+        "or set ATELIER_REDIS_URL for real deployments.",
+        host,
+        port,
     )
     server = TcpFakeServer((host, port), server_type="redis")
     thread = threading.Thread(target=server.serve_forever, name="embedded-redis", daemon=True)

@@ -19,7 +19,9 @@ class JobProgress(BaseModel):
     step: int = 0
     total_steps: int
     percent: float = 0.0
-    losses: dict[str, float] = Field(default_factory=dict, examples=[{"content": 1.2, "style": 3.4, "tv": 0.1}])
+    losses: dict[str, float] = Field(
+        default_factory=dict, examples=[{"content": 1.2, "style": 3.4, "tv": 0.1}]
+    )
 
 
 class JobStatus(BaseModel):

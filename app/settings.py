@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     stylize_max_batch: int = Field(8, gt=0, description="Largest batch of same-style, same-size images.")
     stylize_batch_wait_ms: float = Field(2.0, ge=0, description="How long to wait to fill a batch.")
 
+
 @lru_cache
 def get_settings() -> Settings:
     """The process-wide settings (cached: environment is read once)."""

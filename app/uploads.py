@@ -18,6 +18,13 @@ from app.problems import Problem
 ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
 ACCEPTED_DESCRIPTION = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 READ_CHUNK = 1024 * 1024
+# Leading bytes of the accepted formats: a file that starts like one but will not open is corrupt
+# (422), anything else is simply not an image we take (415).
+MAGIC_PREFIXES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _looks_like_accepted_image(data: bytes) -> bool:
+    return data.startswith(MAGIC_PREFIXES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
 async def read_upload(upload: UploadFile, field: str, max_bytes: int) -> bytes:
@@ -28,12 +35,19 @@ async def read_upload(upload: UploadFile, field: str, max_bytes: int) -> bytes:
         total += len(chunk)
         if total > max_bytes:
             raise Problem(
-                413, "payload-too-large", f"'{field}' is larger than the limit of {max_bytes} bytes.", field=field
+                413,
+                "payload-too-large",
+                f"'{field}' is larger than the limit of {max_bytes} bytes.",
+                field=field,
             )
         chunks.append(chunk)
     if total == 0:
-        raise Problem(422, "invalid-image", f"'{field}' is empty (0 bytes); send a {ACCEPTED_DESCRIPTION} image.",
-                      field=field)
+        raise Problem(
+            422,
+            "invalid-image",
+            f"'{field}' is empty (0 bytes); send a {ACCEPTED_DESCRIPTION} image.",
+            field=field,
+        )
     return b"".join(chunks)
 
 
@@ -62,30 +76,50 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        if isinstance(exc, UnidentifiedImageError) and _looks_like_accepted_image(data):
+            raise Problem(
+                422,
+                "invalid-image",
+                f"'{field}' looks like an image but is corrupt or truncated.",
+                field=field,
+            ) from None
         if isinstance(exc, UnidentifiedImageError):
-            raise Problem(415, "unsupported-media-type",
-                          f"'{field}' is not a recognised image; accepted formats: {ACCEPTED_DESCRIPTION}.",
-                          field=field) from None
+            raise Problem(
+                415,
+                "unsupported-media-type",
+                f"'{field}' is not a recognised image; accepted formats: {ACCEPTED_DESCRIPTION}.",
+                field=field,
+            ) from None
         raise Problem(413, "image-too-large", f"'{field}' has too many pixels.", field=field) from None
     except Exception:
-        raise Problem(422, "invalid-image", f"'{field}' could not be read as an image.", field=field) from None
+        raise Problem(
+            422, "invalid-image", f"'{field}' could not be read as an image.", field=field
+        ) from None
     if img.format not in ACCEPTED_FORMATS:
-        raise Problem(415, "unsupported-media-type",
-                      f"'{field}' is {img.format}; accepted formats: {ACCEPTED_DESCRIPTION}.", field=field)
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            f"'{field}' is {img.format}; accepted formats: {ACCEPTED_DESCRIPTION}.",
+            field=field,
+        )
     width, height = img.size
     if width < 1 or height < 1:
         raise Problem(422, "invalid-image", f"'{field}' has no pixels.", field=field)
     if width * height > max_pixels:
-        raise Problem(413, "image-too-large",
-                      f"'{field}' is {width}x{height} = {width * height} pixels; the limit is {max_pixels}.",
-                      field=field)
+        raise Problem(
+            413,
+            "image-too-large",
+            f"'{field}' is {width}x{height} = {width * height} pixels; the limit is {max_pixels}.",
+            field=field,
+        )
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
     except Exception:
-        raise Problem(422, "invalid-image", f"'{field}' is truncated or corrupt and could not be decoded.",
-                      field=field) from None
+        raise Problem(
+            422, "invalid-image", f"'{field}' is truncated or corrupt and could not be decoded.", field=field
+        ) from None
 
 
 async def read_image(upload: UploadFile, field: str, max_bytes: int, max_pixels: int) -> Image.Image:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -91,18 +92,24 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings) -> None:
         env = os.environ.copy()
-        env.update({
-            "ATELIER_REDIS_URL": settings.redis_url,
-            "ATELIER_QUEUE_NAME": settings.queue_name,
-            "ATELIER_KEY_PREFIX": settings.key_prefix,
-            "ATELIER_WORKER_MONITOR_INTERVAL_S": str(settings.worker_monitor_interval_s),
-            "ATELIER_HEARTBEAT_GRACE_S": str(settings.heartbeat_grace_s),
-            "ATELIER_TORCH_THREADS": "1",
-        })
+        env.update(
+            {
+                "ATELIER_REDIS_URL": settings.redis_url,
+                "ATELIER_QUEUE_NAME": settings.queue_name,
+                "ATELIER_KEY_PREFIX": settings.key_prefix,
+                "ATELIER_WORKER_MONITOR_INTERVAL_S": str(settings.worker_monitor_interval_s),
+                "ATELIER_HEARTBEAT_GRACE_S": str(settings.heartbeat_grace_s),
+                "ATELIER_TORCH_THREADS": "1",
+            }
+        )
         self.settings = settings
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker"], env=env, cwd=PROJECT_ROOT, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", "app.cli", "worker"],
+            env=env,
+            cwd=PROJECT_ROOT,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         queue = make_queue(settings)
         deadline = time.monotonic() + 60
@@ -113,10 +120,8 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the worker and its work horse at once, like an OOM kill or a lost machine."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:

@@ -20,16 +20,19 @@ PROBLEM = "application/problem+json"
 
 
 def submit(client: TestClient, **fields) -> dict:
-    files = [("content", ("photo.png", encode(photo_like()), "image/png")),
-             ("style", ("style.png", encode(stripes()), "image/png"))]
+    files = [
+        ("content", ("photo.png", encode(photo_like()), "image/png")),
+        ("style", ("style.png", encode(stripes()), "image/png")),
+    ]
     data = {"size": "48", "steps": "4", **{k: str(v) for k, v in fields.items()}}
     resp = client.post("/jobs/optimize", files=files, data=data)
     assert resp.status_code == 202, resp.text
     return resp.json() | {"location": resp.headers["location"]}
 
 
-def wait_for(client: TestClient, job_id: str, states: set[str], timeout_s: float = 120.0,
-             predicate=None) -> dict:
+def wait_for(
+    client: TestClient, job_id: str, states: set[str], timeout_s: float = 120.0, predicate=None
+) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         body = client.get(f"/jobs/{job_id}").json()
@@ -102,7 +105,9 @@ def test_killed_worker_leaves_job_failed_within_bounded_time(redis_url):
             wait_for(client, job["id"], {"started"}, predicate=lambda b: b["progress"]["step"] >= 1)
             doomed_worker.kill()
             killed_at = time.monotonic()
-            bound = settings.worker_monitor_interval_s + settings.heartbeat_grace_s + settings.reaper_interval_s
+            bound = (
+                settings.worker_monitor_interval_s + settings.heartbeat_grace_s + settings.reaper_interval_s
+            )
             ended = wait_for(client, job["id"], {"failed", "finished", "canceled"}, timeout_s=bound + 15)
             assert ended["state"] == "failed"
             assert "stopped unexpectedly" in ended["error"]
@@ -138,8 +143,10 @@ def test_unknown_and_malformed_job_ids(client):
     ],
 )
 def test_bad_options_are_422_naming_the_field(client, fields, field):
-    files = [("content", ("p.png", encode(photo_like()), "image/png")),
-             ("style", ("s.png", encode(stripes()), "image/png"))]
+    files = [
+        ("content", ("p.png", encode(photo_like()), "image/png")),
+        ("style", ("s.png", encode(stripes()), "image/png")),
+    ]
     resp = client.post("/jobs/optimize", files=files, data=fields)
     assert resp.status_code == 422, resp.text
     body = resp.json()
@@ -164,18 +171,25 @@ def test_bad_uploads_get_precise_errors(client):
 
 
 def test_too_many_pixels_and_too_many_bytes(redis_url):
-    small = make_settings(redis_url, name="limits", max_image_pixels=50 * 50, max_upload_bytes=30_000,
-                          max_request_bytes=200_000)
+    small = make_settings(
+        redis_url, name="limits", max_image_pixels=50 * 50, max_upload_bytes=30_000, max_request_bytes=200_000
+    )
     with TestClient(create_app(small)) as client:
         style = ("style", ("s.png", encode(stripes(32, 32)), "image/png"))
-        bomb = client.post("/jobs/optimize", files=[("content", ("big.png", encode(photo_like(80, 80)), "image/png")),
-                                                      style])
+        bomb = client.post(
+            "/jobs/optimize", files=[("content", ("big.png", encode(photo_like(80, 80)), "image/png")), style]
+        )
         assert bomb.status_code == 413 and bomb.json()["field"] == "content"
         noise = Image.effect_noise((200, 200), 100).convert("RGB")
-        heavy = client.post("/jobs/optimize", files=[("content", ("n.png", encode(noise), "image/png")), style])
+        heavy = client.post(
+            "/jobs/optimize", files=[("content", ("n.png", encode(noise), "image/png")), style]
+        )
         assert heavy.status_code == 413 and heavy.json()["field"] == "content"
-        huge_body = client.post("/jobs/optimize", content=b"x" * 300_000,
-                                headers={"content-type": "multipart/form-data; boundary=zzz"})
+        huge_body = client.post(
+            "/jobs/optimize",
+            content=b"x" * 300_000,
+            headers={"content-type": "multipart/form-data; boundary=zzz"},
+        )
         assert huge_body.status_code == 413 and huge_body.headers["content-type"] == PROBLEM
 
 
@@ -183,8 +197,10 @@ def test_redis_down_gives_503_and_readyz_says_why(redis_url):
     dead = make_settings("redis://127.0.0.1:1/0", name="dead", redis_timeout_s=0.5)
     with TestClient(create_app(dead)) as client:
         started = time.monotonic()
-        files = [("content", ("p.png", encode(photo_like()), "image/png")),
-                 ("style", ("s.png", encode(stripes()), "image/png"))]
+        files = [
+            ("content", ("p.png", encode(photo_like()), "image/png")),
+            ("style", ("s.png", encode(stripes()), "image/png")),
+        ]
         submitted = client.post("/jobs/optimize", files=files)
         assert submitted.status_code == 503 and submitted.headers["content-type"] == PROBLEM
         assert "Redis" in submitted.json()["detail"]
@@ -203,3 +219,51 @@ def test_metrics_and_readiness(client, worker):
     assert 'atelier_http_requests_total{method="GET",route="/healthz",status="200"}' in text
     assert "atelier_queue_depth" in text
     assert "atelier_job_duration_seconds" in text
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_service_recovers_by_itself_when_redis_comes_back(redis_url):
+    import shutil
+    import subprocess
+
+    server = shutil.which("redis-server")
+    assert server, "redis-server is needed to restart a Redis during the test"
+    port = _free_port()
+    cmd = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+
+    def start() -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        for _ in range(100):
+            try:
+                if Redis(port=port, socket_connect_timeout=0.2).ping():
+                    return proc
+            except Exception:
+                time.sleep(0.05)
+        raise RuntimeError("temporary redis-server did not start")
+
+    proc = start()
+    settings = make_settings(f"redis://127.0.0.1:{port}/0", name="flaky", redis_timeout_s=0.5)
+    try:
+        with TestClient(create_app(settings)) as client:
+            assert submit(client)["state"] == "queued"
+            proc.terminate()
+            proc.wait(timeout=10)
+            files = [
+                ("content", ("p.png", encode(photo_like()), "image/png")),
+                ("style", ("s.png", encode(stripes()), "image/png")),
+            ]
+            assert client.post("/jobs/optimize", files=files).status_code == 503
+            assert client.get("/readyz").status_code == 503
+            proc = start()
+            assert submit(client)["state"] == "queued"
+            assert client.get("/readyz").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

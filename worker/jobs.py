@@ -103,7 +103,9 @@ def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
         ]
         device = runtime.resolve_device(settings.device)
         vgg = runtime.vgg_on(device)
-        result = run_gatys(vgg, content, styles, opts, device=device, on_step=_progress_reporter(job, redis, keys))
+        result = run_gatys(
+            vgg, content, styles, opts, device=device, on_step=_progress_reporter(job, redis, keys)
+        )
         png = encode_image(result, "png")
         with redis.pipeline() as pipe:
             pipe.set(keys.result(job.id), png, ex=settings.result_ttl_s)

@@ -29,11 +29,16 @@ def _redis_and_workers(request: Request) -> dict[str, object]:
         return {"ok": False, "error": f"Redis at {state.settings.redis_url} is unreachable: {exc}"}
     fresh_after = datetime.now(UTC) - timedelta(seconds=state.settings.worker_monitor_interval_s + 60)
     workers = [
-        w for w in Worker.all(queue=state.queue)
+        w
+        for w in Worker.all(queue=state.queue)
         if w.last_heartbeat is None or w.last_heartbeat.replace(tzinfo=UTC) >= fresh_after
     ]
-    return {"ok": True, "queue": state.settings.queue_name, "queued_jobs": state.queue.count,
-            "workers_alive": len(workers)}
+    return {
+        "ok": True,
+        "queue": state.settings.queue_name,
+        "queued_jobs": state.queue.count,
+        "workers_alive": len(workers),
+    }
 
 
 @router.get("/readyz", summary="Models loaded and Redis reachable (503 otherwise)")
@@ -43,7 +48,9 @@ async def readyz(request: Request) -> JSONResponse:
         checks[name] = check()
     ready = all(bool(c.get("ok")) for c in checks.values())
     if checks["redis"].get("ok") and not checks["redis"].get("workers_alive"):
-        checks["redis"]["warning"] = "no worker is alive: optimization jobs wait in the queue until one starts"
+        checks["redis"]["warning"] = (
+            "no worker is alive: optimization jobs wait in the queue until one starts"
+        )
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import uuid
 from dataclasses import replace
@@ -10,7 +11,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from PIL import Image
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job, JobStatus as RQStatus
+from rq.job import Job
+from rq.job import JobStatus as RQStatus
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
@@ -29,9 +31,24 @@ from worker.store import JOB_FUNC, JobKeys, request_cancel
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 FORM_FIELDS = {
-    "content", "style", "size", "steps", "optimizer", "learning_rate", "content_weight", "style_weight",
-    "tv_weight", "content_layers", "style_layers", "style_layer_weights", "style_blend_weights", "init", "seed",
-    "preserve_color", "pooling", "style_scale",
+    "content",
+    "style",
+    "size",
+    "steps",
+    "optimizer",
+    "learning_rate",
+    "content_weight",
+    "style_weight",
+    "tv_weight",
+    "content_layers",
+    "style_layers",
+    "style_layer_weights",
+    "style_blend_weights",
+    "init",
+    "seed",
+    "preserve_color",
+    "pooling",
+    "style_scale",
 }
 RESULT_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 DEFAULTS = GatysOptions()
@@ -44,8 +61,12 @@ def _csv(value: str | None, field: str, cast: type) -> tuple[Any, ...] | None:
     try:
         return tuple(cast(part.strip()) for part in value.split(",") if part.strip())
     except ValueError:
-        raise Problem(422, "validation-error", f"'{field}' must be a comma-separated list of {cast.__name__}s.",
-                      field=field) from None
+        raise Problem(
+            422,
+            "validation-error",
+            f"'{field}' must be a comma-separated list of {cast.__name__}s.",
+            field=field,
+        ) from None
 
 
 def _layers(value: str | None, field: str) -> tuple[str, ...] | None:
@@ -53,9 +74,12 @@ def _layers(value: str | None, field: str) -> tuple[str, ...] | None:
     if layers is not None:
         unknown = [name for name in layers if name not in LAYER_NAMES]
         if unknown:
-            raise Problem(422, "validation-error",
-                          f"'{field}' has unknown VGG19 layer(s) {', '.join(unknown)}; use names like relu4_2.",
-                          field=field)
+            raise Problem(
+                422,
+                "validation-error",
+                f"'{field}' has unknown VGG19 layer(s) {', '.join(unknown)}; use names like relu4_2.",
+                field=field,
+            )
     return layers
 
 
@@ -63,19 +87,28 @@ def _check_weights(weights: tuple[float, ...] | None, expected: int, field: str,
     if weights is None:
         return
     if len(weights) != expected:
-        raise Problem(422, "validation-error", f"'{field}' needs {expected} value(s), one per {of}; "
-                      f"got {len(weights)}.", field=field)
+        raise Problem(
+            422,
+            "validation-error",
+            f"'{field}' needs {expected} value(s), one per {of}; got {len(weights)}.",
+            field=field,
+        )
     if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise Problem(422, "validation-error", f"'{field}' must be non-negative with a positive sum.", field=field)
+        raise Problem(
+            422, "validation-error", f"'{field}' must be non-negative with a positive sum.", field=field
+        )
 
 
 async def _reject_unknown_fields(request: Request) -> None:
     form = await request.form()
     unknown = sorted(set(form.keys()) - FORM_FIELDS)
     if unknown:
-        raise Problem(422, "validation-error",
-                      f"Unknown field(s): {', '.join(unknown)}. Accepted: {', '.join(sorted(FORM_FIELDS))}.",
-                      field=unknown[0])
+        raise Problem(
+            422,
+            "validation-error",
+            f"Unknown field(s): {', '.join(unknown)}. Accepted: {', '.join(sorted(FORM_FIELDS))}.",
+            field=unknown[0],
+        )
 
 
 def _links(request: Request, job_id: str) -> JobLinks:
@@ -95,7 +128,9 @@ def _fetch(queue, job_id: uuid.UUID) -> Job:
 
 def job_state(job: Job) -> JobState:
     status = job.get_status(refresh=False)
-    if status in (RQStatus.CANCELED,) or (status in (RQStatus.FAILED, RQStatus.STOPPED) and job.meta.get("canceled")):
+    if status in (RQStatus.CANCELED,) or (
+        status in (RQStatus.FAILED, RQStatus.STOPPED) and job.meta.get("canceled")
+    ):
         return "canceled"
     if status == RQStatus.STARTED:
         return "started"
@@ -142,12 +177,20 @@ def _status(request: Request, job: Job, keys: JobKeys) -> JobStatus:
 def _validated_options(settings: Settings, n_styles: int, **given: Any) -> GatysOptions:
     size = given["size"] if given["size"] is not None else settings.gatys_default_size
     if size > settings.gatys_max_size:
-        raise Problem(422, "validation-error", f"'size' must be at most {settings.gatys_max_size}.", field="size")
+        raise Problem(
+            422, "validation-error", f"'size' must be at most {settings.gatys_max_size}.", field="size"
+        )
     if given["steps"] > settings.gatys_max_steps:
-        raise Problem(422, "validation-error", f"'steps' must be at most {settings.gatys_max_steps}.", field="steps")
+        raise Problem(
+            422, "validation-error", f"'steps' must be at most {settings.gatys_max_steps}.", field="steps"
+        )
     if n_styles > settings.gatys_max_styles:
-        raise Problem(422, "validation-error", f"At most {settings.gatys_max_styles} 'style' images per job.",
-                      field="style")
+        raise Problem(
+            422,
+            "validation-error",
+            f"At most {settings.gatys_max_styles} 'style' images per job.",
+            field="style",
+        )
     content_layers = _layers(given.pop("content_layers"), "content_layers") or DEFAULTS.content_layers
     style_layers = _layers(given.pop("style_layers"), "style_layers") or DEFAULTS.style_layers
     layer_weights = _csv(given.pop("style_layer_weights"), "style_layer_weights", float)
@@ -155,9 +198,14 @@ def _validated_options(settings: Settings, n_styles: int, **given: Any) -> Gatys
     _check_weights(layer_weights, len(style_layers), "style_layer_weights", "style layer")
     _check_weights(blend, n_styles, "style_blend_weights", "style image")
     given["size"] = size
-    return replace(DEFAULTS, content_layers=content_layers, style_layers=style_layers,
-                   style_layer_weights=layer_weights, style_blend_weights=blend,
-                   **{k: v for k, v in given.items() if v is not None})
+    return replace(
+        DEFAULTS,
+        content_layers=content_layers,
+        style_layers=style_layers,
+        style_layer_weights=layer_weights,
+        style_blend_weights=blend,
+        **{k: v for k, v in given.items() if v is not None},
+    )
 
 
 def _normalized_png(img: Image.Image, longest: int) -> bytes:
@@ -167,9 +215,13 @@ def _normalized_png(img: Image.Image, longest: int) -> bytes:
     return encode_image(img, "png")
 
 
-@router.post("/optimize", status_code=202, response_model=JobStatus,
-             summary="Submit a Gatys style-transfer optimization job",
-             responses={202: {"description": "Accepted; poll the Location."}, 413: {}, 415: {}, 422: {}, 503: {}})
+@router.post(
+    "/optimize",
+    status_code=202,
+    response_model=JobStatus,
+    summary="Submit a Gatys style-transfer optimization job",
+    responses={202: {"description": "Accepted; poll the Location."}, 413: {}, 415: {}, 422: {}, 503: {}},
+)
 async def submit_optimize(
     request: Request,
     response: Response,
@@ -181,14 +233,20 @@ async def submit_optimize(
     size: Annotated[int | None, Form(ge=16, description="Longest side of the output (default 512).")] = None,
     steps: Annotated[int, Form(ge=1, description="Optimization steps.")] = DEFAULTS.steps,
     optimizer: Annotated[Literal["lbfgs", "adam"], Form()] = DEFAULTS.optimizer,
-    learning_rate: Annotated[float, Form(gt=0, le=100, description="Adam step size.")] = DEFAULTS.learning_rate,
+    learning_rate: Annotated[
+        float, Form(gt=0, le=100, description="Adam step size.")
+    ] = DEFAULTS.learning_rate,
     content_weight: Annotated[float, Form(ge=0, le=1e6)] = DEFAULTS.content_weight,
     style_weight: Annotated[float, Form(ge=0, le=1e9)] = DEFAULTS.style_weight,
     tv_weight: Annotated[float, Form(ge=0, le=1e6)] = DEFAULTS.tv_weight,
     content_layers: Annotated[str | None, Form(examples=["relu4_2"])] = None,
     style_layers: Annotated[str | None, Form(examples=["relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"])] = None,
-    style_layer_weights: Annotated[str | None, Form(description="Comma-separated, one per style layer.")] = None,
-    style_blend_weights: Annotated[str | None, Form(description="Comma-separated, one per style image.")] = None,
+    style_layer_weights: Annotated[
+        str | None, Form(description="Comma-separated, one per style layer.")
+    ] = None,
+    style_blend_weights: Annotated[
+        str | None, Form(description="Comma-separated, one per style image.")
+    ] = None,
     init: Annotated[Literal["content", "noise"], Form()] = DEFAULTS.init,
     seed: Annotated[int, Form(ge=0, le=2**32 - 1)] = DEFAULTS.seed,
     preserve_color: Annotated[bool, Form(description="Keep the photo's colours.")] = DEFAULTS.preserve_color,
@@ -197,11 +255,24 @@ async def submit_optimize(
 ) -> JobStatus:
     await _reject_unknown_fields(request)
     options = _validated_options(
-        settings, len(style), size=size, steps=steps, optimizer=optimizer, learning_rate=learning_rate,
-        content_weight=content_weight, style_weight=style_weight, tv_weight=tv_weight,
-        content_layers=content_layers, style_layers=style_layers, style_layer_weights=style_layer_weights,
-        style_blend_weights=style_blend_weights, init=init, seed=seed, preserve_color=preserve_color,
-        pooling=pooling, style_scale=style_scale,
+        settings,
+        len(style),
+        size=size,
+        steps=steps,
+        optimizer=optimizer,
+        learning_rate=learning_rate,
+        content_weight=content_weight,
+        style_weight=style_weight,
+        tv_weight=tv_weight,
+        content_layers=content_layers,
+        style_layers=style_layers,
+        style_layer_weights=style_layer_weights,
+        style_blend_weights=style_blend_weights,
+        init=init,
+        seed=seed,
+        preserve_color=preserve_color,
+        pooling=pooling,
+        style_scale=style_scale,
     )
     limits = (settings.max_upload_bytes, settings.max_image_pixels)
     content_img = await read_image(content, "content", *limits)
@@ -220,9 +291,13 @@ async def submit_optimize(
                 pipe.set(keys.style(job_id, i), png, ex=ttl)
             pipe.execute()
         return queue.enqueue(
-            JOB_FUNC, kwargs={"options": payload, "style_count": len(style_pngs)}, job_id=job_id,
-            job_timeout=settings.job_timeout_s, result_ttl=settings.result_ttl_s,
-            failure_ttl=settings.result_ttl_s, ttl=settings.result_ttl_s,
+            JOB_FUNC,
+            kwargs={"options": payload, "style_count": len(style_pngs)},
+            job_id=job_id,
+            job_timeout=settings.job_timeout_s,
+            result_ttl=settings.result_ttl_s,
+            failure_ttl=settings.result_ttl_s,
+            ttl=settings.result_ttl_s,
             meta={"options": payload, "total_steps": options.steps},
             description=f"gatys {options.size}px {options.steps} steps",
         )
@@ -243,8 +318,11 @@ def get_job(request: Request, job_id: uuid.UUID, queue: QueueDep, keys: KeysDep)
     return _status(request, job, keys)
 
 
-@router.get("/{job_id}/result", summary="Download the result image",
-            responses={200: {"content": {t: {} for t in RESULT_MEDIA_TYPES.values()}}, 404: {}, 409: {}})
+@router.get(
+    "/{job_id}/result",
+    summary="Download the result image",
+    responses={200: {"content": {t: {} for t in RESULT_MEDIA_TYPES.values()}}, 404: {}, 409: {}},
+)
 def get_result(
     job_id: uuid.UUID,
     queue: QueueDep,
@@ -255,29 +333,47 @@ def get_result(
     job = _fetch(queue, job_id)
     state = job_state(job)
     if state != "finished":
-        raise Problem(409, "job-not-finished", f"Job {job_id} is {state}; the result exists once it is finished.",
-                      field="job_id", state=state)
+        raise Problem(
+            409,
+            "job-not-finished",
+            f"Job {job_id} is {state}; the result exists once it is finished.",
+            field="job_id",
+            state=state,
+        )
     png = redis.get(keys.result(str(job_id)))
     if png is None:
         raise Problem(404, "not-found", f"The result of job {job_id} has expired.", field="job_id")
     body = png if format == "png" else encode_image(Image.open(io.BytesIO(png)).convert("RGB"), format)
-    return Response(body, media_type=RESULT_MEDIA_TYPES[format],
-                    headers={"Content-Disposition": f'inline; filename="{job_id}.{format}"'})
+    return Response(
+        body,
+        media_type=RESULT_MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'inline; filename="{job_id}.{format}"'},
+    )
 
 
 @router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a queued or running job")
-def cancel_job(request: Request, job_id: uuid.UUID, queue: QueueDep, redis: RedisDep, keys: KeysDep,
-               settings: SettingsDep) -> JobStatus:
+def cancel_job(
+    request: Request,
+    job_id: uuid.UUID,
+    queue: QueueDep,
+    redis: RedisDep,
+    keys: KeysDep,
+    settings: SettingsDep,
+) -> JobStatus:
     job = _fetch(queue, job_id)
     state = job_state(job)
     if state in ("finished", "failed", "canceled"):
-        raise Problem(409, "job-ended",
-                      f"Job {job_id} already ended ({state}); nothing to cancel.", field="job_id", state=state)
+        raise Problem(
+            409,
+            "job-ended",
+            f"Job {job_id} already ended ({state}); nothing to cancel.",
+            field="job_id",
+            state=state,
+        )
     request_cancel(redis, keys, job.id, settings.result_ttl_s)
     if state == "queued":
-        try:
+        # If it started meanwhile, cancel() refuses and the flag stops it at its next step instead.
+        with contextlib.suppress(InvalidJobOperation):
             job.cancel()
-        except InvalidJobOperation:
-            pass  # it started meanwhile: the flag stops it at its next step
     job.refresh()
     return _status(request, job, keys)
