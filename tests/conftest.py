@@ -99,7 +99,7 @@ class WorkerProcess:
                 "ATELIER_KEY_PREFIX": settings.key_prefix,
                 "ATELIER_WORKER_MONITOR_INTERVAL_S": str(settings.worker_monitor_interval_s),
                 "ATELIER_HEARTBEAT_GRACE_S": str(settings.heartbeat_grace_s),
-                "ATELIER_TORCH_THREADS": "1",
+                "ATELIER_TORCH_THREADS": "2",
             }
         )
         self.settings = settings

@@ -90,6 +90,7 @@ def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
     job = get_current_job()
     if job is None:
         raise RuntimeError("optimize_job must run inside an RQ worker")
+    runtime.enter_job()
     settings = get_settings()
     keys = JobKeys(settings.key_prefix)
     redis = job.connection

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
 from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -46,8 +45,7 @@ def make_queue(settings: Settings, connection=None) -> Queue:
 def run_worker(settings: Settings | None = None, *, burst: bool = False, name: str | None = None) -> bool:
     """Start one worker in this process; returns when it stops (Ctrl-C, SIGTERM, or burst done)."""
     settings = settings or get_settings()
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    runtime.prepare_for_fork(settings.torch_threads)
     runtime.preload()
     redis = connect(settings)
     worker = AtelierWorker(

@@ -17,6 +17,25 @@ from models.vgg import VGG19Features, load_vgg19
 log = logging.getLogger(__name__)
 
 _vgg: VGG19Features | None = None
+_job_threads: int = 0
+
+
+def prepare_for_fork(job_threads: int) -> None:
+    """Keep the parent single-threaded so forked horses can start their own thread pools.
+
+    GNU OpenMP is not fork-safe: if the parent ever ran a parallel torch op (dequantizing VGG19 does),
+    the first parallel op in a forked child deadlocks. With one thread no pool is created, and each
+    horse switches to ``job_threads`` (0: torch's default, the number of cores) when its job starts.
+    """
+    global _job_threads
+    _job_threads = job_threads or torch.get_num_threads()
+    torch.set_num_threads(1)
+
+
+def enter_job() -> None:
+    """Called first thing in a work horse: restore the intra-op threads the parent gave up."""
+    if _job_threads:
+        torch.set_num_threads(_job_threads)
 
 
 def preload(last_layer: str = "relu5_4") -> VGG19Features:
