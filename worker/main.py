@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 
+from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, Worker
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -30,6 +32,14 @@ class AtelierWorker(Worker):
     """
 
     heartbeat_grace_s: int = 10
+
+    def _set_ip_address(self, connection: Redis) -> None:
+        """The address is only informative: a server whose CLIENT INFO reply redis-py cannot parse
+        (the embedded fallback of ``atelier up``) must not stop the worker from starting."""
+        try:
+            super()._set_ip_address(connection)
+        except (RedisError, ValueError):
+            self.ip_address = "unknown"
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         interval = self.job_monitoring_interval
