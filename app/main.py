@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+import torch
 from fastapi import FastAPI
 from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
@@ -69,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
         await classify.startup(app)
         await stylize.startup(app)
         reaper = asyncio.create_task(_reap_abandoned_jobs(app))
