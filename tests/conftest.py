@@ -118,13 +118,24 @@ class WorkerProcess:
                 raise RuntimeError("worker did not register with the queue")
             time.sleep(0.2)
 
+    def children(self) -> list[int]:
+        """PIDs of the worker's children (its work horse while a job runs)."""
+        pids: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                pids += [int(p) for p in (task / "children").read_text().split()]
+        return pids
+
     def kill(self) -> None:
-        """SIGKILL the worker and its work horse at once, like an OOM kill or a lost machine."""
+        """SIGKILL the worker's main process only, like the OOM killer or ``kill -9`` would."""
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
+        for pid in self.children():  # a horse mid-job would otherwise finish its job first
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:

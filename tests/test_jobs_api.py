@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -103,6 +104,8 @@ def test_killed_worker_leaves_job_failed_within_bounded_time(redis_url):
         try:
             job = submit(client, steps=2000, size=48)
             wait_for(client, job["id"], {"started"}, predicate=lambda b: b["progress"]["step"] >= 1)
+            horses = doomed_worker.children()
+            assert horses, "the worker should be running the job in a forked work horse"
             doomed_worker.kill()
             killed_at = time.monotonic()
             bound = (
@@ -112,6 +115,12 @@ def test_killed_worker_leaves_job_failed_within_bounded_time(redis_url):
             assert ended["state"] == "failed"
             assert "stopped unexpectedly" in ended["error"]
             assert time.monotonic() - killed_at < bound + 15
+            # The horse died with its parent: no orphan keeps computing a job already declared failed.
+            for pid in horses:
+                assert (
+                    not Path(f"/proc/{pid}").exists()
+                    or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+                )
         finally:
             doomed_worker.stop()
 

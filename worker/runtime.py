@@ -8,13 +8,19 @@ already-loaded weights to the device: a memory copy, not a reload from disk.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
+import signal
+import sys
 
 import torch
 
 from models.vgg import VGG19Features, load_vgg19
 
 log = logging.getLogger(__name__)
+
+PR_SET_PDEATHSIG = 1
 
 _vgg: VGG19Features | None = None
 _job_threads: int = 0
@@ -33,9 +39,25 @@ def prepare_for_fork(job_threads: int) -> None:
 
 
 def enter_job() -> None:
-    """Called first thing in a work horse: restore the intra-op threads the parent gave up."""
+    """Called first thing in a work horse: die with the parent, restore the parent's threads.
+
+    RQ puts each horse in its own session, so killing the worker (SIGKILL, OOM) would leave the horse
+    running as an orphan whose job the queue has already declared failed. Asking the kernel to kill
+    the horse when its parent dies keeps the job's recorded state true.
+    """
+    _die_with_parent()
     if _job_threads:
         torch.set_num_threads(_job_threads)
+
+
+def _die_with_parent() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %s", ctypes.get_errno())
+    if os.getppid() == 1:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def preload(last_layer: str = "relu5_4") -> VGG19Features:
