@@ -276,3 +276,18 @@ def test_service_recovers_by_itself_when_redis_comes_back(redis_url):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_job_over_its_time_limit_fails_and_worker_carries_on(redis_url):
+    settings = make_settings(redis_url, name="timeout", job_timeout_s=3)
+    with TestClient(create_app(settings)) as client:
+        slow_worker = WorkerProcess(settings)
+        try:
+            slow = submit(client, steps=2000, size=48)
+            ended = wait_for(client, slow["id"], {"failed", "finished", "canceled"}, timeout_s=60)
+            assert ended["state"] == "failed" and "time limit of 3 s" in ended["error"]
+            assert 0 < ended["progress"]["step"] < 2000
+            quick = submit(client, steps=2, size=32)  # the same worker takes the next job
+            assert wait_for(client, quick["id"], {"finished", "failed"}, timeout_s=60)["state"] == "finished"
+        finally:
+            slow_worker.stop()

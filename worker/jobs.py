@@ -117,7 +117,7 @@ def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
         canceled = isinstance(exc, JobCanceled)
         state = "canceled" if canceled else "failed"
         job.meta["canceled"] = canceled
-        job.meta["error"] = None if canceled else _fail_message(exc, settings.job_timeout_s)
+        job.meta["error"] = None if canceled else _fail_message(exc, job.timeout or settings.job_timeout_s)
         try:
             job.save_meta()
             with redis.pipeline() as pipe:
