@@ -69,7 +69,9 @@ def data_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 def read_classes(directory: Path) -> tuple[str, ...]:
     """Class names from ``classes.txt``, checked against :data:`CLASSES` so labels cannot silently shift."""
-    names = tuple(line.strip() for line in (directory / "classes.txt").read_text().splitlines() if line.strip())
+    names = tuple(
+        line.strip() for line in (directory / "classes.txt").read_text().splitlines() if line.strip()
+    )
     if names != CLASSES:
         raise ValueError(f"{directory / 'classes.txt'} lists {names}, expected {CLASSES}")
     return names
@@ -133,7 +135,7 @@ def load_split(
 
 def to_tensor(images: np.ndarray | Tensor, device: torch.device | str = "cpu") -> Tensor:
     """uint8 (N, H, W, 3) -> uint8 (N, 3, H, W) on ``device`` (normalize there, it is cheaper to copy)."""
-    t = torch.as_tensor(images) if isinstance(images, np.ndarray) else images
+    t = torch.tensor(images) if isinstance(images, np.ndarray) else images
     return t.to(device).permute(0, 3, 1, 2).contiguous()
 
 

@@ -85,6 +85,52 @@ def caffe_deprocess(bgr: Tensor) -> Tensor:
     return ((bgr + mean) / 255.0).flip(1)
 
 
+def _mkldnn_conv_relu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    one = [1, 1]
+    return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, one, one, one, 1, "relu", [], "")
+
+
+class _ConvReLU(torch.autograd.Function):
+    """3×3/stride-1/pad-1 convolution with the ReLU fused as a oneDNN post-op (CPU).
+
+    Saves a full read+write pass over every activation in the forward; the backward is the same
+    two kernels autograd would run (ReLU mask, then the data gradient only: weights are frozen).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:  # type: ignore[override]
+        y = _mkldnn_conv_relu(x, weight, bias)
+        ctx.save_for_backward(x, weight, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        x, weight, y = ctx.saved_tensors
+        grad = torch.ops.aten.threshold_backward(grad, y, 0)
+        one = [1, 1]
+        grad_x = torch.ops.aten.convolution_backward(
+            grad, x, weight, None, one, one, one, False, [0, 0], 1, [True, False, False]
+        )[0]
+        return grad_x, None, None
+
+
+def conv3x3_relu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """``relu(conv2d(x, weight, bias, padding=1))``, fused on CPU when the weights are frozen."""
+    fusable = (
+        x.device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and x.dtype == weight.dtype
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and not weight.requires_grad
+        and (bias is None or not bias.requires_grad)
+    )
+    if not fusable:
+        return F.relu(F.conv2d(x, weight, bias, padding=1), inplace=True)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _ConvReLU.apply(x, weight, bias)
+    return _mkldnn_conv_relu(x, weight, bias)
+
+
 class VGG19Features(nn.Module):
     """Frozen VGG19 convolutional trunk returning intermediate activations by Gatys layer name."""
 
@@ -120,18 +166,27 @@ class VGG19Features(nn.Module):
                 f"load_vgg19(last_layer=...) with a deeper layer"
             )
         out: dict[str, Tensor] = {}
-        for name in LAYER_NAMES[: stop + 1]:
-            if name.startswith("conv"):
+        names = LAYER_NAMES[: stop + 1]
+        i = 0
+        while i < len(names):
+            name = names[i]
+            if name.startswith("conv") and name not in wanted:
+                # The pre-activation is not needed: fuse the ReLU into the convolution.
+                conv = self.convs[name]
+                x = conv3x3_relu(x, conv.weight, conv.bias)
+                i += 1
+                name = names[i]
+            elif name.startswith("conv"):
                 x = self.convs[name](x)
             elif name.startswith("relu"):
-                # In-place saves an allocation per layer, unless the caller holds the conv output.
-                x = F.relu(x, inplace="conv" + name[len("relu") :] not in wanted)
+                x = F.relu(x)  # not in place: the caller holds the conv output
             elif pooling == "max":
                 x = F.max_pool2d(x, kernel_size=2, stride=2)
             else:
                 x = F.avg_pool2d(x, kernel_size=2, stride=2)
             if name in wanted:
                 out[name] = x
+            i += 1
         return out
 
     def converted(

@@ -1,15 +1,190 @@
-"""Placeholder: the classify endpoint is being written; startup/shutdown hooks keep main.py stable."""
+"""POST /classify: CIFAR-10 top-k classification of one or several uploaded images.
+
+The model is loaded once at startup. If its weights are missing the app still starts: /readyz reports
+why and /classify answers 503, so a broken deploy is visible instead of crash-looping.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+import asyncio
+import logging
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from app.problems import Problem
+from app.services.classifier import ClassifierService, elapsed_ms, load_service
+from app.uploads import read_image
+from models.cifar import CLASSES
+from models.classifier import PREPROCESS_DOC
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["classify"])
 
+FORM_FIELDS = frozenset({"file", "top_k"})
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(examples=["cifar10-airbench"])
+    version: str = Field(examples=["cifar-32-128-128-e3-s0"])
+    backend: str = Field(examples=["torch"])
+    device: str = Field(examples=["cpu"])
+
+
+class PredictionOut(BaseModel):
+    label: str = Field(examples=["cat"])
+    probability: float = Field(ge=0, le=1, examples=[0.91])
+
+
+class ImageResult(BaseModel):
+    filename: str | None = Field(examples=["kitty.jpg"])
+    predictions: list[PredictionOut]
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelInfo
+    results: list[ImageResult] = Field(description="One entry per uploaded file, in upload order.")
+    inference_ms: float = Field(
+        description="Preprocessing plus (batched) model time for this request; excludes upload and decoding."
+    )
+
+
+CLASSIFY_DESCRIPTION = f"""
+Classify images into the 10 CIFAR-10 classes ({", ".join(CLASSES)}).
+
+Send `multipart/form-data` with one or more `file` parts (repeat the field for several images, up to
+the server's `max_files_per_request`) and optionally `top_k` (1-10, default 3). Any other form field
+is rejected with 422.
+
+**Preprocessing.** {PREPROCESS_DOC} The model averages its outputs on the image and its mirror image.
+
+Probabilities are softmax outputs sorted in decreasing order (rounded down to 6 decimals, so they sum
+to at most 1). The model was trained on 32x32 CIFAR-10 photos: anything else is forced into one of
+the 10 classes.
+"""
+
+
+def _service(request: Request) -> ClassifierService:
+    service: ClassifierService | None = getattr(request.app.state, "classifier", None)
+    if service is None:
+        reason = getattr(request.app.state, "classifier_error", "the classifier is not loaded")
+        raise Problem(
+            503,
+            "service-unavailable",
+            f"Classification is unavailable: {reason}.",
+            headers={"Retry-After": "30"},
+        )
+    return service
+
+
+async def _reject_unknown_fields(request: Request) -> None:
+    """FastAPI ignores extra form fields; a typo like ``topk`` should fail loudly instead."""
+    form = await request.form()  # already parsed for the endpoint: Starlette caches it
+    unknown = sorted(set(form.keys()) - FORM_FIELDS)
+    if unknown:
+        raise Problem(
+            422,
+            "validation-error",
+            f"Unknown form field(s): {', '.join(unknown)}; accepted: file, top_k.",
+            field=unknown[0],
+            errors=[{"field": f, "message": "unknown field"} for f in unknown],
+        )
+
+
+@router.post(
+    "/classify",
+    summary="Classify images into the CIFAR-10 classes",
+    description=CLASSIFY_DESCRIPTION,
+    response_model=ClassifyResponse,
+    responses={
+        413: {"description": "A file is too large or has too many pixels (problem+json)."},
+        415: {"description": "A file is not a supported image format (problem+json)."},
+        422: {
+            "description": "Missing/invalid field, too many files, unknown field, or an empty or "
+            "corrupt image (problem+json)."
+        },
+        503: {"description": "The model is not loaded (problem+json)."},
+    },
+)
+async def classify(
+    request: Request,
+    file: Annotated[list[UploadFile], File(description="Image file(s); repeat the field for several.")],
+    top_k: Annotated[int, Form(ge=1, le=10, description="How many classes to return per image.")] = 3,
+) -> ClassifyResponse:
+    await _reject_unknown_fields(request)
+    settings = request.app.state.settings
+    if len(file) > settings.max_files_per_request:
+        raise Problem(
+            422,
+            "validation-error",
+            f"{len(file)} files sent; at most {settings.max_files_per_request} per request.",
+            field="file",
+        )
+    service = _service(request)
+    fields = ["file"] if len(file) == 1 else [f"file[{i}]" for i in range(len(file))]
+    images = await asyncio.gather(
+        *(
+            read_image(up, name, settings.max_upload_bytes, settings.max_image_pixels)
+            for up, name in zip(file, fields, strict=True)
+        )
+    )
+    start = time.perf_counter()
+    predictions = await service.classify(images, top_k)
+    took = elapsed_ms(start)
+    return ClassifyResponse(
+        model=ModelInfo(**service.describe()),
+        results=[
+            ImageResult(
+                filename=up.filename,
+                predictions=[PredictionOut(label=p.label, probability=p.probability) for p in preds],
+            )
+            for up, preds in zip(file, predictions, strict=True)
+        ],
+        inference_ms=took,
+    )
+
 
 async def startup(app: FastAPI) -> None:
-    """Load models onto the device and register a readiness check in app.state.ready_checks."""
+    """Load the classifier once (CUDA when present, else CPU) and register its readiness check."""
+    settings = app.state.settings
+    app.state.classifier = None
+    try:
+        service = await run_in_threadpool(
+            load_service,
+            settings.weights_dir / "classifier",
+            backend=settings.classify_backend,
+            device=settings.device,
+            threads=settings.torch_threads,
+            max_batch=settings.classify_max_batch,
+            max_wait_s=settings.classify_batch_wait_ms / 1000,
+        )
+    except (OSError, ValueError, ImportError, RuntimeError) as exc:
+        reason = str(exc)
+        log.error("classifier not loaded: %s", reason)
+        app.state.classifier_error = reason
+        app.state.ready_checks["classifier"] = lambda: {"ok": False, "reason": reason}
+        return
+    app.state.classifier = service
+    info = service.describe()
+    app.state.ready_checks["classifier"] = lambda: {
+        "ok": True,
+        "model": info["name"],
+        "version": info["version"],
+        "backend": info["backend"],
+        "device": info["device"],
+        "batches": service.stats.batches,
+        "largest_batch": service.stats.largest_batch,
+    }
+    log.info("classifier %s loaded on %s (%s)", service.version, service.device, service.backend)
 
 
 async def shutdown(app: FastAPI) -> None:
-    """Release batchers and models."""
+    """Stop the batcher (pending requests get an error) and drop the model."""
+    service: ClassifierService | None = getattr(app.state, "classifier", None)
+    if service is not None:
+        await service.close()
+    app.state.classifier = None

@@ -1,0 +1,229 @@
+"""POST /classify over the real app (committed weights, CPU): fields, errors, batching, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from app.batching import BatchStats
+from app.main import create_app
+from app.settings import Settings
+from models import cifar
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def make_settings(**overrides) -> Settings:
+    tag = uuid.uuid4().hex
+    return Settings(queue_name=f"atelier-test-{tag}", key_prefix=f"atelier-test-{tag}:", **overrides)
+
+
+def png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def noise_image(size: tuple[int, int] = (48, 40), mode: str = "RGB", seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4}.get(mode)
+    shape = (size[1], size[0], channels) if channels else (size[1], size[0])
+    return Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings())) as c:
+        yield c
+
+
+def assert_problem(resp: httpx.Response, status: int, slug: str, field: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith(PROBLEM_JSON)
+    body = resp.json()
+    assert body["type"] == f"/problems/{slug}" and body["status"] == status
+    if field is not None:
+        assert body.get("field") == field, body
+    return body
+
+
+def assert_predictions(preds: list[dict], k: int) -> None:
+    assert len(preds) == k
+    probs = [p["probability"] for p in preds]
+    assert probs == sorted(probs, reverse=True)
+    assert all(0.0 <= p <= 1.0 for p in probs) and sum(probs) <= 1.0
+    labels = [p["label"] for p in preds]
+    assert len(set(labels)) == k and set(labels) <= set(cifar.CLASSES)
+
+
+def test_single_image_response_shape(client: TestClient) -> None:
+    resp = client.post("/classify", files={"file": ("cat.png", png(noise_image()), "image/png")})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["model"]["name"] == "cifar10-airbench"
+    assert body["model"]["backend"] == "torch" and body["model"]["device"] == "cpu"
+    assert body["model"]["version"].startswith("cifar-")
+    assert body["inference_ms"] >= 0
+    [result] = body["results"]
+    assert result["filename"] == "cat.png"
+    assert_predictions(result["predictions"], 3)
+
+
+def test_top_k_ten_returns_every_class_summing_to_about_one(client: TestClient) -> None:
+    resp = client.post(
+        "/classify", files={"file": ("a.png", png(noise_image()), "image/png")}, data={"top_k": "10"}
+    )
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()["results"][0]["predictions"]
+    assert_predictions(preds, 10)
+    assert sum(p["probability"] for p in preds) > 0.9999
+
+
+@pytest.mark.parametrize("top_k", ["0", "11", "-1", "three", "2.5"])
+def test_bad_top_k_is_a_422_naming_top_k(client: TestClient, top_k: str) -> None:
+    resp = client.post(
+        "/classify", files={"file": ("a.png", png(noise_image()), "image/png")}, data={"top_k": top_k}
+    )
+    assert_problem(resp, 422, "validation-error", "top_k")
+
+
+def test_missing_file_is_a_422_naming_file(client: TestClient) -> None:
+    resp = client.post("/classify", data={"top_k": "3"})
+    assert_problem(resp, 422, "validation-error", "file")
+
+
+def test_file_sent_as_plain_text_field_is_a_422_naming_file(client: TestClient) -> None:
+    resp = client.post("/classify", data={"file": "not-a-file"})
+    body = assert_problem(resp, 422, "validation-error")
+    assert body["field"] in ("file", "file.0"), body
+
+
+def test_not_an_image_is_415(client: TestClient) -> None:
+    resp = client.post("/classify", files={"file": ("notes.txt", b"hello, this is text", "text/plain")})
+    assert_problem(resp, 415, "unsupported-media-type", "file")
+
+
+def test_empty_file_is_422_invalid_image(client: TestClient) -> None:
+    resp = client.post("/classify", files={"file": ("empty.png", b"", "image/png")})
+    assert_problem(resp, 422, "invalid-image", "file")
+
+
+def test_truncated_image_is_422_invalid_image(client: TestClient) -> None:
+    data = png(noise_image((64, 64)))
+    resp = client.post("/classify", files={"file": ("cut.png", data[: len(data) // 2], "image/png")})
+    assert_problem(resp, 422, "invalid-image", "file")
+
+
+def test_unknown_form_field_is_a_422_naming_it(client: TestClient) -> None:
+    resp = client.post(
+        "/classify", files={"file": ("a.png", png(noise_image()), "image/png")}, data={"topk": "3"}
+    )
+    body = assert_problem(resp, 422, "validation-error", "topk")
+    assert "topk" in body["detail"]
+
+
+def test_several_files_keep_order_and_the_failing_one_is_named(client: TestClient) -> None:
+    a, b = png(noise_image(seed=1)), png(noise_image((20, 70), seed=2))
+    files = [
+        ("file", ("a.png", a, "image/png")),
+        ("file", ("b.png", b, "image/png")),
+        ("file", ("a-again.png", a, "image/png")),
+    ]
+    resp = client.post("/classify", files=files, data={"top_k": "2"})
+    assert resp.status_code == 200, resp.text
+    results = resp.json()["results"]
+    assert [r["filename"] for r in results] == ["a.png", "b.png", "a-again.png"]
+    assert results[0]["predictions"] == results[2]["predictions"]
+    for r in results:
+        assert_predictions(r["predictions"], 2)
+    bad = [*files[:1], ("file", ("x.txt", b"nope", "text/plain"))]
+    assert_problem(client.post("/classify", files=bad), 415, "unsupported-media-type", "file[1]")
+
+
+def test_too_many_files_is_a_422_naming_file() -> None:
+    with TestClient(create_app(make_settings(max_files_per_request=2))) as c:
+        files = [("file", (f"{i}.png", png(noise_image(seed=i)), "image/png")) for i in range(3)]
+        assert_problem(c.post("/classify", files=files), 422, "validation-error", "file")
+        assert c.post("/classify", files=files[:2]).status_code == 200
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_non_rgb_modes_are_accepted(client: TestClient, mode: str) -> None:
+    base = noise_image((37, 29), "RGBA" if mode == "RGBA" else "RGB")
+    img = base if mode == "RGBA" else base.convert("L" if mode == "I;16" else mode)
+    if mode == "I;16":
+        img = Image.fromarray(np.asarray(img, dtype=np.uint16) * 257)
+    resp = client.post("/classify", files={"file": (f"{mode}.png", png(img), "image/png")})
+    assert resp.status_code == 200, resp.text
+    assert_predictions(resp.json()["results"][0]["predictions"], 3)
+
+
+def test_large_jpeg_is_resized_and_classified(client: TestClient) -> None:
+    buf = io.BytesIO()
+    noise_image((1200, 800)).save(buf, format="JPEG", quality=80)
+    resp = client.post("/classify", files={"file": ("big.jpg", buf.getvalue(), "image/jpeg")})
+    assert resp.status_code == 200, resp.text
+
+
+@pytest.mark.skipif(not (cifar.data_dir() / "test.npz").exists(), reason="CIFAR-10 data not available")
+def test_real_cifar_images_are_mostly_classified_correctly(client: TestClient) -> None:
+    """32 test images (lossless PNG) in one request: top-1 agrees with the labels as the model does."""
+    test = cifar.load_split(False)
+    files = [("file", (f"{i}.png", png(Image.fromarray(test.images[i])), "image/png")) for i in range(32)]
+    resp = client.post("/classify", files=files, data={"top_k": "1"})
+    assert resp.status_code == 200, resp.text
+    top1 = [r["predictions"][0]["label"] for r in resp.json()["results"]]
+    correct = sum(label == cifar.CLASSES[test.labels[i]] for i, label in enumerate(top1))
+    assert correct >= 22, f"{correct}/32 correct"
+
+
+def test_concurrent_requests_are_batched() -> None:
+    """16 requests in flight at once must share model calls (a long batch wait makes it deterministic)."""
+    app = create_app(make_settings(classify_batch_wait_ms=200, classify_max_batch=64))
+    bodies = [png(noise_image(seed=i)) for i in range(16)]
+
+    async def scenario() -> tuple[list[httpx.Response], BatchStats]:
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as ac:
+                responses = await asyncio.gather(
+                    *(
+                        ac.post("/classify", files={"file": (f"{i}.png", b, "image/png")})
+                        for i, b in enumerate(bodies)
+                    )
+                )
+            return list(responses), app.state.classifier.stats
+
+    responses, stats = asyncio.run(scenario())
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    assert [r.json()["results"][0]["filename"] for r in responses] == [f"{i}.png" for i in range(16)]
+    assert stats.items == 16
+    assert stats.largest_batch > 1
+    assert stats.batches < 16
+
+
+def test_missing_weights_start_the_app_but_classify_is_503(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(weights_dir=tmp_path))) as c:
+        resp = c.post("/classify", files={"file": ("a.png", png(noise_image()), "image/png")})
+        body = assert_problem(resp, 503, "service-unavailable")
+        assert "classifier.safetensors" in body["detail"]
+        ready = c.get("/readyz")
+        assert ready.status_code == 503
+        check = ready.json()["checks"]["classifier"]
+        assert check["ok"] is False and "not found" in check["reason"]
+
+
+def test_readiness_reports_the_loaded_model(client: TestClient) -> None:
+    check = client.get("/readyz").json()["checks"]["classifier"]
+    assert check["ok"] is True
+    assert check["model"] == "cifar10-airbench" and check["device"] == "cpu"
+    assert check["version"].startswith("cifar-")

@@ -1,0 +1,204 @@
+"""Style networks: architecture, exact output sizes, weights I/O, the held-out split, a tiny training
+run, and the committed networks actually moving a real photo towards their painting."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from models import styles as style_manifest
+from models.imaging import pil_to_tensor, resize_longest
+from models.losses import gram_matrix, style_loss
+from models.train_style import is_held_out, parse_args, split_photos, train
+from models.transformer import (
+    ARCHS,
+    build,
+    conv_macs,
+    count_params,
+    export_onnx,
+    load_transformer,
+    pad_to_multiple,
+    save_transformer,
+    stylize,
+)
+from models.vgg import caffe_preprocess, load_vgg19
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("ATELIER_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
+WEIGHTS_DIR = PROJECT_ROOT / "models" / "weights"
+STYLE_LAYERS = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+
+
+def photo_like(width: int = 192, height: int = 144, seed: int = 0) -> Image.Image:
+    """A held-out photo when the data set is present, else a synthetic scene with edges and texture."""
+    photos = DATA_DIR / "photos"
+    if photos.is_dir():
+        held = sorted(p for p in photos.glob("*.jpg") if is_held_out(p.name))
+        if held:
+            img = Image.open(held[seed % len(held)]).convert("RGB")
+            return img.resize((width, height), Image.Resampling.LANCZOS)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin(x / 9.0)], axis=-1) * 200
+    img = Image.fromarray((base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((width // 4, height // 4, width // 2, height // 2), fill=(220, 40, 30))
+    draw.rectangle((width // 2, height // 2, width - 10, height - 10), fill=(20, 60, 200))
+    return img
+
+
+# --- architecture ---------------------------------------------------------------------------------
+
+
+def test_reference_matches_the_paper_and_fast_is_much_lighter() -> None:
+    ref, fast = build("reference"), build("fast")
+    assert 1_650_000 < count_params(ref) < 1_700_000  # Johnson et al.: ≈1.68 M
+    assert count_params(fast) * 10 < count_params(ref)
+    assert conv_macs(fast, 64, 64) * 5 < conv_macs(ref, 64, 64)
+    for model in (ref, fast):
+        kinds = {type(m).__name__ for m in model.modules()}
+        assert "ConvTranspose2d" not in kinds
+        assert {"ReflectionPad2d", "InstanceNorm2d"} <= kinds
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("shape", [(1, 64, 64), (2, 37, 53), (1, 5, 7), (1, 1, 1), (1, 130, 18)])
+def test_output_has_exactly_the_input_size(arch: str, shape: tuple[int, int, int]) -> None:
+    n, h, w = shape
+    model = build(arch).eval()
+    with torch.inference_mode():
+        out = stylize(model, torch.rand(n, 3, h, w))
+    assert out.shape == (n, 3, h, w)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_pad_to_multiple_reflects_and_keeps_the_original() -> None:
+    x = torch.arange(2 * 3 * 18 * 21, dtype=torch.float32).reshape(2, 3, 18, 21)
+    padded, h, w = pad_to_multiple(x)
+    assert padded.shape[-2:] == (20, 24) and (h, w) == (18, 21)
+    assert torch.equal(padded[..., :18, :21], x)
+    assert torch.equal(padded[..., 18, :21], x[..., 16, :])  # reflection, not replication
+
+
+def test_weights_round_trip_rebuilds_the_arch_from_metadata(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build("fast").eval()
+    path = tmp_path / "net.safetensors"
+    save_transformer(path, model, {"atelier.style": "test"})
+    loaded, meta = load_transformer(path)
+    assert loaded.config == ARCHS["fast"]
+    assert meta["atelier.arch_name"] == "fast" and meta["atelier.style"] == "test"
+    x = torch.rand(1, 3, 32, 48)
+    with torch.inference_mode():
+        assert torch.allclose(stylize(model, x), stylize(loaded, x), atol=2e-2)  # fp16 storage
+
+
+def test_onnx_export_matches_eager() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = build("fast").eval()
+    session = ort.InferenceSession(export_onnx(model), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 3, 40, 56)
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    got = session.run(None, {"image": x.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+# --- held-out split and training ------------------------------------------------------------------
+
+
+def test_held_out_split_is_by_name_and_about_five_percent() -> None:
+    names = [Path(f"photo_{i:05d}.jpg") for i in range(4000)]
+    train_a, held_a = split_photos(names)
+    _train_b, held_b = split_photos(list(reversed(names)))
+    assert {p.name for p in held_a} == {p.name for p in held_b}
+    assert not {p.name for p in held_a} & {p.name for p in train_a}
+    assert 0.035 < len(held_a) / len(names) < 0.065
+    assert is_held_out("bsds_100039.jpg") == is_held_out("bsds_100039.jpg")
+
+
+def test_tiny_training_run_writes_weights_log_and_previews(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(40):
+        photo_like(48 + i % 5, 40, seed=i).save(photos / f"p{i:02d}.png")
+    style = tmp_path / "painting.png"
+    photo_like(64, 64, seed=99).rotate(90).save(style)
+    out = tmp_path / "net.safetensors"
+    cfg = parse_args(
+        [
+            "--photos", str(photos), "--style", str(style), "--out", str(out), "--arch", "fast",
+            "--iterations", "3", "--batch-size", "2", "--crop", "32", "--style-size", "64",
+            "--log-every", "1", "--preview-every", "2", "--checkpoint-every", "2",
+            "--runs-dir", str(tmp_path / "runs"), "--precision", "fp32",
+        ]
+    )  # fmt: skip
+    summary = train(cfg)
+    assert summary["iterations"] == 3 and summary["finished"] is True
+    run = tmp_path / "runs" / "painting-fast"
+    rows = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(r["total"]) for r in rows)
+    held = json.loads((run / "holdout.json").read_text())
+    assert held == sorted(p.name for p in photos.iterdir() if is_held_out(p.name))
+    assert (run / "preview_000002.png").exists() or not held
+    _model, meta = load_transformer(out)
+    info = json.loads(meta["atelier.train"])
+    assert meta["atelier.arch_name"] == "fast" and info["iterations"] == 3
+    assert set(info["final_losses"]) == {"content", "style", "tv", "total"}
+
+
+# --- the committed networks -----------------------------------------------------------------------
+
+
+def _manifest() -> list[style_manifest.StyleEntry]:
+    entries = style_manifest.read_manifest(WEIGHTS_DIR)
+    if not entries:
+        pytest.skip("no style networks committed yet")
+    return entries
+
+
+def test_manifest_lists_public_domain_styles_with_valid_checksums() -> None:
+    for entry in _manifest():
+        assert entry.status in style_manifest.STATUSES
+        assert style_manifest.verify(entry, WEIGHTS_DIR).suffix == ".safetensors"
+
+
+def test_checksum_mismatch_is_reported_not_loaded(tmp_path: Path) -> None:
+    entry = _manifest()[0]
+    shutil.copytree(WEIGHTS_DIR / "styles", tmp_path / "styles")
+    path = tmp_path / "styles" / entry.file
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    loaded, errors = style_manifest.load_all(tmp_path)
+    assert entry.name not in loaded and "sha256" in errors[entry.name]
+
+
+def _style_distance(vgg, x: torch.Tensor, grams: dict[str, torch.Tensor]) -> float:
+    with torch.inference_mode():
+        return float(style_loss(vgg(caffe_preprocess(x), STYLE_LAYERS), grams))
+
+
+@pytest.mark.parametrize("entry", style_manifest.read_manifest(WEIGHTS_DIR), ids=lambda e: e.name)
+def test_committed_network_moves_a_photo_towards_its_painting(entry: style_manifest.StyleEntry) -> None:
+    loaded = style_manifest.load_style(entry, WEIGHTS_DIR)
+    painting_path = DATA_DIR / "styles" / json.loads(loaded.metadata["atelier.train"])["style_file"]
+    if not painting_path.exists():
+        pytest.skip(f"painting {painting_path} not available")
+    vgg = load_vgg19("relu4_1")
+    painting = pil_to_tensor(resize_longest(Image.open(painting_path).convert("RGB"), 256))
+    with torch.inference_mode():
+        grams = {k: gram_matrix(v) for k, v in vgg(caffe_preprocess(painting), STYLE_LAYERS).items()}
+    photo = pil_to_tensor(photo_like(190, 142))
+    with torch.inference_mode():
+        out = stylize(loaded.model, photo)
+    assert out.shape == photo.shape
+    before, after = _style_distance(vgg, photo, grams), _style_distance(vgg, out, grams)
+    assert after < 0.5 * before, (before, after)
