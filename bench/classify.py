@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import io
 import json
 import os
@@ -171,13 +172,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, backend: str) -> subprocess.Popen[bytes]:
+def readiness(port: int) -> dict[str, Any]:
+    """GET /readyz (any status: 503 still carries the checks)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=5)
+    try:
+        conn.request("GET", "/readyz")
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def start_server(port: int, backend: str, threads: int) -> subprocess.Popen[bytes]:
     tag = uuid.uuid4().hex[:8]
     env = {
         **os.environ,
         "ATELIER_QUEUE_NAME": f"atelier-bench-{tag}",
         "ATELIER_KEY_PREFIX": f"atelier-bench-{tag}:",
         "ATELIER_CLASSIFY_BACKEND": backend,
+        "ATELIER_TORCH_THREADS": str(threads),
     }
     cmd = [
         sys.executable,
@@ -199,11 +211,9 @@ def start_server(port: int, backend: str) -> subprocess.Popen[bytes]:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}")
         try:
-            with socket.create_connection((HOST, port), timeout=1) as s:
-                s.sendall(build_request("GET", "/readyz", port))
-                if b'"classifier":{"ok":true' in s.recv(65536).replace(b" ", b""):
-                    return proc
-        except OSError:
+            if readiness(port)["checks"]["classifier"]["ok"]:
+                return proc
+        except (OSError, ValueError, KeyError):
             pass
         time.sleep(0.5)
     proc.terminate()
@@ -225,16 +235,17 @@ def bench_image() -> bytes:
     return buf.getvalue()
 
 
-def model_bench(seconds: float) -> dict[str, Any]:
+def model_bench(seconds: float, threads: int) -> dict[str, Any]:
     """Images/s of the model alone at batch 1 and 256, for each runtime that has a file."""
     import torch
 
     from app.settings import Settings
-    from models.classifier import load_classifier
+    from models.classifier import fold_batchnorm, load_classifier
     from models.export_onnx import latency, onnx_runner, torch_runner
 
     wdir = Settings().weights_dir / "classifier"  # the same files the server loads
-    model, _ = load_classifier(wdir / "classifier.safetensors")
+    torch.set_num_threads(threads)
+    model = fold_batchnorm(load_classifier(wdir / "classifier.safetensors")[0])
     x = np.random.default_rng(0).standard_normal((256, 3, 32, 32)).astype(np.float32)
     runners = {"torch-fp32": torch_runner(model)}
     for name, fname in (
@@ -243,7 +254,7 @@ def model_bench(seconds: float) -> dict[str, Any]:
         ("onnx-int8-dynamic", "classifier.int8-dynamic.onnx"),
     ):
         if (wdir / fname).exists():
-            runners[name] = onnx_runner(wdir / fname, torch.get_num_threads())
+            runners[name] = onnx_runner(wdir / fname, threads)
     return {name: [latency(run, x, b, seconds) for b in (1, 256)] for name, run in runners.items()}
 
 
@@ -297,29 +308,31 @@ def markdown(report: dict[str, Any]) -> str:
         f"({m['torch_threads']} threads); Python {m['python']}",
         f"- Load before: `{report['uptime_before']}`",
         f"- Load after: `{report['uptime_after']}`",
-        f"- Server: `uvicorn app.main:create_app --factory`, 1 process, backend `{report['backend']}`, "
-        "micro-batching with the default settings; client: raw asyncio HTTP/1.1 keep-alive, same machine.",
+        "- Server: `uvicorn app.main:create_app --factory`, 1 process, "
+        f"ATELIER_TORCH_THREADS={report['threads']}, micro-batching with the default settings "
+        "(max batch 64, 2 ms wait); client: raw asyncio HTTP/1.1 keep-alive, same machine.",
         f"- Request: one {report['image_bytes']}-byte 32x32 PNG (a CIFAR-10 test image), default top_k.",
         f"- Command: `{report['command']}`",
         "",
-        "## Over HTTP",
-        "",
-        "| phase | concurrency | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in report["http"]:
-        lines.append(
-            f"| {r['name']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['rps']} | "
-            f"{r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} |"
-        )
-    lines += ["", "| target | required | measured | met |", "|---|---|---|---|"]
-    for name, v in report["targets"].items():
-        lines.append(f"| {name} | {v['target']} | {v['measured']} | {'yes' if v['met'] else 'NO'} |")
+    for srv in report["servers"]:
+        lines += [
+            f"## Over HTTP, backend `{srv['backend']}` (load after: `{srv['uptime_after']}`)",
+            "",
+            "| phase | concurrency | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in srv["http"]:
+            lines.append(
+                f"| {r['name']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['rps']} | "
+                f"{r['p50_ms']} | {r['p90_ms']} | {r['p99_ms']} | {r['max_ms']} |"
+            )
+        lines += ["", "| target | required | measured | met |", "|---|---|---|---|"]
+        for name, v in srv["targets"].items():
+            lines.append(f"| {name} | {v['target']} | {v['measured']} | {'yes' if v['met'] else 'NO'} |")
+        lines += ["", f"Server batching counters after the run: {srv['batch_stats']}", ""]
     lines += [
-        "",
-        f"Server batching stats after the run: {report.get('batch_stats')}",
-        "",
-        "## Model alone (random input, no TTA; the service runs each image and its mirror)",
+        "## Model alone (random input, fp32 input tensors, no TTA, as the service runs it)",
         "",
         "| runtime | batch | median ms/call | images/s |",
         "|---|---|---|---|",
@@ -330,42 +343,54 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def server_bench(backend: str, image: bytes, args: argparse.Namespace) -> dict[str, Any]:
+    """One server process with ``backend``: the HTTP phases, target verdicts, its batching counters."""
+    port = free_port()
+    server = start_server(port, backend, args.threads)
+    try:
+        http = asyncio.run(http_bench(port, image, args))
+        check = readiness(port)["checks"]["classifier"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return {
+        "backend": check.get("backend", backend),
+        "uptime_after": uptime(),
+        "http": http,
+        "targets": verdicts(http),
+        "batch_stats": {k: check.get(k) for k in ("batches", "largest_batch")},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests-c1", type=int, default=500)
     p.add_argument("--requests-c32", type=int, default=4000)
     p.add_argument("--seconds", type=float, default=30.0, help="hard time cap per load phase")
     p.add_argument("--model-seconds", type=float, default=3.0, help="time per model-alone measurement")
-    p.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    p.add_argument("--backends", default="torch,onnx", help="comma-separated: one server run per backend")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="server's ATELIER_TORCH_THREADS (1: a 2-core box is shared with the load generator)",
+    )
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--tag", default="", help="suffix for the result file names")
     args = p.parse_args(argv)
 
     before = uptime()
     image = bench_image()
-    port = free_port()
-    server = start_server(port, args.backend)
-    try:
-        http = asyncio.run(http_bench(port, image, args))
-        with socket.create_connection((HOST, port), timeout=5) as s:
-            s.sendall(build_request("GET", "/readyz", port))
-            raw = s.recv(65536).split(b"\r\n\r\n", 1)[1]
-        check = json.loads(raw)["checks"]["classifier"]
-        batch_stats = {k: check.get(k) for k in ("batches", "largest_batch")}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    model = model_bench(args.model_seconds)
+    servers = [server_bench(backend, image, args) for backend in args.backends.split(",")]
+    model = model_bench(args.model_seconds, args.threads)
     report = {
         "machine": machine(),
         "uptime_before": before,
         "uptime_after": uptime(),
-        "backend": args.backend,
+        "threads": args.threads,
         "image_bytes": len(image),
         "command": " ".join(["python", "bench/classify.py", *(argv if argv is not None else sys.argv[1:])]),
-        "http": http,
-        "targets": verdicts(http),
-        "batch_stats": batch_stats,
+        "servers": servers,
         "model": model,
     }
     args.out_dir.mkdir(parents=True, exist_ok=True)

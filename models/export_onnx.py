@@ -34,7 +34,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from models import cifar
-from models.classifier import load_classifier
+from models.classifier import fold_batchnorm, load_classifier
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "classifier" / "classifier.safetensors"
 INPUT_NAME = "images"
@@ -163,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     model, meta = load_classifier(args.weights)
+    model = fold_batchnorm(model)  # what the service runs; also gives ORT/int8 plain conv+bias nodes
     fp32_path = out_dir / "classifier.onnx"
     int8_path = out_dir / "classifier.int8.onnx"
     dyn_path = out_dir / "classifier.int8-dynamic.onnx"

@@ -16,10 +16,14 @@ from PIL import Image
 
 from app.batching import BatchStats
 from app.main import create_app
+from app.services.classifier import ClassifierService
 from app.settings import Settings
 from models import cifar
 
 PROBLEM_JSON = "application/problem+json"
+needs_data = pytest.mark.skipif(
+    not (cifar.data_dir() / "test.npz").exists(), reason=f"CIFAR-10 data not found at {cifar.data_dir()}"
+)
 
 
 def make_settings(**overrides) -> Settings:
@@ -174,7 +178,7 @@ def test_large_jpeg_is_resized_and_classified(client: TestClient) -> None:
     assert resp.status_code == 200, resp.text
 
 
-@pytest.mark.skipif(not (cifar.data_dir() / "test.npz").exists(), reason="CIFAR-10 data not available")
+@needs_data
 def test_real_cifar_images_are_mostly_classified_correctly(client: TestClient) -> None:
     """32 test images (lossless PNG) in one request: top-1 agrees with the labels as the model does."""
     test = cifar.load_split(False)
@@ -220,6 +224,49 @@ def test_missing_weights_start_the_app_but_classify_is_503(tmp_path: Path) -> No
         assert ready.status_code == 503
         check = ready.json()["checks"]["classifier"]
         assert check["ok"] is False and "not found" in check["reason"]
+
+
+@needs_data
+def test_onnx_backend_serves_the_int8_export_and_agrees_with_torch() -> None:
+    """The ONNX backend (static int8 export) gives the torch backend's top-1 on real test images."""
+    test = cifar.load_split(False)
+    files = [("file", (f"{i}.png", png(Image.fromarray(test.images[i])), "image/png")) for i in range(16)]
+    top1 = {}
+    for backend in ("torch", "onnx"):
+        with TestClient(create_app(make_settings(classify_backend=backend))) as c:
+            resp = c.post("/classify", files=files, data={"top_k": "1"})
+            assert resp.status_code == 200, resp.text
+            body = resp.json()
+            assert body["model"]["backend"] == ("torch" if backend == "torch" else "onnx-int8")
+            top1[backend] = [r["predictions"][0]["label"] for r in body["results"]]
+    agree = sum(a == b for a, b in zip(top1["torch"], top1["onnx"], strict=True))
+    assert agree >= 14, (top1, agree)
+
+
+def test_service_mirror_tta_averages_an_image_with_its_mirror() -> None:
+    """With tta_flip the batch function scores x and x[..., ::-1] together and averages their logits."""
+
+    def runner(x: np.ndarray) -> np.ndarray:  # logits = left-half mean minus right-half mean, per class
+        diff = x[..., :16].mean(axis=(1, 2, 3)) - x[..., 16:].mean(axis=(1, 2, 3))
+        return np.outer(diff, np.arange(10, dtype=np.float64))
+
+    x = np.zeros((1, 3, 32, 32), dtype=np.float32)
+    x[..., :16] = 1.0
+    plain = ClassifierService(
+        runner, cifar.CLASSES, version="t", backend="fake", device="cpu", max_batch=4, max_wait_s=0
+    )
+    mirrored = ClassifierService(
+        runner,
+        cifar.CLASSES,
+        version="t",
+        backend="fake",
+        device="cpu",
+        max_batch=4,
+        max_wait_s=0,
+        tta_flip=True,
+    )
+    assert plain.run_sync(x)[0].argmax() == 9  # asymmetric image: a confident answer
+    assert np.allclose(mirrored.run_sync(x)[0], 0.1)  # mirror cancels it exactly: uniform
 
 
 def test_readiness_reports_the_loaded_model(client: TestClient) -> None:

@@ -60,7 +60,7 @@ Send `multipart/form-data` with one or more `file` parts (repeat the field for s
 the server's `max_files_per_request`) and optionally `top_k` (1-10, default 3). Any other form field
 is rejected with 422.
 
-**Preprocessing.** {PREPROCESS_DOC} The model averages its outputs on the image and its mirror image.
+**Preprocessing.** {PREPROCESS_DOC}
 
 Probabilities are softmax outputs sorted in decreasing order (rounded down to 6 decimals, so they sum
 to at most 1). The model was trained on 32x32 CIFAR-10 photos: anything else is forced into one of
