@@ -25,12 +25,12 @@ from models.classifier import fold_batchnorm, load_classifier, preprocess
 
 MODEL_NAME = "cifar10-airbench"
 WEIGHTS_FILE = "classifier.safetensors"
-# The "onnx" backend prefers the static int8 model: same test accuracy as fp32 (see the model card's
-# ONNX table) at ~2.5x the throughput on CPU. The fp32 export is the fallback.
+# The "onnx" backend prefers the static int8 model: within 0.25 pt of fp32 test accuracy at ~2x the
+# batch throughput on CPU (model card, ONNX table). The fp32 export is the fallback.
 ONNX_FILES = (("classifier.int8.onnx", "onnx-int8"), ("classifier.onnx", "onnx"))
 # Mirror TTA (averaging each image with its mirror) buys +0.7 pt test accuracy for 2x the model
-# cost, and the model is the largest CPU cost per request: measured on 2 cores it halves c=32
-# throughput (bench/results). So the service runs without it unless constructed with tta_flip=True.
+# cost, and the model is the largest CPU cost per request: measured on 2 cores it roughly halves
+# c=32 throughput (bench/results). So the service runs without it unless constructed with tta_flip=True.
 DEFAULT_TTA_FLIP = False
 INLINE_PREPROCESS_PIXELS = 64 * 64
 
