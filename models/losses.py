@@ -51,10 +51,16 @@ class _GramMSE(torch.autograd.Function):
         x, diff = ctx.saved_tensors
         b, c, h, w = ctx.feat_shape
         scale = grad_out * (4.0 / (c * h * w * b * c * c))
-        d = torch.mul(diff, scale, out=torch.empty_like(diff, dtype=x.dtype))  # scale + cast in one pass
-        # channels_last: Xᵀ is the contiguous operand, so produce the grad in that layout too.
-        channels_last = x.stride(1) == 1
-        grad = torch.bmm(x.transpose(1, 2), d).transpose(1, 2) if channels_last else torch.bmm(d, x)
+        on_cpu = scale.device.type == "cpu"
+        # On the CPU the scale rides along as the GEMM's alpha (one kernel fewer); elsewhere it is
+        # applied to the small C×C matrix to avoid a host sync.
+        d = diff.to(x.dtype) if on_cpu else (diff * scale).to(x.dtype)
+        alpha = float(scale) if on_cpu else 1.0
+        zero = x.new_zeros(())
+        if x.stride(1) == 1:  # channels_last: Xᵀ is the contiguous operand; keep that layout
+            grad = torch.baddbmm(zero, x.transpose(1, 2), d, beta=0.0, alpha=alpha).transpose(1, 2)
+        else:
+            grad = torch.baddbmm(zero, d, x, beta=0.0, alpha=alpha)
         return grad.view(b, c, h, w), None
 
 
@@ -62,19 +68,42 @@ def gram_mse(feat: Tensor, target: Tensor) -> Tensor:
     """Mean squared error between ``gram_matrix(feat)`` and a target Gram (1×C×C or B×C×C)."""
     b, c = feat.shape[:2]
     target = target.to(device=feat.device, dtype=torch.float32).expand(b, c, c).contiguous()
-    if torch.is_grad_enabled() and feat.requires_grad:
+    if torch.is_grad_enabled() and feat.requires_grad and not target.requires_grad:
         return _GramMSE.apply(feat, target)
     return F.mse_loss(gram_matrix(feat), target)
 
 
-def content_loss(feats: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
-    """Sum over the target layers of the MSE between activations and targets (computed in fp32).
+class _FeatureMSE(torch.autograd.Function):
+    """``mean((f - t)²)`` in fp32 with two kernels each way (autograd's version launches ~7)."""
 
-    Written as ``(f - t)²`` rather than ``mse_loss`` so targets made under ``inference_mode`` work
-    (the subtraction saves nothing for backward); a bf16 ``f`` is promoted by the subtraction.
+    @staticmethod
+    def forward(ctx, feat: Tensor, target: Tensor) -> Tensor:  # type: ignore[override]
+        diff = feat - target  # promotes a bf16 feature to fp32
+        ctx.save_for_backward(diff)
+        ctx.dtype = feat.dtype
+        return torch.linalg.vector_norm(diff).square() / diff.numel()
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        (diff,) = ctx.saved_tensors
+        scale = grad_out * (2.0 / diff.numel())
+        return torch.mul(diff, scale).to(ctx.dtype), None
+
+
+def feature_mse(feat: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error between activations and (broadcastable) target activations, in fp32.
+
+    Works with targets made under ``inference_mode``: they are never saved for backward.
     """
-    losses = [(feats[name] - target.float()).square().mean() for name, target in targets.items()]
-    return torch.stack(losses).sum()
+    target = target.to(device=feat.device, dtype=torch.float32)
+    if torch.is_grad_enabled() and feat.requires_grad and not target.requires_grad:
+        return _FeatureMSE.apply(feat, target)
+    return (feat - target).square().mean()
+
+
+def content_loss(feats: Mapping[str, Tensor], targets: Mapping[str, Tensor]) -> Tensor:
+    """Sum over the target layers of :func:`feature_mse` between activations and targets."""
+    return torch.stack([feature_mse(feats[name], target) for name, target in targets.items()]).sum()
 
 
 def style_loss(

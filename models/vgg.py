@@ -194,8 +194,9 @@ class VGG19Features(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
         channels_last: bool = False,
+        last_layer: str | None = None,
     ) -> VGG19Features:
-        """A copy with weights in the compute device/dtype/layout (``self`` if nothing changes).
+        """A copy in the compute device/dtype/layout, up to ``last_layer`` (``self`` if nothing changes).
 
         Used per optimization run so the shared fp32 model stays untouched while the hot loop uses
         bf16 / channels_last weights without re-casting them on every forward and backward.
@@ -204,10 +205,14 @@ class VGG19Features(nn.Module):
         device = torch.device(device) if device is not None else weight.device
         dtype = dtype or weight.dtype
         fmt = torch.channels_last if channels_last else torch.contiguous_format
-        if weight.device == device and weight.dtype == dtype and weight.is_contiguous(memory_format=fmt):
+        stop = LAYER_INDEX[deepest_layer([last_layer or self.last_layer])]
+        names = [name for name in self.convs if LAYER_INDEX[name] <= stop]
+        same = weight.device == device and weight.dtype == dtype and weight.is_contiguous(memory_format=fmt)
+        if same and len(names) == len(self.convs):
             return self
         convs: dict[str, nn.Conv2d] = {}
-        for name, conv in self.convs.items():
+        for name in names:
+            conv = self.convs[name]
             new = nn.Conv2d(conv.in_channels, conv.out_channels, kernel_size=3, padding=1, device="meta")
             new.weight = nn.Parameter(
                 conv.weight.detach().to(device=device, dtype=dtype, memory_format=fmt, copy=True),

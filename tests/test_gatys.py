@@ -19,7 +19,14 @@ from models.imaging import (
     resize_longest,
     tensor_to_pil,
 )
-from models.losses import content_loss, gram_matrix, gram_mse, style_loss, total_variation
+from models.losses import (
+    content_loss,
+    feature_mse,
+    gram_matrix,
+    gram_mse,
+    style_loss,
+    total_variation,
+)
 from models.vgg import DEFAULT_STYLE_LAYERS, VGG19Features, caffe_preprocess, load_vgg19
 
 FAST = {"size": 64, "steps": 10}
@@ -90,6 +97,21 @@ def test_gram_mse_gradient_matches_autograd(channels_last: bool) -> None:
     (3.0 * F.mse_loss(gram_matrix(b), target.expand(2, 8, 8))).backward()
     torch.testing.assert_close(a.grad, b.grad)
     assert a.grad.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_feature_mse_matches_autograd_and_keeps_dtype(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(0)
+    feat = torch.randn(2, 4, 3, 5, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    target = torch.randn(1, 4, 3, 5, generator=gen)
+    a = feat.clone().requires_grad_()
+    (2.0 * feature_mse(a, target)).backward()
+    b = feat.float().requires_grad_()
+    (2.0 * F.mse_loss(b, target.expand_as(b))).backward()
+    assert a.grad.dtype == dtype
+    torch.testing.assert_close(
+        a.grad.float(), b.grad, rtol=1e-2 if dtype == torch.bfloat16 else 1e-5, atol=1e-3
+    )
 
 
 def test_style_and_content_loss_weighting() -> None:

@@ -177,6 +177,7 @@ def test_converted_copy_leaves_original_untouched(vgg: VGG19Features) -> None:
     assert fast.convs["conv2_1"].weight.dtype == torch.bfloat16
     assert fast.convs["conv2_1"].weight.is_contiguous(memory_format=torch.channels_last)
     assert vgg.converted() is vgg
+    assert list(vgg.converted(last_layer="relu2_1").convs) == ["conv1_1", "conv1_2", "conv2_1"]
     x = _input()
     ref = vgg(x, ["relu3_1"])["relu3_1"]
     got = fast(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last), ["relu3_1"])["relu3_1"]
