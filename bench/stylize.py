@@ -201,7 +201,7 @@ def http_runs(url: str, style: str, repeats: int) -> dict[str, Any]:
                 lat = sorted(r[0] for r in rows)
                 parts = {
                     k: round(statistics.median(r[1][k] for r in rows), 1)
-                    for k in ("prepare", "queue", "infer", "encode", "total")
+                    for k in ("decode", "prepare", "queue", "infer", "encode", "total")
                 }
                 out[f"c1@{size}/{fmt}"] = {
                     "median_ms": round(statistics.median(lat), 1),
@@ -278,7 +278,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|",
         *(f"| {a} | {v['params']:,} | {v['gflop_512']} |" for a, v in result["archs"].items()),
         "",
-        "## Bare forwards (median ms, batch 1, square)",
+        "## Bare forwards (median (min) ms, batch 1, square; min is the least load-sensitive)",
         "",
         "| arch@size | torch fp32 | torch fp32 channels_last | torch bf16 autocast | ONNX Runtime fp32 |",
         "|---|---|---|---|---|",
@@ -286,7 +286,7 @@ def markdown(result: dict[str, Any]) -> str:
     for key, row in result["bare"].items():
         if "@" in key:
             cells = " | ".join(
-                str(row[b]["median_ms"])
+                f"{row[b]['median_ms']} ({row[b]['min_ms']})"
                 for b in ("torch_fp32", "torch_fp32_channels_last", "torch_bf16", "onnx_fp32")
             )
             lines.append(f"| {key} | {cells} |")

@@ -52,7 +52,7 @@ class GatysOptions:
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
     learning_rate: float = 5.0  # Adam only, in 0..255 pixel units (≈ grey levels per step)
     content_weight: float = 1.0
-    style_weight: float = 1e2  # 300 L-BFGS steps: clearly painted, subject still recognizable
+    style_weight: float = 50.0  # 300 L-BFGS steps: clearly painted, subject still recognizable
     tv_weight: float = 1e3  # L1 TV in 0..255 units: ~5% of the final loss, damps speckle only
     content_layers: tuple[str, ...] = DEFAULT_CONTENT_LAYERS
     style_layers: tuple[str, ...] = DEFAULT_STYLE_LAYERS

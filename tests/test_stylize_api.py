@@ -80,7 +80,7 @@ def test_stylize_defaults_to_png_at_the_input_size(
     assert r.headers["x-atelier-model"] == f"{entry.arch}/{entry.sha256[:12]}"
     assert float(r.headers["x-atelier-inference-ms"]) > 0
     timing = r.headers["server-timing"]
-    for part in ("prepare;dur=", "queue;dur=", "infer;dur=", "encode;dur=", "total;dur="):
+    for part in ("decode;dur=", "prepare;dur=", "queue;dur=", "infer;dur=", "encode;dur=", "total;dur="):
         assert part in timing
     assert not np.array_equal(np.asarray(out), np.asarray(photo))
 

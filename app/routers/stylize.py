@@ -7,6 +7,7 @@ still starts: /readyz reports why and /stylize answers 503 instead of failing at
 from __future__ import annotations
 
 import logging
+import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFile
@@ -124,11 +125,14 @@ async def stylize(
             f"'size' must be between {MIN_SIDE} and {max_size}; got {size}.",
             field="size",
         )
+    start = time.perf_counter()
     image = await read_image(file, "file", settings.max_upload_bytes, settings.max_image_pixels)
+    decode_ms = (time.perf_counter() - start) * 1000
     result = await stylizer.stylize(
         style, image, size=size, max_size=max_size, strength=strength, keep_colors=preserve_color, fmt=format
     )
-    t = result.timings_ms
+    t = {"decode": decode_ms, **result.timings_ms}
+    t["total"] += decode_ms
     headers = {
         "X-Atelier-Style": style,
         "X-Atelier-Model": stylizer.model_id(style),
