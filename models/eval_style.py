@@ -107,6 +107,36 @@ def evaluate_style(
     return {"photos": [p.name for p in photos], "rows": rows, "mean": mean, "style_ratio_vs_gatys": ratios}
 
 
+def markdown_table(results: dict[str, object]) -> str:
+    """The model card's table: mean unweighted losses per output kind, per style."""
+    o = results["gatys_options"]
+    lines = [
+        f"Size {o['size']} px (longest side), Gatys {o['steps']} {o['optimizer']} steps, "
+        f"content_weight {o['content_weight']}, style_weight {o['style_weight']}, "
+        f"tv_weight {o['tv_weight']}.",
+        "",
+        "| style | photos | output | content loss | style loss | style ratio vs Gatys |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in results["styles"].items():
+        n = len(r["photos"])
+        mean, ratios = r["mean"], r["style_ratio_vs_gatys"]
+        lines.append(f"| {name} | {n} | photo | 0 | {mean['photo']['style']:,.0f} | |")
+        for label in [*ratios, "gatys"]:
+            ratio = f"{ratios[label]:.1f}×" if label in ratios else "1×"
+            m = mean[label]
+            lines.append(f"| {name} | {n} | {label} | {m['content']:,.0f} | {m['style']:,.0f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def _display_path(path: Path) -> str:
+    """Project-relative when possible: the JSON is committed and should not carry machine paths."""
+    try:
+        return str(path.resolve().relative_to(Path(__file__).resolve().parent.parent))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", default=str(DATA_DIR / "photos"))
@@ -137,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         main_path = verify(entry, weights_dir)
         net, meta = load_transformer(main_path)
         networks = {entry.arch: net}
-        paths = {entry.arch: str(main_path)}
+        paths = {entry.arch: _display_path(main_path)}
         for extra in a.extra:
             label, path = extra.split("=", 1)
             networks[label] = load_transformer(Path(path))[0]
@@ -155,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown_table(results))
 
 
 if __name__ == "__main__":
