@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterable
 
 import numpy as np
-from fastapi import UploadFile
+from fastapi import Request, UploadFile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.problems import Problem
@@ -120,6 +121,24 @@ def decode_image(data: bytes, field: str, max_pixels: int) -> Image.Image:
         raise Problem(
             422, "invalid-image", f"'{field}' is truncated or corrupt and could not be decoded.", field=field
         ) from None
+
+
+async def reject_unknown_fields(request: Request, accepted: Iterable[str]) -> None:
+    """FastAPI silently ignores extra form fields; a typo like ``topk`` must fail loudly instead.
+
+    The form is already parsed for the endpoint (Starlette caches it), so this costs no extra read.
+    """
+    accepted = sorted(accepted)
+    form = await request.form()
+    unknown = sorted(set(form.keys()) - set(accepted))
+    if unknown:
+        raise Problem(
+            422,
+            "validation-error",
+            f"Unknown field(s): {', '.join(unknown)}. Accepted: {', '.join(accepted)}.",
+            field=unknown[0],
+            errors=[{"field": name, "message": "unknown field"} for name in unknown],
+        )
 
 
 async def read_image(upload: UploadFile, field: str, max_bytes: int, max_pixels: int) -> Image.Image:

@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.problems import Problem
 from app.services.classifier import ClassifierService, elapsed_ms, load_service
-from app.uploads import read_image
+from app.uploads import read_image, reject_unknown_fields
 from models.cifar import CLASSES
 from models.classifier import PREPROCESS_DOC
 
@@ -81,20 +81,6 @@ def _service(request: Request) -> ClassifierService:
     return service
 
 
-async def _reject_unknown_fields(request: Request) -> None:
-    """FastAPI ignores extra form fields; a typo like ``topk`` should fail loudly instead."""
-    form = await request.form()  # already parsed for the endpoint: Starlette caches it
-    unknown = sorted(set(form.keys()) - FORM_FIELDS)
-    if unknown:
-        raise Problem(
-            422,
-            "validation-error",
-            f"Unknown form field(s): {', '.join(unknown)}; accepted: file, top_k.",
-            field=unknown[0],
-            errors=[{"field": f, "message": "unknown field"} for f in unknown],
-        )
-
-
 @router.post(
     "/classify",
     summary="Classify images into the CIFAR-10 classes",
@@ -115,7 +101,7 @@ async def classify(
     file: Annotated[list[UploadFile], File(description="Image file(s); repeat the field for several.")],
     top_k: Annotated[int, Form(ge=1, le=10, description="How many classes to return per image.")] = 3,
 ) -> ClassifyResponse:
-    await _reject_unknown_fields(request)
+    await reject_unknown_fields(request, FORM_FIELDS)
     settings = request.app.state.settings
     if len(file) > settings.max_files_per_request:
         raise Problem(

@@ -21,7 +21,7 @@ from app.dependencies import KeysDep, QueueDep, RedisDep, SettingsDep
 from app.problems import Problem
 from app.schemas import JobLinks, JobProgress, JobState, JobStatus
 from app.settings import Settings
-from app.uploads import read_image
+from app.uploads import read_image, reject_unknown_fields
 from models.gatys import GatysOptions
 from models.imaging import encode_image, resize_longest
 from models.vgg import LAYER_NAMES
@@ -96,18 +96,6 @@ def _check_weights(weights: tuple[float, ...] | None, expected: int, field: str,
     if any(w < 0 for w in weights) or sum(weights) <= 0:
         raise Problem(
             422, "validation-error", f"'{field}' must be non-negative with a positive sum.", field=field
-        )
-
-
-async def _reject_unknown_fields(request: Request) -> None:
-    form = await request.form()
-    unknown = sorted(set(form.keys()) - FORM_FIELDS)
-    if unknown:
-        raise Problem(
-            422,
-            "validation-error",
-            f"Unknown field(s): {', '.join(unknown)}. Accepted: {', '.join(sorted(FORM_FIELDS))}.",
-            field=unknown[0],
         )
 
 
@@ -253,7 +241,7 @@ async def submit_optimize(
     pooling: Annotated[Literal["max", "avg"], Form()] = DEFAULTS.pooling,
     style_scale: Annotated[float, Form(gt=0, le=4)] = DEFAULTS.style_scale,
 ) -> JobStatus:
-    await _reject_unknown_fields(request)
+    await reject_unknown_fields(request, FORM_FIELDS)
     options = _validated_options(
         settings,
         len(style),
