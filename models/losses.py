@@ -22,7 +22,8 @@ def gram_matrix(feat: Tensor) -> Tensor:
     """B×C×H×W -> B×C×C float32 Gram matrices normalized by C·H·W (see module docstring)."""
     b, c, h, w = feat.shape
     x = feat.reshape(b, c, h * w).float()
-    return torch.bmm(x, x.transpose(1, 2)) / (c * h * w)
+    with torch.autocast(feat.device.type, enabled=False):  # keep fp32 even inside autocast regions
+        return torch.bmm(x, x.transpose(1, 2)) / (c * h * w)
 
 
 class _GramMSE(torch.autograd.Function):
@@ -40,7 +41,8 @@ class _GramMSE(torch.autograd.Function):
         x = feat.flatten(2)  # a view for both NCHW and channels_last
         xf = x.float()
         # One fused kernel for G/n - A; every op counts when the cores are shared.
-        diff = torch.baddbmm(target, xf, xf.transpose(1, 2), beta=-1.0, alpha=1.0 / (c * h * w))
+        with torch.autocast(feat.device.type, enabled=False):
+            diff = torch.baddbmm(target, xf, xf.transpose(1, 2), beta=-1.0, alpha=1.0 / (c * h * w))
         ctx.save_for_backward(x, diff)
         ctx.feat_shape = feat.shape
         flat = diff.view(-1)

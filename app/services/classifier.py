@@ -163,7 +163,7 @@ def resolve_device(requested: str) -> torch.device:
 def load_service(
     weights_dir: Path,
     *,
-    backend: Literal["torch", "onnx"] = "torch",
+    backend: Literal["auto", "torch", "onnx"] = "auto",
     device: str = "auto",
     threads: int = 0,
     max_batch: int = 64,
@@ -173,6 +173,9 @@ def load_service(
     weights = weights_dir / WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"classifier weights not found at {weights}")
+    if backend == "auto":
+        on_cpu = resolve_device(device).type == "cpu"
+        backend = "onnx" if on_cpu and any((weights_dir / f).exists() for f, _ in ONNX_FILES) else "torch"
     if backend == "onnx":
         found = [(weights_dir / f, label) for f, label in ONNX_FILES if (weights_dir / f).exists()]
         if not found:
