@@ -6,9 +6,18 @@ from __future__ import annotations
 def test_openapi_lists_every_endpoint_and_docs_render(client):
     schema = client.get("/openapi.json").json()
     paths = schema["paths"]
-    for path, method in [("/jobs/optimize", "post"), ("/jobs/{job_id}", "get"), ("/jobs/{job_id}", "delete"),
-                         ("/jobs/{job_id}/result", "get"), ("/healthz", "get"), ("/readyz", "get"),
-                         ("/metrics", "get"), ("/classify", "post"), ("/stylize", "post"), ("/styles", "get")]:
+    for path, method in [
+        ("/jobs/optimize", "post"),
+        ("/jobs/{job_id}", "get"),
+        ("/jobs/{job_id}", "delete"),
+        ("/jobs/{job_id}/result", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/classify", "post"),
+        ("/stylize", "post"),
+        ("/styles", "get"),
+    ]:
         assert method in paths.get(path, {}), f"{method.upper()} {path} missing from OpenAPI"
     form = paths["/jobs/optimize"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert form  # the multipart fields are described
