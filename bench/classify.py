@@ -34,6 +34,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.serve import start_api  # noqa: E402
+
 HOST = "127.0.0.1"  # never anything else: this tool must not load other machines
 TARGETS = {"p50_c1_ms": 25.0, "rps_ratio_c32_over_c1": 5.0, "p99_c32_ms": 250.0}
 
@@ -183,41 +185,8 @@ def readiness(port: int) -> dict[str, Any]:
 
 
 def start_server(port: int, backend: str, threads: int) -> subprocess.Popen[bytes]:
-    tag = uuid.uuid4().hex[:8]
-    env = {
-        **os.environ,
-        "ATELIER_QUEUE_NAME": f"atelier-bench-{tag}",
-        "ATELIER_KEY_PREFIX": f"atelier-bench-{tag}:",
-        "ATELIER_CLASSIFY_BACKEND": backend,
-        "ATELIER_TORCH_THREADS": str(threads),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:create_app",
-        "--factory",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if readiness(port)["checks"]["classifier"]["ok"]:
-                return proc
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.5)
-    proc.terminate()
-    raise RuntimeError("server did not become ready with the classifier loaded")
+    env = {"ATELIER_CLASSIFY_BACKEND": backend, "ATELIER_TORCH_THREADS": str(threads)}
+    return start_api(port, env, lambda p: readiness(p)["checks"]["classifier"]["ok"])
 
 
 def bench_image() -> bytes:

@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import platform
 import socket
 import statistics
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -37,6 +35,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from app.services.stylizer import OnnxRunner  # noqa: E402
+from bench.serve import start_api  # noqa: E402
 from models.styles import load_style, read_manifest  # noqa: E402
 from models.train_style import DATA_DIR, list_photos, split_photos  # noqa: E402
 from models.transformer import build, conv_macs, count_params, load_transformer, stylize  # noqa: E402
@@ -130,39 +129,10 @@ def free_port() -> int:
 
 
 def start_server(port: int, weights_dir: Path) -> subprocess.Popen:
-    tag = uuid.uuid4().hex[:8]
-    env = {
-        **os.environ,
-        "ATELIER_QUEUE_NAME": f"atelier-bench-{tag}",
-        "ATELIER_KEY_PREFIX": f"atelier-bench-{tag}:",
-        "ATELIER_WEIGHTS_DIR": str(weights_dir),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "app.main:create_app",
-        "--factory",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://{HOST}:{port}/styles", timeout=2).json()["styles"]:
-                return proc
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        if proc.poll() is not None:
-            raise RuntimeError("server exited during startup")
-        time.sleep(0.5)
-    proc.terminate()
-    raise RuntimeError("server did not become ready")
+    def styles_loaded(p: int) -> bool:
+        return bool(httpx.get(f"http://{HOST}:{p}/styles", timeout=2).json()["styles"])
+
+    return start_api(port, {"ATELIER_WEIGHTS_DIR": str(weights_dir)}, styles_loaded, timeout_s=180)
 
 
 def jpeg(img: Image.Image) -> bytes:
