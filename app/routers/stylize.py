@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from app.dependencies import SettingsDep
 from app.problems import Problem
 from app.services.stylizer import Stylizer
-from app.uploads import read_image
+from app.uploads import read_image, reject_unknown_fields
 from models.transformer import MIN_SIDE
 
 log = logging.getLogger(__name__)
@@ -99,15 +99,7 @@ async def stylize(
     ] = False,
     format: Annotated[Literal["png", "jpeg", "webp"], Form(description="Output image format.")] = "png",
 ) -> Response:
-    form = await request.form()
-    unknown = sorted(set(form.keys()) - FORM_FIELDS)
-    if unknown:
-        raise Problem(
-            422,
-            "validation-error",
-            f"Unknown field(s): {', '.join(unknown)}. Accepted: {', '.join(sorted(FORM_FIELDS))}.",
-            field=unknown[0],
-        )
+    await reject_unknown_fields(request, FORM_FIELDS)
     stylizer = _stylizer(request)
     if style not in stylizer.styles:
         raise Problem(
