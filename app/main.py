@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.body_limit import BodyLimitMiddleware
 from app.metrics import CallbackCollector, HttpMetrics, MetricsMiddleware, job_duration_family
-from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers
+from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
 from app.redis_conn import connect
 from app.routers import classify, health, jobs, stylize
 from app.settings import Settings, get_settings
@@ -95,8 +95,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RedisError)
     async def _redis_down(request, exc: RedisError):
-        from app.problems import problem_response
-
         return problem_response(
             Problem(
                 503,

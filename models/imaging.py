@@ -52,6 +52,9 @@ def resize_longest(img: Image.Image, longest: int) -> Image.Image:
     return img.resize(size, Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC)
 
 
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
 def encode_image(img: Image.Image, fmt: str) -> bytes:
     """Encode as png, jpeg (or jpg) or webp; lossy formats use quality 92."""
     pil_format = _FORMATS.get(fmt.lower())

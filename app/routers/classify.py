@@ -16,7 +16,8 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.problems import Problem
-from app.services.classifier import ClassifierService, elapsed_ms, load_service
+from app.services.classifier import ClassifierService, load_service
+from app.services.runtime import elapsed_ms
 from app.uploads import read_image, reject_unknown_fields
 from models.cifar import CLASSES
 from models.classifier import PREPROCESS_DOC

@@ -23,7 +23,7 @@ from app.schemas import JobLinks, JobProgress, JobState, JobStatus
 from app.settings import Settings
 from app.uploads import read_image, reject_unknown_fields
 from models.gatys import GatysOptions
-from models.imaging import encode_image, resize_longest
+from models.imaging import MEDIA_TYPES, encode_image, resize_longest
 from models.vgg import LAYER_NAMES
 from worker.jobs import options_to_dict
 from worker.store import JOB_FUNC, JobKeys, request_cancel
@@ -50,7 +50,6 @@ FORM_FIELDS = {
     "pooling",
     "style_scale",
 }
-RESULT_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 DEFAULTS = GatysOptions()
 
 
@@ -309,7 +308,7 @@ def get_job(request: Request, job_id: uuid.UUID, queue: QueueDep, keys: KeysDep)
 @router.get(
     "/{job_id}/result",
     summary="Download the result image",
-    responses={200: {"content": {t: {} for t in RESULT_MEDIA_TYPES.values()}}, 404: {}, 409: {}},
+    responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, 404: {}, 409: {}},
 )
 def get_result(
     job_id: uuid.UUID,
@@ -334,7 +333,7 @@ def get_result(
     body = png if format == "png" else encode_image(Image.open(io.BytesIO(png)).convert("RGB"), format)
     return Response(
         body,
-        media_type=RESULT_MEDIA_TYPES[format],
+        media_type=MEDIA_TYPES[format],
         headers={"Content-Disposition": f'inline; filename="{job_id}.{format}"'},
     )
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.batching import BatchStats, MicroBatcher
+from app.services.runtime import resolve_device
 from models.classifier import fold_batchnorm, load_classifier, preprocess
 
 MODEL_NAME = "cifar10-airbench"
@@ -153,13 +153,6 @@ class ClassifierService:
         await self.batcher.close()
 
 
-def resolve_device(requested: str) -> torch.device:
-    """``auto``: CUDA when available, else CPU; asking for CUDA without one falls back to CPU too."""
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def load_service(
     weights_dir: Path,
     *,
@@ -201,7 +194,3 @@ def load_service(
     )
     service.run_sync(np.zeros((1, 3, 32, 32), dtype=np.float32))  # warm-up: first call allocates
     return service
-
-
-def elapsed_ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 3)

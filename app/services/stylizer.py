@@ -27,7 +27,15 @@ from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
 from app.batching import BatchStats, MicroBatcher
-from models.imaging import encode_image, pil_to_tensor, preserve_color, resize_longest, tensor_to_pil
+from app.services.runtime import elapsed_ms, resolve_device
+from models.imaging import (
+    MEDIA_TYPES,
+    encode_image,
+    pil_to_tensor,
+    preserve_color,
+    resize_longest,
+    tensor_to_pil,
+)
 from models.styles import LoadedStyle, StyleEntry, load_all
 from models.transformer import export_onnx, pad_to_multiple, stylize
 
@@ -102,19 +110,6 @@ class StylizeResult:
     height: int
     timings_ms: dict[str, float]
     batch_size: int
-
-
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested in ("auto", "cuda") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def _ms(start: float) -> float:
-    return round((time.perf_counter() - start) * 1000, 2)
 
 
 class Stylizer:
@@ -223,7 +218,7 @@ class Stylizer:
         """Runs in the batcher thread: one forward pass for all same-style, same-size images."""
         start = time.perf_counter()
         out = self.runners[key[0]](torch.cat([item.pixels for item in items]))
-        infer_ms = _ms(start)
+        infer_ms = elapsed_ms(start)
         return [
             StyleOutput(out[i : i + 1], infer_ms, round((start - item.submitted) * 1000, 2), len(items))
             for i, item in enumerate(items)
@@ -249,7 +244,7 @@ class Stylizer:
             return photo, pil_to_tensor(photo)
 
         photo, pixels = await run_in_threadpool(prepare)
-        prep_ms = _ms(t0)
+        prep_ms = elapsed_ms(t0)
         key = (name, pixels.shape[2], pixels.shape[3])
         result = await self.batcher.submit(StyleJob(pixels, time.perf_counter()), key=key)
 
@@ -268,8 +263,8 @@ class Stylizer:
             "prepare": prep_ms,
             "queue": result.queue_ms,
             "infer": result.infer_ms,
-            "encode": _ms(t1),
-            "total": _ms(t0),
+            "encode": elapsed_ms(t1),
+            "total": elapsed_ms(t0),
         }
         return StylizeResult(body, MEDIA_TYPES[fmt], photo.width, photo.height, timings, result.batch_size)
 
