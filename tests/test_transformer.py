@@ -50,7 +50,11 @@ def photo_like(width: int = 192, height: int = 144, seed: int = 0) -> Image.Imag
     img = Image.fromarray((base + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
     draw.ellipse((width // 4, height // 4, width // 2, height // 2), fill=(220, 40, 30))
-    draw.rectangle((width // 2, height // 2, width - 10, height - 10), fill=(20, 60, 200))
+    # max(): on tiny images (5x3) the inset corner would fall before the start, which Pillow refuses.
+    draw.rectangle(
+        (width // 2, height // 2, max(width // 2, width - 10), max(height // 2, height - 10)),
+        fill=(20, 60, 200),
+    )
     return img
 
 
