@@ -47,6 +47,17 @@ class Settings(BaseSettings):
     weights_dir: Path = Field(WEIGHTS_DIR, description="Where the committed model weights live.")
     torch_threads: int = Field(0, ge=0, description="Intra-op threads for torch; 0 keeps torch's default.")
 
+    # --- HTTP process tuning ---------------------------------------------------------------------
+    gil_switch_interval_ms: float = Field(
+        0.5,
+        gt=0,
+        description="Python's thread switch interval in the API. The default 5 ms lets the busy event "
+        "loop keep the model thread waiting; 0.5 ms measured +15% /classify throughput at c=32.",
+    )
+    opentelemetry: bool = Field(
+        False, description="Let FastAPI emit OpenTelemetry spans/metrics (needs a configured provider)."
+    )
+
     # --- Gatys optimization jobs ---------------------------------------------------------------
     gatys_default_size: int = Field(512, gt=0, description="Default longest side of a job's output.")
     gatys_max_size: int = Field(1024, gt=0, description="Hard maximum longest side of a job's output.")
@@ -55,7 +66,12 @@ class Settings(BaseSettings):
 
     # --- Classification ------------------------------------------------------------------------
     classify_max_batch: int = Field(64, gt=0, description="Largest batch the classifier runs at once.")
-    classify_batch_wait_ms: float = Field(2.0, ge=0, description="How long to wait to fill a batch.")
+    classify_batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Extra wait to fill a batch. 0: run as soon as the model is free; whatever queued "
+        "while it ran forms the next batch (measured best on CPU: bench/results).",
+    )
     classify_backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="auto: ONNX Runtime int8 on the CPU (faster, -0.25 pt), torch on a GPU."
     )

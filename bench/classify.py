@@ -230,10 +230,18 @@ def model_bench(seconds: float, threads: int) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     import torch
 
+    from app.settings import Settings
+
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    settings = Settings()
     return {
         "cpu_model": fields.get("Model name", "").strip(),
+        # int8 and bf16 kernels differ with these (see models/weights/classifier/README.md)
+        "simd": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16") if f in flags],
+        "classify_max_batch": settings.classify_max_batch,
+        "classify_batch_wait_ms": settings.classify_batch_wait_ms,
         "cpus": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -273,13 +281,14 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# POST /classify benchmark, CPU, {m['date']}",
         "",
-        f"- CPU: {m['cpu_model']}, {m['cpus']} logical CPUs; torch {m['torch']} "
+        f"- CPU: {m['cpu_model']}, {m['cpus']} logical CPUs, {' '.join(m['simd'])}; torch {m['torch']} "
         f"({m['torch_threads']} threads); Python {m['python']}",
         f"- Load before: `{report['uptime_before']}`",
         f"- Load after: `{report['uptime_after']}`",
         "- Server: `uvicorn app.main:create_app --factory`, 1 process, "
-        f"ATELIER_TORCH_THREADS={report['threads']}, micro-batching with the default settings "
-        "(max batch 64, 2 ms wait); client: raw asyncio HTTP/1.1 keep-alive, same machine.",
+        f"ATELIER_TORCH_THREADS={report['threads']}, micro-batching (max batch "
+        f"{m['classify_max_batch']}, {m['classify_batch_wait_ms']} ms extra wait); client: raw asyncio "
+        "HTTP/1.1 keep-alive, same machine.",
         f"- Request: one {report['image_bytes']}-byte 32x32 PNG (a CIFAR-10 test image), default top_k.",
         f"- Command: `{report['command']}`",
         "",

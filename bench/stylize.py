@@ -36,6 +36,7 @@ from PIL import Image  # noqa: E402
 
 from app.services.stylizer import OnnxRunner  # noqa: E402
 from bench.serve import start_api  # noqa: E402
+from models.precision import bf16_runnable  # noqa: E402
 from models.styles import load_style, read_manifest  # noqa: E402
 from models.train_style import DATA_DIR, list_photos, split_photos  # noqa: E402
 from models.transformer import build, conv_macs, count_params, load_transformer, stylize  # noqa: E402
@@ -104,11 +105,14 @@ def bare_forwards(fast: torch.nn.Module, reference: torch.nn.Module, repeats: in
                 model_cl.load_state_dict(model.state_dict())
                 model_cl = model_cl.to(memory_format=torch.channels_last)
                 row["torch_fp32_channels_last"] = median_ms(lambda m=model_cl, x=cl: m(x), n)
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    row["torch_bf16"] = median_ms(lambda m=model, x=x: m(x), n)
+                if bf16_runnable(torch.device("cpu")):  # AVX2-only CPUs refuse bf16 convolutions
+                    with torch.autocast("cpu", dtype=torch.bfloat16):
+                        row["torch_bf16"] = median_ms(lambda m=model, x=x: m(x), n)
             row["onnx_fp32"] = median_ms(lambda r=backends["onnx_fp32"], x=x: r(x), n)
             out[f"{arch}@{size}"] = row
             print(arch, size, {k: v["median_ms"] for k, v in row.items()}, flush=True)
+    if not bf16_runnable(torch.device("cpu")):
+        return out
     photo = torch.from_numpy(np.asarray(square_photo(512))).permute(2, 0, 1)[None].float() / 255
     with torch.inference_mode():
         ref32 = stylize(fast, photo)
@@ -256,15 +260,18 @@ def markdown(result: dict[str, Any]) -> str:
     for key, row in result["bare"].items():
         if "@" in key:
             cells = " | ".join(
-                f"{row[b]['median_ms']} ({row[b]['min_ms']})"
+                f"{row[b]['median_ms']} ({row[b]['min_ms']})" if b in row else "n/a (CPU lacks bf16)"
                 for b in ("torch_fp32", "torch_fp32_channels_last", "torch_bf16", "onnx_fp32")
             )
             lines.append(f"| {key} | {cells} |")
-    bf = result["bare"]["fast_bf16_vs_fp32"]
+    bf = result["bare"].get("fast_bf16_vs_fp32")
+    if bf:
+        lines += [
+            "",
+            f"bf16 vs fp32 (fast net, trained weights, real photo 512²): PSNR {bf['psnr_db']} dB, "
+            f"max error {bf['max_abs_levels']} grey levels.",
+        ]
     lines += [
-        "",
-        f"bf16 vs fp32 (fast net, trained weights, real photo 512²): PSNR {bf['psnr_db']} dB, "
-        f"max error {bf['max_abs_levels']} grey levels.",
         "",
         "## HTTP (serving backend: " + result["serving_backend"] + ")",
         "",

@@ -175,15 +175,27 @@ def resize_to_input(img: Image.Image, size: int = INPUT_SIZE) -> Image.Image:
     return img
 
 
+def to_pixels(images: Sequence[Image.Image], size: int = INPUT_SIZE) -> np.ndarray:
+    """PIL images of any size and mode -> uint8 (N, 32, 32, 3): the resize/crop half of preprocessing."""
+    if not images:
+        return np.empty((0, size, size, 3), dtype=np.uint8)
+    return np.stack([np.asarray(resize_to_input(img, size), dtype=np.uint8) for img in images])
+
+
+# Per-channel affine map from uint8 to the normalized input: x * SCALE + SHIFT == (x / 255 - mean) / std.
+_SCALE = (1.0 / (255.0 * np.asarray(STD, dtype=np.float64))).astype(np.float32)
+_SHIFT = (-np.asarray(MEAN, dtype=np.float64) / np.asarray(STD, dtype=np.float64)).astype(np.float32)
+
+
+def normalize_pixels(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> normalized float32 (N, 3, H, W) in one vectorised pass (the batch half)."""
+    x = pixels.astype(np.float32) * _SCALE + _SHIFT
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
 def preprocess(images: Sequence[Image.Image], size: int = INPUT_SIZE) -> Tensor:
     """PIL images of any size and mode -> normalized float32 (N, 3, 32, 32); see :data:`PREPROCESS_DOC`."""
-    if not images:
-        return torch.empty(0, 3, size, size)
-    batch = np.stack([np.asarray(resize_to_input(img, size), dtype=np.uint8) for img in images])
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return torch.from_numpy(normalize_pixels(to_pixels(images, size)))
 
 
 def save_classifier(model: CifarNet, path: Path, metadata: dict[str, Any], half: bool = True) -> None:

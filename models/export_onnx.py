@@ -80,6 +80,9 @@ def export_int8(fp32: Path, static_out: Path, dynamic_out: Path, calib: np.ndarr
 
 
 def _quantize(fp32: Path, static_out: Path, dynamic_out: Path, calib: np.ndarray) -> None:
+    # reduce_range (7-bit weights): without it, onnxruntime's u8s8 kernels on x86 CPUs lacking VNNI
+    # (AVX2-only hosts) overflow int16 intermediates; that model fell to 34.6% accuracy on such a host
+    # while scoring 82.3% on an AVX-512 VNNI one. With it: 82.5% (fp32: 82.5%) on the AVX2 host.
     quantize_static(
         str(fp32),
         str(static_out),
@@ -88,6 +91,7 @@ def _quantize(fp32: Path, static_out: Path, dynamic_out: Path, calib: np.ndarray
         per_channel=True,
         activation_type=QuantType.QUInt8,
         weight_type=QuantType.QInt8,
+        reduce_range=True,
     )
     quantize_dynamic(str(fp32), str(dynamic_out), weight_type=QuantType.QUInt8)
 

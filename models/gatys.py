@@ -28,6 +28,7 @@ from torch import Tensor
 
 from models.imaging import pil_to_tensor, preserve_color, resize_longest, tensor_to_pil
 from models.losses import content_loss, gram_matrix, style_loss, total_variation
+from models.precision import PRECISIONS, Precision, use_bf16
 from models.vgg import (
     DEFAULT_CONTENT_LAYERS,
     DEFAULT_STYLE_LAYERS,
@@ -39,8 +40,6 @@ from models.vgg import (
     pools_before,
     validate_layers,
 )
-
-Precision = Literal["auto", "fp32", "bf16"]
 
 
 @dataclass(frozen=True)
@@ -120,17 +119,7 @@ def validate_options(options: GatysOptions, n_styles: int) -> None:
 
 def _compute_dtype(device: torch.device, precision: Precision) -> torch.dtype:
     """bf16 only where it is native: emulated bf16 convolutions are slower than fp32."""
-    if precision == "fp32":
-        return torch.float32
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        if any(getattr(torch.cpu, probe, lambda: False)() for probe in probes):
-            return torch.bfloat16
-    return torch.float32
+    return torch.bfloat16 if use_bf16(device, precision) else torch.float32
 
 
 def _check_size(img: Image.Image, deepest: str, what: str) -> None:
@@ -165,7 +154,7 @@ def run_gatys(
     validate_options(o, len(styles))
     if report_every < 1:
         raise ValueError(f"report_every must be >= 1, got {report_every}")
-    if precision not in ("auto", "fp32", "bf16"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
     layers = tuple(dict.fromkeys(o.content_layers + o.style_layers))
     deepest = deepest_layer(layers)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from models import cifar
 from models.classifier import CifarNet, init_whitening, load_classifier, save_classifier
+from models.precision import use_bf16
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Published airbench settings (lr and wd are per 1024 examples, decoupled from batch size).
@@ -264,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    amp = args.amp == "bf16" or (args.amp == "auto" and device.type == "cuda")
+    amp = use_bf16(device, "bf16") if args.amp == "bf16" else args.amp == "auto" and device.type == "cuda"
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     t0 = time.perf_counter()

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from models.imaging import pil_to_tensor, resize_longest, tensor_to_pil
 from models.losses import content_loss, gram_matrix, style_loss, total_variation
+from models.precision import use_bf16
 from models.transformer import ARCHS, TransformerNet, build, count_params, save_transformer, stylize
 from models.vgg import VGG19Features, caffe_preprocess, deepest_layer, load_vgg19
 
@@ -101,16 +102,6 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def use_bf16(device: torch.device, precision: str) -> bool:
-    """bf16 autocast where it is native (CUDA, AVX512-BF16/AMX CPUs); emulated bf16 is slower."""
-    if precision in ("fp32", "bf16"):
-        return precision == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
 
 def random_crop(img: Image.Image, crop: int, rng: random.Random) -> Image.Image:

@@ -251,8 +251,8 @@ def test_service_mirror_tta_averages_an_image_with_its_mirror() -> None:
         diff = x[..., :16].mean(axis=(1, 2, 3)) - x[..., 16:].mean(axis=(1, 2, 3))
         return np.outer(diff, np.arange(10, dtype=np.float64))
 
-    x = np.zeros((1, 3, 32, 32), dtype=np.float32)
-    x[..., :16] = 1.0
+    x = np.zeros((1, 32, 32, 3), dtype=np.uint8)  # service input: uint8 pixels, HWC
+    x[:, :, :16] = 255
     plain = ClassifierService(
         runner, cifar.CLASSES, version="t", backend="fake", device="cpu", max_batch=4, max_wait_s=0
     )
@@ -275,3 +275,41 @@ def test_readiness_reports_the_loaded_model(client: TestClient) -> None:
     assert check["ok"] is True
     assert check["model"] == "cifar10-airbench" and check["device"] == "cpu"
     assert check["version"].startswith("cifar-")
+
+
+def test_an_onnx_model_that_disagrees_with_the_float_model_is_not_served(tmp_path: Path) -> None:
+    """The load-time check skips an ONNX file whose logits are off (as a saturating int8 kernel's are)."""
+    import torch
+
+    from app.services.classifier import load_service
+    from app.settings import WEIGHTS_DIR
+    from models.classifier import fold_batchnorm, load_classifier
+    from models.export_onnx import export_fp32
+
+    weights = WEIGHTS_DIR / "classifier" / "classifier.safetensors"
+    (tmp_path / weights.name).write_bytes(weights.read_bytes())
+    model, _ = load_classifier(weights, "cpu")
+    model = fold_batchnorm(model)
+    export_fp32(model, tmp_path / "classifier.onnx")
+    with torch.no_grad():  # a "broken" model in the preferred slot: last layer's weights mangled
+        last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+        last.weight.copy_(last.weight.flip(0))
+    export_fp32(model, tmp_path / "classifier.int8.onnx")
+
+    service = load_service(tmp_path, backend="onnx")
+    assert service.backend == "onnx"  # the faithful fp32 file, not the mangled preferred one
+    (tmp_path / "classifier.onnx").unlink()
+    assert load_service(tmp_path, backend="onnx").backend == "torch"  # nothing faithful: the float model
+
+
+def test_probe_check_separates_faithful_from_mangled_logits() -> None:
+    from app.services.classifier import probe_pixels, relative_logit_error
+
+    def reference(x: np.ndarray) -> np.ndarray:
+        return np.stack([x[:, c].mean(axis=(1, 2)) for c in range(3)] * 3 + [x[:, 0].std(axis=(1, 2))], 1)
+
+    pixels = probe_pixels()
+    assert pixels.shape == (64, 32, 32, 3) and pixels.dtype == np.uint8 and pixels.std() > 20
+    assert relative_logit_error(reference, reference, pixels) == 0
+    assert relative_logit_error(lambda x: reference(x) * 1.05, reference, pixels) < 0.1
+    assert relative_logit_error(lambda x: reference(x)[:, ::-1], reference, pixels) > 0.3
