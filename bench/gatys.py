@@ -41,6 +41,7 @@ from torch import Tensor  # noqa: E402
 from models.gatys import GatysOptions, StepReport, run_gatys  # noqa: E402
 from models.imaging import pil_to_tensor, resize_longest, tensor_to_pil  # noqa: E402
 from models.losses import content_loss, gram_matrix, style_loss  # noqa: E402
+from models.precision import bf16_runnable  # noqa: E402
 from models.vgg import (  # noqa: E402
     CONV_NAMES,
     DEFAULT_CONTENT_LAYERS,
@@ -277,7 +278,6 @@ def levers(
         artist.optimizer.zero_grad()
         artist._calc_loss().backward()
 
-    bf16_cl = vgg.converted(dtype=torch.bfloat16, channels_last=True)
     variants: dict[str, Callable[[], None]] = {
         PASTICHE_LEVER: pastiche,
         "plain fp32 NCHW (conv+relu, autograd Gram)": plain(vgg, torch.float32, torch.contiguous_format),
@@ -285,12 +285,16 @@ def levers(
         "ours fp32 channels_last": ours(
             vgg.converted(channels_last=True), torch.float32, torch.channels_last
         ),
-        "ours bf16 autocast, fp32 weights, channels_last": ours(
-            vgg.converted(channels_last=True), torch.float32, torch.channels_last, autocast=True
-        ),
-        "plain bf16 channels_last (unfused)": plain(bf16_cl, torch.bfloat16, cl),
-        "ours bf16 weights channels_last (default)": ours(bf16_cl, torch.bfloat16, cl),
     }
+    if bf16_runnable(torch.device("cpu")):  # AVX2-only CPUs refuse bf16 convolutions
+        bf16_cl = vgg.converted(dtype=torch.bfloat16, channels_last=True)
+        variants |= {
+            "ours bf16 autocast, fp32 weights, channels_last": ours(
+                vgg.converted(channels_last=True), torch.float32, torch.channels_last, autocast=True
+            ),
+            "plain bf16 channels_last (unfused)": plain(bf16_cl, torch.bfloat16, cl),
+            "ours bf16 weights channels_last (default)": ours(bf16_cl, torch.bfloat16, cl),
+        }
     times: dict[str, list[float]] = {k: [] for k in variants}
     for fn in variants.values():
         fn()  # warm-up: oneDNN primitive creation
@@ -424,7 +428,13 @@ def write_markdown(path: Path, r: dict[str, Any]) -> None:
         lines.append(
             f"| {p['step']} | {p['content']:.4g} | {p['style']:.4g} | {p['tv']:.4g} | {p['total']:.4g} |"
         )
-    lines += ["", "## Notes", "", *r.get("notes", []), ""]
+    lines += [
+        "",
+        "## Notes (written from runs on the first session's AVX-512 BF16 host; bf16 rows need such a CPU)",
+        "",
+        *r.get("notes", []),
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
@@ -445,6 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--curve-steps", type=int, default=300)
     parser.add_argument("--lever-rounds", type=int, default=10)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--tag", default="", help="suffix of the result file names, e.g. -avx2")
     args = parser.parse_args(argv)
 
     date = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -508,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
             default = default_curve(vgg, c, s, args.curve_steps)
     img = default.pop("_img")
     result["default_run"] = default
-    stem = f"gatys-cpu-{date}"
+    stem = f"gatys-cpu-{date}{args.tag}"
     result["images"] = {"default": f"{stem}-256.png", "strip": f"{stem}-strip.png"}
     img.save(args.out / result["images"]["default"], optimize=True)
     strip([c, s, first["pastiche"], first["ours"], img]).save(
