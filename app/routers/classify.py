@@ -31,7 +31,7 @@ FORM_FIELDS = frozenset({"file", "top_k"})
 
 class ModelInfo(BaseModel):
     name: str = Field(examples=["cifar10-airbench"])
-    version: str = Field(examples=["cifar-32-128-128-e3-s0"])
+    version: str = Field(examples=["cifar-64-256-256-e6-s0"])
     backend: str = Field(examples=["torch"])
     device: str = Field(examples=["cpu"])
 
