@@ -19,7 +19,6 @@ import io
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,9 +33,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.serve import start_api  # noqa: E402
+from bench.serve import HOST, free_port, start_api  # noqa: E402
 
-HOST = "127.0.0.1"  # never anything else: this tool must not load other machines
 TARGETS = {"p50_c1_ms": 25.0, "rps_ratio_c32_over_c1": 5.0, "p99_c32_ms": 250.0}
 
 
@@ -166,12 +164,6 @@ async def http_bench(port: int, image: bytes, args: argparse.Namespace) -> list[
     c32 = await load_phase(port, request, 32, args.requests_c32, args.seconds, "classify c=32")
     stop.set()
     return [c1.summary(), c32.summary(), (await health).summary()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def readiness(port: int) -> dict[str, Any]:

@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,13 +34,12 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from app.services.stylizer import OnnxRunner  # noqa: E402
-from bench.serve import start_api  # noqa: E402
+from bench.serve import HOST, free_port, start_api  # noqa: E402
 from models.precision import bf16_runnable  # noqa: E402
 from models.styles import load_style, read_manifest  # noqa: E402
 from models.train_style import DATA_DIR, list_photos, split_photos  # noqa: E402
 from models.transformer import build, conv_macs, count_params, load_transformer, stylize  # noqa: E402
 
-HOST = "127.0.0.1"  # only ever the local machine
 SIZES = (256, 512, 1024)
 
 
@@ -124,12 +122,6 @@ def bare_forwards(fast: torch.nn.Module, reference: torch.nn.Module, repeats: in
         "max_abs_levels": round(float((bf - ref32).abs().max()) * 255, 1),
     }
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def start_server(port: int, weights_dir: Path) -> subprocess.Popen:

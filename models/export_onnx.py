@@ -82,7 +82,7 @@ def export_int8(fp32: Path, static_out: Path, dynamic_out: Path, calib: np.ndarr
 def _quantize(fp32: Path, static_out: Path, dynamic_out: Path, calib: np.ndarray) -> None:
     # reduce_range (7-bit weights): without it, onnxruntime's u8s8 kernels on x86 CPUs lacking VNNI
     # (AVX2-only hosts) overflow int16 intermediates; that model fell to 34.6% accuracy on such a host
-    # while scoring 82.3% on an AVX-512 VNNI one. With it: 82.5% (fp32: 82.5%) on the AVX2 host.
+    # while scoring 82.3% on an AVX-512 VNNI one (32/128/128 model). With it: 82.5% (fp32: 82.5%).
     quantize_static(
         str(fp32),
         str(static_out),

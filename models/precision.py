@@ -8,12 +8,12 @@ AVX512BW/VL/DQ or AVX-NE-CONVERT (plain AVX2 hosts), oneDNN refuses them outrigh
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
 Precision = Literal["auto", "fp32", "bf16"]
-PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 def bf16_native(device: torch.device) -> bool:

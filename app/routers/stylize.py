@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import SettingsDep
 from app.problems import Problem
+from app.services.runtime import elapsed_ms
 from app.services.stylizer import Stylizer
 from app.uploads import read_image, reject_unknown_fields
 from models.transformer import MIN_SIDE
@@ -119,7 +120,7 @@ async def stylize(
         )
     start = time.perf_counter()
     image = await read_image(file, "file", settings.max_upload_bytes, settings.max_image_pixels)
-    decode_ms = (time.perf_counter() - start) * 1000
+    decode_ms = elapsed_ms(start)
     result = await stylizer.stylize(
         style, image, size=size, max_size=max_size, strength=strength, keep_colors=preserve_color, fmt=format
     )
