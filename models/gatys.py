@@ -115,6 +115,29 @@ def validate_options(options: GatysOptions, n_styles: int) -> None:
     _check_weights("style_blend_weights", o.style_blend_weights, n_styles, "style images")
     if o.style_blend_weights is not None and sum(o.style_blend_weights) <= 0:
         raise ValueError("style_blend_weights must not all be zero")
+    if o.style_layers and (o.style_weight <= 0 or not any(_layer_weights(o).values())):
+        raise ValueError("style_weight and at least one style_layer_weights entry must be positive")
+
+
+def _layer_weights(o: GatysOptions) -> dict[str, float]:
+    return dict(zip(o.style_layers, o.style_layer_weights or [1.0] * len(o.style_layers), strict=True))
+
+
+class NumericalError(ValueError):
+    """A loss, gradient or the image became NaN/inf: the run is stopped instead of returning garbage."""
+
+
+def _check_finite(step: int, parts: dict[str, Tensor], x: Tensor) -> None:
+    """One host sync per step: every loss term, the image's gradient and the image itself are finite.
+
+    Needed because VGG's fused conv+ReLU turns a NaN image into zero activations, so the losses alone
+    can look normal while the image is garbage.
+    """
+    named = {**parts, "gradient": x.grad if x.grad is not None else x.new_zeros(()), "image": x.detach()}
+    flags = torch.stack([torch.isfinite(v).all() for v in named.values()]).tolist()
+    bad = [name for name, ok in zip(named, flags, strict=True) if not ok]
+    if bad:
+        raise NumericalError(f"numerical error at step {step}: non-finite {', '.join(bad)}")
 
 
 def _compute_dtype(device: torch.device, precision: Precision) -> torch.dtype:
@@ -174,15 +197,15 @@ def run_gatys(
     dtype = _compute_dtype(device, precision)
     model = vgg.converted(device=device, dtype=dtype, channels_last=True, last_layer=deepest)
     x = _initial_image(content_img, o, device).requires_grad_()
-    layer_weights = dict(
-        zip(o.style_layers, o.style_layer_weights or [1.0] * len(o.style_layers), strict=True)
-    )
+    layer_weights = _layer_weights(o)
     parts: dict[str, Tensor] = {}
 
     def objective() -> Tensor:
         feats = model(x.to(dtype=dtype, memory_format=torch.channels_last), layers, o.pooling)
         zero = x.new_zeros(())
-        c = o.content_weight * content_loss(feats, content_targets) if content_targets else zero
+        # Zero-weighted terms are skipped, not multiplied by 0: nothing to compute, nothing to go wrong.
+        use_content = content_targets and o.content_weight > 0
+        c = o.content_weight * content_loss(feats, content_targets) if use_content else zero
         s = o.style_weight * style_loss(feats, style_targets, layer_weights) if style_targets else zero
         tv = o.tv_weight * total_variation(x) if o.tv_weight > 0 else zero
         total = c + s + tv
@@ -207,6 +230,7 @@ def run_gatys(
         else:
             closure()
             optimizer.step()
+        _check_finite(step, parts, x)
         if on_step is not None and (step % report_every == 0 or step == o.steps):
             on_step(StepReport(step, o.steps, {k: float(v) for k, v in parts.items()}))
 

@@ -52,18 +52,14 @@ class _GramMSE(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         x, diff = ctx.saved_tensors
         b, c, h, w = ctx.feat_shape
-        scale = grad_out * (4.0 / (c * h * w * b * c * c))
-        on_cpu = scale.device.type == "cpu"
-        # On the CPU the scale rides along as the GEMM's alpha (one kernel fewer); elsewhere it is
-        # applied to the small C×C matrix to avoid a host sync.
-        d = diff.to(x.dtype) if on_cpu else (diff * scale).to(x.dtype)
-        alpha = float(scale) if on_cpu else 1.0
-        zero = x.new_zeros(())
-        if x.stride(1) == 1:  # channels_last: Xᵀ is the contiguous operand; keep that layout
-            grad = torch.baddbmm(zero, x.transpose(1, 2), d, beta=0.0, alpha=alpha).transpose(1, 2)
-        else:
-            grad = torch.baddbmm(zero, d, x, beta=0.0, alpha=alpha)
-        return grad.view(b, c, h, w), None
+        # The scale goes onto the small C×C matrix, never into the GEMM's alpha: oneDNN's bf16 GEMM
+        # returns garbage (NaN, ~1e7) for alpha = 0, which a zero loss weight produces. A plain
+        # matmul of the scaled matrix is exact zeros for a zero weight, by construction.
+        d = (diff * (grad_out * (4.0 / (c * h * w * b * c * c)))).to(x.dtype)
+        # channels_last: Xᵀ is the contiguous operand; keep that layout
+        channels_last = x.stride(1) == 1
+        grad = torch.bmm(x.transpose(1, 2), d).transpose(1, 2) if channels_last else torch.bmm(d, x)
+        return grad.reshape(b, c, h, w), None
 
 
 def gram_mse(feat: Tensor, target: Tensor) -> Tensor:
@@ -113,9 +109,19 @@ def style_loss(
     target_grams: Mapping[str, Tensor],
     layer_weights: Mapping[str, float] | None = None,
 ) -> Tensor:
-    """Weighted sum over layers of ``mse(gram(feat), target_gram)``; missing weights default to 1."""
+    """Weighted sum over layers of ``mse(gram(feat), target_gram)``; missing weights default to 1.
+
+    Layers weighted exactly 0 are skipped: they cost a Gram for nothing, and a zero upstream gradient
+    is the case low-precision kernels have got wrong (see ``_GramMSE.backward``).
+    """
     weights = layer_weights or {}
-    losses = [gram_mse(feats[name], gram) * weights.get(name, 1.0) for name, gram in target_grams.items()]
+    losses = [
+        gram_mse(feats[name], gram) * weights.get(name, 1.0)
+        for name, gram in target_grams.items()
+        if weights.get(name, 1.0) != 0.0
+    ]
+    if not losses:
+        return next(iter(feats.values())).new_zeros((), dtype=torch.float32)
     return torch.stack(losses).sum()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import uuid
 from dataclasses import replace
 from typing import Annotated, Any, Literal
@@ -92,9 +93,12 @@ def _check_weights(weights: tuple[float, ...] | None, expected: int, field: str,
             f"'{field}' needs {expected} value(s), one per {of}; got {len(weights)}.",
             field=field,
         )
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
         raise Problem(
-            422, "validation-error", f"'{field}' must be non-negative with a positive sum.", field=field
+            422,
+            "validation-error",
+            f"'{field}' must be finite and non-negative, with at least one positive value.",
+            field=field,
         )
 
 
@@ -224,7 +228,9 @@ async def submit_optimize(
         float, Form(gt=0, le=100, description="Adam step size.")
     ] = DEFAULTS.learning_rate,
     content_weight: Annotated[float, Form(ge=0, le=1e6)] = DEFAULTS.content_weight,
-    style_weight: Annotated[float, Form(ge=0, le=1e9)] = DEFAULTS.style_weight,
+    style_weight: Annotated[
+        float, Form(gt=0, le=1e9, description="Must be positive: a job with no style has nothing to do.")
+    ] = DEFAULTS.style_weight,
     tv_weight: Annotated[float, Form(ge=0, le=1e6)] = DEFAULTS.tv_weight,
     content_layers: Annotated[str | None, Form(examples=["relu4_2"])] = None,
     style_layers: Annotated[str | None, Form(examples=["relu1_1,relu2_1,relu3_1,relu4_1,relu5_1"])] = None,
