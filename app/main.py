@@ -21,7 +21,7 @@ from app.body_limit import BodyLimitMiddleware
 from app.metrics import CallbackCollector, HttpMetrics, MetricsMiddleware, job_duration_family
 from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
 from app.redis_conn import connect
-from app.routers import classify, health, jobs, stylize
+from app.routers import classify, health, job_events, jobs, live, stylize, web
 from app.settings import Settings, get_settings
 from worker.main import make_queue
 from worker.store import JobKeys
@@ -34,7 +34,12 @@ Neural style transfer and CIFAR-10 classification over HTTP.
 * **POST /stylize** – fast feed-forward style transfer (Johnson et al. 2016), synchronous.
 * **POST /classify** – CIFAR-10 top-k classification, synchronous.
 * **POST /jobs/optimize** – slow, high-quality Gatys et al. optimization, run by queue workers; poll
-  **GET /jobs/{id}** and download **GET /jobs/{id}/result**.
+  **GET /jobs/{id}** (or watch **GET /jobs/{id}/events**, server-sent events) and download
+  **GET /jobs/{id}/result**.
+* **WS /ws/stylize?style=NAME** – live webcam stylization over a WebSocket: send JPEG/WebP frames
+  as binary messages, receive a JSON `frame` message and the stylized frame for the newest one
+  (frames that arrive while the model is busy are dropped, never queued).
+* **GET /** – a web page for all of the above.
 
 Errors are RFC 9457 problem details (`application/problem+json`).
 """
@@ -146,8 +151,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(job_events.router)
     app.include_router(classify.router)
     app.include_router(stylize.router)
+    app.include_router(live.router)
+    app.include_router(web.router)
+    web.mount_static(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -81,6 +81,17 @@ class Settings(BaseSettings):
     stylize_max_batch: int = Field(8, gt=0, description="Largest batch of same-style, same-size images.")
     stylize_batch_wait_ms: float = Field(2.0, ge=0, description="How long to wait to fill a batch.")
 
+    # --- Web page: live webcam stylization and job event streams ----------------------------------
+    live_max_side: int = Field(
+        512, ge=16, description="Longest side a live webcam frame is stylized at; larger ones are shrunk."
+    )
+    live_max_frame_bytes: int = Field(
+        2 * MIB, gt=0, description="Largest webcam frame accepted over WS /ws/stylize."
+    )
+    job_events_interval_s: float = Field(
+        0.5, gt=0, le=10, description="How often each GET /jobs/{id}/events stream reads the job from Redis."
+    )
+
 
 @lru_cache
 def get_settings() -> Settings:

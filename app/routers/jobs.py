@@ -107,7 +107,8 @@ def _links(request: Request, job_id: str) -> JobLinks:
     return JobLinks(self=base, result=base + "/result")
 
 
-def _fetch(queue, job_id: uuid.UUID) -> Job:
+def fetch_job(queue, job_id: uuid.UUID) -> Job:
+    """The job of our queue, or a 404 problem (unknown, expired, or another deployment's)."""
     try:
         job = Job.fetch(str(job_id), connection=queue.connection, serializer=JSONSerializer)
     except NoSuchJobError:
@@ -142,7 +143,8 @@ def _failure_reason(job: Job) -> str:
     return lines[-1] if lines else "The job failed."
 
 
-def _status(request: Request, job: Job, keys: JobKeys) -> JobStatus:
+def status_of(request: Request, job: Job, keys: JobKeys) -> JobStatus:
+    """The public view of a job: state, progress, error, links."""
     state = job_state(job)
     meta = job.meta
     progress = meta.get("progress") or {"step": 0, "total_steps": meta.get("total_steps", 0)}
@@ -296,19 +298,24 @@ async def submit_optimize(
         )
 
     job = await run_in_threadpool(enqueue)
-    status = _status(request, job, keys)
+    status = status_of(request, job, keys)
     response.headers["Location"] = status.links.self
     return status
 
 
-@router.get("/{job_id}", response_model=JobStatus, name="get_job", summary="State and progress of a job")
-def get_job(request: Request, job_id: uuid.UUID, queue: QueueDep, keys: KeysDep) -> JobStatus:
-    job = _fetch(queue, job_id)
+def current_status(request: Request, queue, keys: JobKeys, job_id: uuid.UUID) -> JobStatus:
+    """The job's status as of now (blocking Redis calls: run it in a thread)."""
+    job = fetch_job(queue, job_id)
     if job.get_status(refresh=False) == RQStatus.STARTED:
         # A started job whose worker died is only noticed by a registry sweep; do it now, cheaply.
         StartedJobRegistry(queue=queue).cleanup()
         job.refresh()
-    return _status(request, job, keys)
+    return status_of(request, job, keys)
+
+
+@router.get("/{job_id}", response_model=JobStatus, name="get_job", summary="State and progress of a job")
+def get_job(request: Request, job_id: uuid.UUID, queue: QueueDep, keys: KeysDep) -> JobStatus:
+    return current_status(request, queue, keys, job_id)
 
 
 @router.get(
@@ -323,7 +330,7 @@ def get_result(
     keys: KeysDep,
     format: Annotated[Literal["png", "jpeg", "webp"], Query(description="Image format.")] = "png",
 ) -> Response:
-    job = _fetch(queue, job_id)
+    job = fetch_job(queue, job_id)
     state = job_state(job)
     if state != "finished":
         raise Problem(
@@ -353,7 +360,7 @@ def cancel_job(
     keys: KeysDep,
     settings: SettingsDep,
 ) -> JobStatus:
-    job = _fetch(queue, job_id)
+    job = fetch_job(queue, job_id)
     state = job_state(job)
     if state in ("finished", "failed", "canceled"):
         raise Problem(
@@ -369,4 +376,4 @@ def cancel_job(
         with contextlib.suppress(InvalidJobOperation):
             job.cancel()
     job.refresh()
-    return _status(request, job, keys)
+    return status_of(request, job, keys)

@@ -1,0 +1,78 @@
+// Entry point: tabs, server status, capabilities, then each tool.
+
+import { ApiError, detectCapabilities, getJSON } from './api.js';
+import { setupAuth } from './auth.js';
+import { setupClassify } from './classify.js';
+import { setupJobs } from './jobs.js';
+import { setupLive } from './live.js';
+import { setupStylize } from './stylize.js';
+import { $ } from './ui.js';
+
+const TABS = ['stylize', 'jobs', 'classify', 'live'];
+
+function setupTabs() {
+  const tabs = TABS.map((name) => $(`#tab-${name}`));
+  const select = (name, focus = false) => {
+    if (!TABS.includes(name)) name = TABS[0];
+    for (const tab of tabs) {
+      const selected = tab.dataset.tab === name;
+      tab.setAttribute('aria-selected', String(selected));
+      tab.tabIndex = selected ? 0 : -1;
+      $(`#${tab.getAttribute('aria-controls')}`).hidden = !selected;
+      if (selected && focus) tab.focus();
+    }
+  };
+  for (const tab of tabs) {
+    tab.addEventListener('click', () => {
+      history.replaceState(null, '', `#${tab.dataset.tab}`);
+      select(tab.dataset.tab);
+    });
+    tab.addEventListener('keydown', (event) => {
+      const i = tabs.indexOf(tab);
+      const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[event.key];
+      if (next === undefined) return;
+      event.preventDefault();
+      const target = tabs[(next + tabs.length) % tabs.length];
+      history.replaceState(null, '', `#${target.dataset.tab}`);
+      select(target.dataset.tab, true);
+    });
+  }
+  window.addEventListener('hashchange', () => select(location.hash.slice(1)));
+  select(location.hash.slice(1));
+}
+
+async function showServerStatus() {
+  const box = $('#server-status');
+  try {
+    const body = await getJSON('/readyz');
+    const redis = body.checks?.redis || {};
+    const device = body.checks?.stylizer?.device || body.checks?.classifier?.device;
+    const workers = redis.workers_alive ? `${redis.workers_alive} job worker${redis.workers_alive > 1 ? 's' : ''}`
+      : 'no job worker running';
+    box.textContent = `Ready${device ? ` on ${device}` : ''} · ${workers}`;
+    box.className = 'server-status ok';
+  } catch (error) {
+    const checks = error instanceof ApiError ? error.problem?.checks : null;
+    const failing = checks ? Object.entries(checks).filter(([, c]) => !c.ok).map(([name]) => name) : [];
+    box.textContent = failing.length ? `Not ready: ${failing.join(', ')}` : 'Server not reachable';
+    box.className = 'server-status bad';
+  }
+}
+
+async function loadStyles() {
+  try {
+    return (await getJSON('/styles')).styles || [];
+  } catch {
+    return [];
+  }
+}
+
+setupTabs();
+setupAuth();
+const [capabilities, styles] = await Promise.all([detectCapabilities(), loadStyles()]);
+setupStylize({ styles, capabilities });
+setupJobs({ capabilities });
+setupClassify();
+setupLive({ styles });
+showServerStatus();
+document.body.dataset.ready = 'true'; // the page is wired up (browser tests wait for this)
