@@ -159,3 +159,13 @@ def worker(settings: Settings) -> Iterator[WorkerProcess]:
     w = WorkerProcess(settings)
     yield w
     w.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory):
+    """The API as a real uvicorn server on a free 127.0.0.1 port, sharing the run's queue and keys."""
+    from tests.browser import LiveServer
+
+    server = LiveServer(settings, tmp_path_factory.mktemp("live-server") / "uvicorn.log")
+    yield server
+    server.stop()
