@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 DESCRIPTION = """
 Neural style transfer and CIFAR-10 classification over HTTP.
 
-* **POST /stylize** – fast feed-forward style transfer (Johnson et al. 2016), synchronous.
+* **POST /stylize** – fast feed-forward style transfer, synchronous: a named style network (Johnson et
+  al. 2016) or any painting sent as `style_image` (Ghiasi et al. 2017 arbitrary-style model).
 * **POST /classify** – CIFAR-10 top-k classification, synchronous.
 * **POST /jobs/optimize** – slow, high-quality Gatys et al. optimization, run by queue workers; poll
   **GET /jobs/{id}** (or watch **GET /jobs/{id}/events**, server-sent events) and download
