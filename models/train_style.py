@@ -1,19 +1,29 @@
-"""Train a fast style network (Johnson et al. 2016) for one painting.
+"""Train one multi-style network (conditional instance norm) for many paintings, on the CPU.
 
-    python -m models.train_style --photos ../shared/data/photos \\
-        --style ../shared/data/styles/starry_night.jpg \\
-        --out models/weights/styles/starry_night.safetensors --arch fast
+    nice -n 19 python -m models.train_style --styles starry_night,great_wave,the_scream \\
+        --out models/weights/styles/multistyle.safetensors > runs/train_style.log 2>&1 &
+    python -m models.train_style --resume     # continues the run recorded in the checkpoint
 
-Loss network: the Caffe VGG19 of :mod:`models.vgg` (content at relu2_2, style Grams at
-relu1_1..relu4_1, L1 total variation), all in caffe pixel space like :mod:`models.gatys`, so the
-weights here and there mean the same. The held-out photos (see :func:`is_held_out`) never enter
-training; they feed the previews and :mod:`models.eval_style`. Previews and a JSON-lines loss log go
-to ``runs/`` (git-ignored); the weights are saved as fp16 safetensors with the recipe in metadata.
+The recipe is built for two CPU cores (details and measurements in models/weights/styles/README.md):
 
-``--style-ramp N`` grows the style weight linearly from 0 over the first N iterations. A network
-starting from random weights outputs near-black images whose Gram error dwarfs every content error,
-so short runs otherwise learn the painting's palette long before any content (seen on the CPU
-proof run); with the ramp the network first learns a near-identity, then stylizes it.
+* **Identity warm start.** The first ``--warmup-iterations`` train the network to reproduce its
+  input with an L1 pixel loss and no loss network (tens of times cheaper per iteration). Styling then
+  starts from a network that keeps the photo, instead of from near-black outputs whose Gram error
+  dwarfs every content error (runs from scratch learned palettes and blobs long before content).
+* **Every style in every batch.** Batch element *i* of iteration *t* is painted in style
+  ``(t·B + i) mod S``, so all styles see equal data and the shared convolutions learn from all of them.
+* **Progressive crops** (``--crop-schedule``): cheap small crops first, larger ones later.
+* **bf16 where native** (:mod:`models.precision`), channels_last, the loss network truncated at the
+  deepest loss layer, painting Grams computed once.
+* **Fails loudly**: every step checks the loss terms, the gradient norm and the output are finite
+  (one host sync) and stops with the iteration and the offending term instead of training on NaN.
+* **Resumable exactly**: data order, crops and style assignment are a pure function of (seed,
+  iteration), so a checkpoint needs only the weights, Adam's state and the iteration. Checkpoints go
+  to ``runs/`` in fp32 (exact) and to ``--checkpoint`` (committed: fp16 weights, bf16 Adam moments),
+  every ``--checkpoint-minutes``. ``--resume`` prefers the fp32 one when it is at least as recent.
+
+The held-out photos (see :func:`is_held_out`) never enter training; they feed the previews and
+:mod:`models.eval_style`.
 """
 
 from __future__ import annotations
@@ -21,29 +31,42 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import random
+import signal
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
 from PIL import Image
+from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
 from models.imaging import pil_to_tensor, resize_longest, tensor_to_pil
-from models.losses import content_loss, gram_matrix, style_loss, total_variation
 from models.precision import use_bf16
-from models.transformer import ARCHS, TransformerNet, build, count_params, save_transformer, stylize
-from models.vgg import VGG19Features, caffe_preprocess, deepest_layer, load_vgg19
+from models.style_objective import StyleObjective, stack_grams
+from models.transformer import (
+    ARCHS,
+    TransformerConfig,
+    TransformerNet,
+    count_params,
+    one_hot_styles,
+    save_transformer,
+    stylize,
+)
+from models.vgg import caffe_preprocess, load_vgg19
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("ATELIER_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 HOLDOUT_PERCENT = 5
+DEFAULT_OUT = PROJECT_ROOT / "models" / "weights" / "styles" / "multistyle.safetensors"
+DEFAULT_CHECKPOINT = PROJECT_ROOT / "models" / "weights" / "styles" / "multistyle.train-state.safetensors"
 
 
 def is_held_out(name: str, percent: int = HOLDOUT_PERCENT) -> bool:
@@ -66,36 +89,102 @@ def split_photos(photos: Sequence[Path], percent: int = HOLDOUT_PERCENT) -> tupl
     return train, held
 
 
+class NonFiniteError(RuntimeError):
+    """A loss term, the gradient or the output went NaN/inf: training stops instead of going on."""
+
+
 @dataclass
 class TrainConfig:
-    """The recipe; stored in the weights' metadata and the run directory."""
+    """The recipe; stored in the checkpoint (``--resume`` reads it back) and the weights' metadata."""
 
-    photos: str
-    style: str
-    out: str
-    arch: str = "fast"
-    name: str = ""
-    iterations: int = 2000
+    styles: tuple[str, ...] = ()  # painting files
+    names: tuple[str, ...] = ()  # style names, one per painting (default: file stems)
+    photos: str = str(DATA_DIR / "photos")
+    out: str = str(DEFAULT_OUT)
+    checkpoint: str = str(DEFAULT_CHECKPOINT)
+    arch: str = "medium"
+    iterations: int = 30000  # style iterations, after the warm-up
+    warmup_iterations: int = 400
+    warmup_lr: float = 2e-3
     batch_size: int = 4
-    crop: int = 256
-    style_size: int = 256
+    crop_schedule: str = "0:128,4000:192,12000:256"  # from style iteration N on, crops of M px
     lr: float = 1e-3
+    lr_final: float = 1e-4
+    decay_from: float = 0.75  # fraction of the style iterations after which lr decays linearly
+    clip_grad: float = 0.0  # 0: no clipping (the norm is still computed and checked)
     content_weight: float = 1.0
-    style_weight: float = 2.0
-    tv_weight: float = 10.0
-    style_ramp: int = 0  # style weight grows linearly from 0 over this many iterations
+    style_weight: float = 10.0
+    tv_weight: float = 1.0
     content_layers: tuple[str, ...] = ("relu2_2",)
     style_layers: tuple[str, ...] = ("relu1_1", "relu2_1", "relu3_1", "relu4_1")
+    style_layer_weights: tuple[float, ...] = StyleObjective.style_layer_weights
+    style_size: int = 256
     seed: int = 0
     device: str = "auto"
     precision: str = "auto"
+    threads: int = 0
     holdout_percent: int = HOLDOUT_PERCENT
     max_minutes: float = 0.0
+    stop_after: int = 0  # stop (with a checkpoint) after this many iterations in this process; 0: never
     log_every: int = 10
-    preview_every: int = 100
-    checkpoint_every: int = 200
+    preview_every: int = 200
+    checkpoint_minutes: float = 10.0
     runs_dir: str = "runs/train_style"
-    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def objective(self) -> StyleObjective:
+        return StyleObjective(
+            self.content_weight,
+            self.style_weight,
+            self.tv_weight,
+            self.content_layers,
+            self.style_layers,
+            self.style_layer_weights,
+            self.style_size,
+        )
+
+    @property
+    def style_names(self) -> tuple[str, ...]:
+        return self.names or tuple(Path(s).stem for s in self.styles)
+
+    @property
+    def total_iterations(self) -> int:
+        return self.warmup_iterations + self.iterations
+
+    def crop_at(self, style_iteration: int) -> int:
+        """Crop size for a style iteration (warm-up iterations use the first entry)."""
+        crop = 0
+        for start, size in _parse_schedule(self.crop_schedule):
+            if style_iteration >= start:
+                crop = size
+        return crop
+
+    def lr_at(self, style_iteration: int) -> float:
+        """Constant, then linear decay to ``lr_final`` over the last ``1 - decay_from`` of the run."""
+        start = self.decay_from * self.iterations
+        if style_iteration <= start:
+            return self.lr
+        frac = min(1.0, (style_iteration - start) / max(1.0, self.iterations - start))
+        return self.lr + frac * (self.lr_final - self.lr)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        raw = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known})
+
+
+def _parse_schedule(text: str) -> list[tuple[int, int]]:
+    try:
+        pairs = sorted((int(a), int(b)) for a, b in (item.split(":") for item in text.split(",")))
+    except ValueError:
+        raise ValueError(f"crop schedule must look like '0:128,4000:192', got {text!r}") from None
+    if not pairs or pairs[0][0] != 0 or any(size < 32 or size % 4 for _, size in pairs):
+        raise ValueError(f"crop schedule must start at 0 with sizes >= 32, multiples of 4: {text!r}")
+    return pairs
 
 
 def pick_device(name: str) -> torch.device:
@@ -105,48 +194,30 @@ def pick_device(name: str) -> torch.device:
 
 
 def random_crop(img: Image.Image, crop: int, rng: random.Random) -> Image.Image:
-    """Scale the shorter side to a random size in [crop, shorter], crop crop×crop, flip half the time.
+    """Scale the shorter side to a random size in [crop, 1.5·crop] (capped by the photo), crop, flip.
 
     The random scale shows the network strokes-vs-object sizes it will meet at several resolutions.
     """
     shorter = min(img.size)
-    if shorter < crop:
-        img = resize_longest(img, round(max(img.size) * crop / shorter))
-        shorter = min(img.size)
-    target = rng.randint(crop, shorter)
-    if target != shorter:
-        scale = target / shorter
-        img = img.resize(
-            (max(crop, round(img.width * scale)), max(crop, round(img.height * scale))),
-            Image.Resampling.LANCZOS,
-        )
+    target = rng.randint(crop, max(crop, min(shorter, round(1.5 * crop))))
+    scale = target / shorter
+    size = (max(crop, round(img.width * scale)), max(crop, round(img.height * scale)))
+    img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     left = rng.randint(0, img.width - crop)
     top = rng.randint(0, img.height - crop)
     img = img.crop((left, top, left + crop, top + crop))
     return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
 
 
-def batches(photos: Sequence[Path], batch_size: int, crop: int, rng: random.Random) -> Iterator[Tensor]:
-    """Endless shuffled epochs of random crops (seeded: the same run sees the same crops)."""
-    order = list(photos)
-    while True:
-        rng.shuffle(order)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            imgs = [
-                random_crop(Image.open(p).convert("RGB"), crop, rng)
-                for p in order[start : start + batch_size]
-            ]
-            yield torch.cat([pil_to_tensor(img) for img in imgs])
-
-
-def style_targets(
-    vgg: VGG19Features, style_img: Image.Image, layers: Sequence[str], size: int
-) -> dict[str, Tensor]:
-    """Gram matrices of the painting at ``size`` (longest side), computed once in fp32."""
-    x = caffe_preprocess(pil_to_tensor(resize_longest(style_img.convert("RGB"), size)))
-    with torch.inference_mode():
-        feats = vgg(x, layers)
-        return {name: gram_matrix(feats[name]).clone() for name in layers}
+def batch_at(
+    photos: Sequence[Image.Image], cfg: TrainConfig, iteration: int, num_styles: int
+) -> tuple[Tensor, list[int]]:
+    """The batch of a global iteration: a pure function of (seed, iteration), so resume is exact."""
+    rng = random.Random(cfg.seed * 1_000_003 + iteration)
+    crop = cfg.crop_at(max(0, iteration - cfg.warmup_iterations))
+    imgs = [random_crop(photos[rng.randrange(len(photos))], crop, rng) for _ in range(cfg.batch_size)]
+    styles = [(iteration * cfg.batch_size + i) % num_styles for i in range(cfg.batch_size)]
+    return torch.cat([pil_to_tensor(img) for img in imgs]), styles
 
 
 def sha256_file(path: Path) -> str:
@@ -157,178 +228,331 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_preview(
-    model: TransformerNet, photos: Sequence[Image.Image], path: Path, device: torch.device
+# --- checkpoints ----------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    path: Path,
+    model: TransformerNet,
+    optimizer: torch.optim.Adam,
+    iteration: int,
+    cfg: TrainConfig,
+    exact: bool,
+    info: dict[str, object],
 ) -> None:
-    """A strip: the photos on top, the network's outputs below."""
+    """Weights + Adam state + iteration + recipe in one safetensors file (written atomically).
+
+    ``exact``: fp32 everything (bit-exact resume). Otherwise fp16 weights and bf16 Adam moments: a
+    small file to commit; bf16 keeps fp32's exponent range, so tiny second moments do not flush to
+    zero as they would in fp16 (which would make Adam's steps explode on resume).
+    """
+    wdtype, mdtype = (torch.float32, torch.float32) if exact else (torch.float16, torch.bfloat16)
+    tensors = {f"model.{k}": v.detach().to("cpu", wdtype).contiguous() for k, v in model.state_dict().items()}
+    names = [n for n, _ in model.named_parameters()]
+    for name, param in zip(names, (p for g in optimizer.param_groups for p in g["params"]), strict=True):
+        state = optimizer.state.get(param)
+        if state:
+            tensors[f"adam.{name}.exp_avg"] = state["exp_avg"].to(mdtype).contiguous()
+            tensors[f"adam.{name}.exp_avg_sq"] = state["exp_avg_sq"].to(mdtype).contiguous()
+            tensors[f"adam.{name}.step"] = torch.as_tensor(float(state["step"])).reshape(1)
+    meta = {
+        "atelier.checkpoint": "1",
+        "iteration": str(iteration),
+        "config": cfg.to_json(),
+        "arch": model.config.to_json(),
+        "info": json.dumps(info, sort_keys=True),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+    if meta.get("atelier.checkpoint") != "1":
+        raise ValueError(f"{path} is not a training checkpoint")
+    return meta, load_file(str(path))
+
+
+def restore(model: TransformerNet, optimizer: torch.optim.Adam, tensors: dict[str, Tensor]) -> None:
+    model.load_state_dict(
+        {k[len("model.") :]: v.float() for k, v in tensors.items() if k.startswith("model.")}
+    )
+    for name, param in model.named_parameters():
+        if f"adam.{name}.exp_avg" in tensors:
+            optimizer.state[param] = {
+                "step": tensors[f"adam.{name}.step"].reshape(()).float(),
+                "exp_avg": tensors[f"adam.{name}.exp_avg"].float().to(param.device),
+                "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].float().to(param.device),
+            }
+
+
+def newest_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The fp32 run-dir checkpoint when it is at least as far along as the committed one."""
+    candidates = []
+    for path in (run_dir(cfg) / "state.safetensors", Path(cfg.checkpoint)):
+        if path.is_file():
+            meta, _ = load_checkpoint(path)
+            candidates.append((int(meta["iteration"]), path == Path(cfg.checkpoint), path))
+    return max(candidates, key=lambda c: (c[0], not c[1]))[2] if candidates else None
+
+
+def run_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.runs_dir) / Path(cfg.out).stem
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def _finite_or_raise(iteration: int, values: dict[str, Tensor]) -> dict[str, float]:
+    """One host sync for every check; names the offending term when one is not finite."""
+    floats = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()
+    named = dict(zip(values, floats, strict=True))
+    bad = [k for k, v in named.items() if not math.isfinite(v)]
+    if bad:
+        raise NonFiniteError(f"iteration {iteration}: non-finite {', '.join(bad)} ({named})")
+    return named
+
+
+def save_preview(
+    model: TransformerNet, photos: Sequence[Image.Image], styles: Sequence[int], path: Path
+) -> None:
+    """Held-out photos (top row) and their stylizations, one row per style index."""
     was_training = model.training
     model.eval()
+    n = model.config.num_styles
+    rows: list[list[Image.Image]] = [list(photos)]
     with torch.inference_mode():
-        outs = [tensor_to_pil(stylize(model, pil_to_tensor(p).to(device)).cpu()) for p in photos]
+        for s in styles:
+            w = one_hot_styles([s], n)
+            rows.append([tensor_to_pil(stylize(model, pil_to_tensor(p), w)) for p in photos])
     model.train(was_training)
-    width = sum(p.width for p in photos)
-    height = max(p.height for p in photos)
-    strip = Image.new("RGB", (width, 2 * height), "white")
-    x = 0
-    for photo, out in zip(photos, outs, strict=True):
-        strip.paste(photo, (x, 0))
-        strip.paste(out, (x, height))
-        x += photo.width
+    cell_w, cell_h = max(p.width for p in photos), max(p.height for p in photos)
+    sheet = Image.new("RGB", (cell_w * len(photos), cell_h * len(rows)), "white")
+    for r, row in enumerate(rows):
+        for c, img in enumerate(row):
+            sheet.paste(img, (c * cell_w, r * cell_h))
     path.parent.mkdir(parents=True, exist_ok=True)
-    strip.save(path)
+    sheet.save(path)
 
 
-def train(cfg: TrainConfig) -> dict[str, object]:
-    """Run the training loop; returns the summary that also goes into the weights' metadata."""
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
+def train(cfg: TrainConfig, resume_from: Path | None = None) -> dict[str, object]:
+    """Run (or continue) training; returns the summary also stored in the weights' metadata."""
+    if not cfg.styles:
+        raise ValueError("no paintings given (--styles)")
+    if len(cfg.style_names) != len(cfg.styles):
+        raise ValueError("--names needs one name per painting")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     bf16 = use_bf16(device, cfg.precision)
-    name = cfg.name or Path(cfg.style).stem
-    run_dir = Path(cfg.runs_dir) / f"{name}-{cfg.arch}"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    objective = cfg.objective
+    out_dir = run_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
-    train_photos, held_out = split_photos(list_photos(Path(cfg.photos)), cfg.holdout_percent)
-    if len(train_photos) < cfg.batch_size:
-        raise ValueError(f"only {len(train_photos)} training photos for batch size {cfg.batch_size}")
-    (run_dir / "holdout.json").write_text(json.dumps([p.name for p in held_out], indent=1))
-    preview_photos = [resize_longest(Image.open(p).convert("RGB"), max(cfg.crop, 256)) for p in held_out[:3]]
+    train_paths, held_out = split_photos(list_photos(Path(cfg.photos)), cfg.holdout_percent)
+    if len(train_paths) < cfg.batch_size:
+        raise ValueError(f"only {len(train_paths)} training photos for batch size {cfg.batch_size}")
+    photos = [Image.open(p).convert("RGB") for p in train_paths]  # ~1k photos of 256 px: ~300 MB
+    preview_photos = [resize_longest(Image.open(p).convert("RGB"), 256) for p in held_out[:4]]
 
-    layers = tuple(dict.fromkeys(cfg.content_layers + cfg.style_layers))
-    vgg32 = load_vgg19(deepest_layer(layers))
-    style_img = Image.open(cfg.style)
-    grams = {
-        k: v.to(device) for k, v in style_targets(vgg32, style_img, cfg.style_layers, cfg.style_size).items()
-    }
+    num_styles = len(cfg.styles)
+    vgg32 = load_vgg19(objective.deepest)
+    grams = [
+        {k: v.to(device) for k, v in objective.painting_grams(vgg32, Image.open(s)).items()}
+        for s in cfg.styles
+    ]
     vgg = vgg32.converted(device=device, dtype=torch.bfloat16 if bf16 else torch.float32, channels_last=True)
     vgg_dtype = next(vgg.parameters()).dtype
 
-    model = build(cfg.arch).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    data = batches(train_photos, cfg.batch_size, cfg.crop, rng)
-
-    def loss_net(x: Tensor, which: Sequence[str]) -> dict[str, Tensor]:
-        return vgg(caffe_preprocess(x).to(dtype=vgg_dtype, memory_format=torch.channels_last), which)
-
-    log_path = run_dir / "losses.jsonl"
-    log_path.write_text("")
-    recent: list[dict[str, float]] = []
-    start = time.monotonic()
-    summary: dict[str, object] = {}
+    torch.manual_seed(cfg.seed)  # the initial weights; everything random after comes from batch_at
+    config = TransformerConfig(**{**asdict(ARCHS[cfg.arch]), "num_styles": num_styles})
+    model = TransformerNet(config).to(device).train()
+    params = list(model.parameters())
     iteration = 0
+    optimizer = torch.optim.Adam(params, lr=cfg.warmup_lr)
+    if resume_from is not None:
+        meta, tensors = load_checkpoint(resume_from)
+        iteration = int(meta["iteration"])
+        if iteration > cfg.warmup_iterations:  # the checkpoint holds the style phase's Adam state
+            optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        restore(model, optimizer, tensors)
+        print(f"resumed from {resume_from} at iteration {iteration}", flush=True)
 
-    def checkpoint(final: bool) -> dict[str, object]:
-        means = {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]} if recent else {}
-        info = {
-            "style_name": name,
-            "style_file": Path(cfg.style).name,
-            "style_sha256": sha256_file(Path(cfg.style)),
-            "arch": cfg.arch,
-            "params": count_params(model),
+    def loss_net(img: Tensor, which: Sequence[str]) -> dict[str, Tensor]:
+        return vgg(caffe_preprocess(img).to(dtype=vgg_dtype, memory_format=torch.channels_last), which)
+
+    log_path = out_dir / "losses.jsonl"
+    first_iteration = iteration
+    started = time.monotonic()
+    last_checkpoint = started
+    recent: list[dict[str, float]] = []
+    stop = {"signal": None}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["signal"] = signum
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+
+    def info(final: bool) -> dict[str, object]:
+        means = {k: round(sum(r[k] for r in recent) / len(recent), 4) for k in recent[-1]} if recent else {}
+        return {
             "iterations": iteration,
-            "train_seconds": round(time.monotonic() - start, 1),
-            "final_losses": {k: round(v, 3) for k, v in means.items()},
+            "style_iterations": max(0, iteration - cfg.warmup_iterations),
+            "session_seconds": round(time.monotonic() - started, 1),
+            "recent_losses": means,
             "finished": final,
-            "device": str(device)
-            if device.type == "cuda"
-            else f"cpu ({platform.processor() or platform.machine()})",
+            "device": str(device) if device.type == "cuda" else f"cpu ({platform.processor() or 'x86'})",
             "bf16": bf16,
+            "threads": torch.get_num_threads(),
             "torch": torch.__version__,
-            "held_out": len(held_out),
-            "train_photos": len(train_photos),
+            "train_photos": len(train_paths),
+            "held_out_photos": len(held_out),
+            "params": count_params(model),
             "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "recipe": {k: v for k, v in asdict(cfg).items() if k not in ("out", "extra")},
         }
-        meta = {"atelier.train": json.dumps(info, sort_keys=True), "atelier.style": name, **cfg.extra}
-        save_transformer(Path(cfg.out), model, meta)
-        return info
 
-    for iteration in range(1, cfg.iterations + 1):
-        x = next(data).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            y = model(x)
-        y = y.float()
-        with torch.no_grad():
-            targets = {k: v.float() for k, v in loss_net(x, cfg.content_layers).items()}
-        feats = loss_net(y, layers)
-        c = cfg.content_weight * content_loss(feats, targets)
-        ramp = min(1.0, iteration / cfg.style_ramp) if cfg.style_ramp else 1.0
-        s = ramp * cfg.style_weight * style_loss(feats, grams)
-        tv = cfg.tv_weight * total_variation(caffe_preprocess(y))
-        total = c + s + tv
+    def checkpoint(final: bool) -> None:
+        summary = info(final)
+        save_checkpoint(out_dir / "state.safetensors", model, optimizer, iteration, cfg, True, summary)
+        save_checkpoint(Path(cfg.checkpoint), model, optimizer, iteration, cfg, False, summary)
+        meta = {
+            "atelier.styles": json.dumps(list(cfg.style_names)),
+            "atelier.objective": objective.to_json(),
+            "atelier.train": json.dumps(
+                {**summary, "recipe": json.loads(cfg.to_json()), "paintings": _painting_hashes(cfg)}
+            ),
+        }
+        save_transformer(Path(cfg.out), model, meta)
+        print(f"checkpoint at iteration {iteration}", flush=True)
+
+    while iteration < cfg.total_iterations:
+        iteration += 1
+        style_it = iteration - cfg.warmup_iterations
+        x, styles = batch_at(photos, cfg, iteration, num_styles)
+        x = x.to(device)
+        if style_it == 1:  # the warm-up is over: a fresh optimizer for the real objective
+            optimizer = torch.optim.Adam(params, lr=cfg.lr)
+            recent = []
+        if style_it <= 0:
+            # Uniform style weights: every style's norm rows get the same updates, so all styles
+            # leave the warm-up as the same near-identity.
+            w = torch.full((x.shape[0], num_styles), 1.0 / num_styles, device=device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                y = model(x, w)
+            pixel = (y.float() - x).abs().mean()
+            terms = {"pixel": pixel, "total": pixel}
+        else:
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr_at(style_it)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                y = model(x, one_hot_styles(styles, num_styles).to(device))
+            y = y.float()
+            with torch.no_grad():
+                targets = {k: v.float() for k, v in loss_net(x, objective.content_layers).items()}
+            y_caffe = caffe_preprocess(y)
+            feats = vgg(y_caffe.to(dtype=vgg_dtype, memory_format=torch.channels_last), objective.layers)
+            terms = objective.terms(feats, targets, stack_grams(grams, styles), y_caffe)
         optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        terms["total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or math.inf)
+        row = _finite_or_raise(
+            iteration, {**terms, "grad_norm": grad_norm, "output": y.detach().abs().amax()}
+        )
         optimizer.step()
 
-        row = {"content": c.item(), "style": s.item(), "tv": tv.item(), "total": total.item()}
         recent = [*recent[-49:], row]
         if iteration % cfg.log_every == 0 or iteration == 1:
-            elapsed = time.monotonic() - start
+            elapsed = time.monotonic() - started
+            entry = {"iter": iteration, "style_iter": style_it, "elapsed_s": round(elapsed, 1), **row}
             with log_path.open("a") as f:
-                f.write(json.dumps({"iter": iteration, "elapsed_s": round(elapsed, 1), **row}) + "\n")
-            print(
-                f"[{name}/{cfg.arch}] it {iteration} {elapsed:.0f}s "
-                + " ".join(f"{k}={v:.4g}" for k, v in row.items()),
-                flush=True,
-            )
+                f.write(json.dumps(entry) + "\n")
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
         if preview_photos and cfg.preview_every and iteration % cfg.preview_every == 0:
-            save_preview(model, preview_photos, run_dir / f"preview_{iteration:06d}.png", device)
-        if cfg.checkpoint_every and iteration % cfg.checkpoint_every == 0:
+            shown = [(iteration // cfg.preview_every * 3 + k) % num_styles for k in range(3)]
+            save_preview(model, preview_photos, shown, out_dir / f"preview_{iteration:06d}.png")
+        now = time.monotonic()
+        if now - last_checkpoint > cfg.checkpoint_minutes * 60:
             checkpoint(final=False)
-        if cfg.max_minutes and time.monotonic() - start > cfg.max_minutes * 60:
-            print(f"time budget of {cfg.max_minutes} min reached after {iteration} iterations", flush=True)
+            last_checkpoint = now
+        budget_spent = (cfg.max_minutes and now - started > cfg.max_minutes * 60) or (
+            cfg.stop_after and iteration - first_iteration >= cfg.stop_after
+        )
+        if stop["signal"] is not None or budget_spent:
+            print(f"stopping at iteration {iteration} (signal {stop['signal']} or time budget)", flush=True)
             break
 
-    model.eval()
-    summary = checkpoint(final=True)
-    if preview_photos:
-        save_preview(model, preview_photos, run_dir / "preview_final.png", device)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    checkpoint(final=iteration >= cfg.total_iterations)
+    summary = info(iteration >= cfg.total_iterations)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+def _painting_hashes(cfg: TrainConfig) -> dict[str, str]:
+    return {name: sha256_file(Path(p)) for name, p in zip(cfg.style_names, cfg.styles, strict=True)}
+
+
+# --- command line ---------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[TrainConfig, bool]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--photos", default=str(DATA_DIR / "photos"), help="folder of content photos")
-    p.add_argument("--style", required=True, help="the painting")
-    p.add_argument("--out", required=True, help="output .safetensors")
-    p.add_argument("--arch", default="fast", choices=sorted(ARCHS))
-    p.add_argument("--name", default="", help="style name (default: the painting's file stem)")
-    defaults = TrainConfig(photos="", style="", out="")
-    for key in (
-        "iterations",
-        "batch_size",
-        "crop",
-        "style_size",
-        "lr",
-        "content_weight",
-        "style_weight",
-        "tv_weight",
-        "style_ramp",
-        "seed",
-        "holdout_percent",
-        "max_minutes",
-        "log_every",
-        "preview_every",
-        "checkpoint_every",
-    ):
+    p.add_argument("--resume", action="store_true", help="continue the run stored in --checkpoint")
+    p.add_argument(
+        "--styles", default="", help="comma-separated painting names (in --styles-dir) or image paths"
+    )
+    p.add_argument("--styles-dir", default=str(DATA_DIR / "styles"))
+    p.add_argument("--names", default="", help="comma-separated style names (default: file stems)")
+    p.add_argument("--arch", default=None, choices=sorted(ARCHS))
+    defaults = TrainConfig()
+    scalar = [f.name for f in fields(TrainConfig) if f.name not in ("styles", "names", "arch")]
+    for key in scalar:
         value = getattr(defaults, key)
-        p.add_argument("--" + key.replace("_", "-"), type=type(value), default=value)
-    p.add_argument("--content-layers", default=",".join(defaults.content_layers))
-    p.add_argument("--style-layers", default=",".join(defaults.style_layers))
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
-    p.add_argument("--runs-dir", default=defaults.runs_dir, help="previews and loss log (git-ignored)")
+        kind = _csv_of(type(value[0])) if isinstance(value, tuple) and value else type(value)
+        p.add_argument("--" + key.replace("_", "-"), type=kind, default=None)
     a = p.parse_args(argv)
-    values = vars(a)
-    values["content_layers"] = tuple(s.strip() for s in a.content_layers.split(",") if s.strip())
-    values["style_layers"] = tuple(s.strip() for s in a.style_layers.split(",") if s.strip())
-    return TrainConfig(**values)
+    given = {k: v for k, v in vars(a).items() if v is not None and k in {f.name for f in fields(TrainConfig)}}
+    if a.styles:
+        given["styles"] = tuple(_painting_path(s.strip(), Path(a.styles_dir)) for s in a.styles.split(","))
+    if a.names:
+        given["names"] = tuple(s.strip() for s in a.names.split(","))
+    if a.resume:
+        return _resumed_config(given), True
+    return TrainConfig(**{**asdict(defaults), **given}), False
+
+
+def _csv_of(kind: type) -> object:
+    return lambda text: tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+
+
+def _resumed_config(given: dict[str, object]) -> TrainConfig:
+    """The stored recipe; only the run length and machine-side knobs may change on resume."""
+    probe = TrainConfig(**{k: v for k, v in given.items() if k in ("out", "checkpoint", "runs_dir")})
+    path = newest_checkpoint(probe)
+    if path is None:
+        raise SystemExit(f"--resume: no checkpoint at {probe.checkpoint} or {run_dir(probe)}")
+    meta, _ = load_checkpoint(path)
+    stored = TrainConfig.from_json(meta["config"])
+    mutable = {"iterations", "max_minutes", "stop_after", "threads", "log_every", "preview_every"}
+    mutable |= {"checkpoint_minutes"}
+    changed = {k: v for k, v in given.items() if k in mutable}
+    return TrainConfig(**{**asdict(stored), **changed})
+
+
+def _painting_path(value: str, styles_dir: Path) -> str:
+    path = Path(value)
+    if path.suffix:
+        return str(path)
+    return str(styles_dir / f"{value}.jpg")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    summary = train(parse_args(argv))
-    print(json.dumps({k: summary[k] for k in ("iterations", "train_seconds", "final_losses")}))
+    cfg, resume = parse_args(argv)
+    summary = train(cfg, newest_checkpoint(cfg) if resume else None)
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,12 @@ Variants:
 * ``reference`` – the paper's network: 32-64-128 channels, five residual blocks, 9×9 edge convs.
 * ``fast`` – for CPU serving: 16-32-64 channels and depthwise-separable residual blocks.
 
+Every instance norm is *conditional* (Dumoulin, Shlens & Kudlur 2017, "A Learned Representation for
+Artistic Style"): the convolutions are shared and each style owns one scale and shift per norm, so one
+network serves ``num_styles`` paintings. The forward pass takes a B×S matrix of style weights: a
+one-hot row selects a style, any convex combination interpolates between styles (the norm parameters
+are mixed, as in the paper). ``num_styles = 1`` is the plain Johnson network with affine norms.
+
 The network maps RGB in [0, 1] to RGB in (roughly) [0, 1]; callers clamp. Input sides should be
 multiples of :data:`DOWNSAMPLE` so the output has exactly the input's size (see :func:`stylize`).
 """
@@ -16,7 +22,9 @@ multiples of :data:`DOWNSAMPLE` so the output has exactly the input's size (see 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -37,6 +45,7 @@ class TransformerConfig:
     blocks: int = 5
     separable: bool = False  # depthwise 3×3 + pointwise 1×1 in residual blocks
     edge_kernel: int = 9  # kernel of the first and last convolution
+    num_styles: int = 1  # rows of every conditional instance norm
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -51,6 +60,7 @@ class TransformerConfig:
 ARCHS: dict[str, TransformerConfig] = {
     "reference": TransformerConfig(),
     "fast": TransformerConfig(channels=(16, 32, 64), blocks=5, separable=True, edge_kernel=9),
+    "medium": TransformerConfig(channels=(32, 48, 96), blocks=5, separable=True, edge_kernel=9),
 }
 
 
@@ -64,11 +74,32 @@ class ConvLayer(nn.Sequential):
         )
 
 
-class ConvNormReLU(nn.Sequential):
-    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1) -> None:
-        super().__init__(
-            ConvLayer(c_in, c_out, kernel, stride), nn.InstanceNorm2d(c_out, affine=True), nn.ReLU()
-        )
+class ConditionalInstanceNorm2d(nn.Module):
+    """Instance norm whose scale and shift are ``style @ weight`` and ``style @ bias`` (S rows each).
+
+    Parameters are named ``weight``/``bias`` like ``nn.InstanceNorm2d(affine=True)``'s, with a leading
+    style dimension, so a single-style file of the affine network loads after an ``unsqueeze(0)``.
+    """
+
+    def __init__(self, channels: int, num_styles: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_styles, channels))
+        self.bias = nn.Parameter(torch.zeros(num_styles, channels))
+
+    def forward(self, x: Tensor, style: Tensor) -> Tensor:
+        scale = (style @ self.weight.to(style.dtype)).to(x.dtype)[:, :, None, None]
+        shift = (style @ self.bias.to(style.dtype)).to(x.dtype)[:, :, None, None]
+        return F.instance_norm(x, eps=1e-5) * scale + shift
+
+
+class ConvNormReLU(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel: int, num_styles: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv = ConvLayer(c_in, c_out, kernel, stride)
+        self.norm = ConditionalInstanceNorm2d(c_out, num_styles)
+
+    def forward(self, x: Tensor, style: Tensor) -> Tensor:
+        return F.relu(self.norm(self.conv(x), style))
 
 
 class SeparableConv(nn.Sequential):
@@ -81,33 +112,31 @@ class SeparableConv(nn.Sequential):
 class ResidualBlock(nn.Module):
     """conv-IN-ReLU-conv-IN plus identity, without a final ReLU (Gross & Wilber, as Johnson uses)."""
 
-    def __init__(self, channels: int, separable: bool) -> None:
+    def __init__(self, channels: int, separable: bool, num_styles: int) -> None:
         super().__init__()
 
         def conv() -> nn.Module:
             return SeparableConv(channels) if separable else ConvLayer(channels, channels, 3)
 
-        self.body = nn.Sequential(
-            conv(),
-            nn.InstanceNorm2d(channels, affine=True),
-            nn.ReLU(),
-            conv(),
-            nn.InstanceNorm2d(channels, affine=True),
-        )
+        self.conv1 = conv()
+        self.norm1 = ConditionalInstanceNorm2d(channels, num_styles)
+        self.conv2 = conv()
+        self.norm2 = ConditionalInstanceNorm2d(channels, num_styles)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
+    def forward(self, x: Tensor, style: Tensor) -> Tensor:
+        h = F.relu(self.norm1(self.conv1(x), style))
+        return x + self.norm2(self.conv2(h), style)
 
 
 class UpsampleConv(nn.Module):
     """Nearest-neighbour 2× upsampling followed by a conv (Odena et al.: no checkerboard)."""
 
-    def __init__(self, c_in: int, c_out: int) -> None:
+    def __init__(self, c_in: int, c_out: int, num_styles: int) -> None:
         super().__init__()
-        self.conv = ConvNormReLU(c_in, c_out, 3)
+        self.conv = ConvNormReLU(c_in, c_out, 3, num_styles)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: Tensor, style: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"), style)
 
 
 class TransformerNet(nn.Module):
@@ -117,33 +146,55 @@ class TransformerNet(nn.Module):
         super().__init__()
         self.config = config or TransformerConfig()
         c1, c2, c3 = self.config.channels
-        k = self.config.edge_kernel
-        self.encoder = nn.Sequential(
-            ConvNormReLU(3, c1, k),
-            ConvNormReLU(c1, c2, 3, stride=2),
-            ConvNormReLU(c2, c3, 3, stride=2),
+        k, n = self.config.edge_kernel, self.config.num_styles
+        self.encoder = nn.ModuleList(
+            [
+                ConvNormReLU(3, c1, k, n),
+                ConvNormReLU(c1, c2, 3, n, stride=2),
+                ConvNormReLU(c2, c3, 3, n, stride=2),
+            ]
         )
-        self.residuals = nn.Sequential(
-            *(ResidualBlock(c3, self.config.separable) for _ in range(self.config.blocks))
+        self.residuals = nn.ModuleList(
+            ResidualBlock(c3, self.config.separable, n) for _ in range(self.config.blocks)
         )
-        self.decoder = nn.Sequential(UpsampleConv(c3, c2), UpsampleConv(c2, c1), ConvLayer(c1, 3, k))
+        self.upsample = nn.ModuleList([UpsampleConv(c3, c2, n), UpsampleConv(c2, c1, n)])
+        self.head = ConvLayer(c1, 3, k)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.decoder(self.residuals(self.encoder(x)))
+    def forward(self, x: Tensor, style: Tensor | None = None) -> Tensor:
+        """``style``: B×S (or 1×S, broadcast) non-negative weights; None means style 0."""
+        style = self.style_weights(style, x.shape[0], x.device)
+        for layer in (*self.encoder, *self.residuals, *self.upsample):
+            x = layer(x, style)
+        return self.head(x)
+
+    def style_weights(self, style: Tensor | None, batch: int, device: torch.device) -> Tensor:
+        n = self.config.num_styles
+        if style is None:
+            return F.one_hot(torch.zeros(batch, dtype=torch.long, device=device), n).float()
+        if style.dim() != 2 or style.shape[1] != n:
+            raise ValueError(f"style weights must be B×{n}, got {tuple(style.shape)}")
+        return style.float().expand(batch, n) if style.shape[0] == 1 else style.float()
 
 
-def build(arch: str | TransformerConfig) -> TransformerNet:
-    """A freshly initialised network for an arch name (``reference``/``fast``) or config."""
+def one_hot_styles(indices: Sequence[int] | Tensor, num_styles: int) -> Tensor:
+    """B×S one-hot style weights for per-sample style indices."""
+    return F.one_hot(torch.as_tensor(indices, dtype=torch.long), num_styles).float()
+
+
+def build(arch: str | TransformerConfig, num_styles: int | None = None) -> TransformerNet:
+    """A freshly initialised network for an arch name (``reference``/``fast``/...) or config."""
     if isinstance(arch, str):
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
         arch = ARCHS[arch]
+    if num_styles is not None:
+        arch = replace(arch, num_styles=num_styles)
     return TransformerNet(arch)
 
 
 def arch_name(config: TransformerConfig) -> str:
-    """The registered name of a config, or ``custom``."""
-    return next((name for name, c in ARCHS.items() if c == config), "custom")
+    """The registered name of a config (whatever its number of styles), or ``custom``."""
+    return next((name for name, c in ARCHS.items() if c == replace(config, num_styles=1)), "custom")
 
 
 def count_params(model: nn.Module) -> int:
@@ -162,7 +213,7 @@ def conv_macs(model: TransformerNet, height: int, width: int) -> int:
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     try:
         with torch.inference_mode():
-            model(torch.zeros(1, 3, height, width, device=next(model.parameters()).device))
+            model(torch.zeros(1, 3, height, width, device=next(model.parameters()).device), None)
     finally:
         for h in handles:
             h.remove()
@@ -186,10 +237,10 @@ def pad_to_multiple(
     return F.pad(x, (0, tw - w, 0, th - h), mode=mode), h, w
 
 
-def stylize(model: nn.Module, x: Tensor) -> Tensor:
+def stylize(model: nn.Module, x: Tensor, style: Tensor | None = None) -> Tensor:
     """Run the network on any N×3×H×W batch and return exactly N×3×H×W, clamped to [0, 1]."""
     padded, h, w = pad_to_multiple(x)
-    return model(padded)[..., :h, :w].clamp(0.0, 1.0)
+    return model(padded, style)[..., :h, :w].clamp(0.0, 1.0)
 
 
 def save_transformer(path: Path, model: TransformerNet, metadata: dict[str, str] | None = None) -> None:
@@ -216,14 +267,53 @@ def load_transformer(path: Path, device: torch.device | str = "cpu") -> tuple[Tr
         raise ValueError(f"{path} has no '{METADATA_ARCH_KEY}' metadata; not an Atelier style network")
     model = TransformerNet(TransformerConfig.from_json(metadata[METADATA_ARCH_KEY]))
     state = {k: v.float() for k, v in load_file(str(path)).items()}
-    model.load_state_dict(state)
+    model.load_state_dict(_from_single_style_layout(state))
     return model.to(device).eval().requires_grad_(False), metadata
 
 
-def export_onnx(model: TransformerNet, opset: int = 17) -> bytes:
+_LEGACY_KEYS = (  # the single-style network's nn.Sequential names -> the conditional network's
+    (re.compile(r"^encoder\.(\d)\.0\."), r"encoder.\1.conv."),
+    (re.compile(r"^encoder\.(\d)\.1\."), r"encoder.\1.norm."),
+    (re.compile(r"^residuals\.(\d+)\.body\.0\."), r"residuals.\1.conv1."),
+    (re.compile(r"^residuals\.(\d+)\.body\.1\."), r"residuals.\1.norm1."),
+    (re.compile(r"^residuals\.(\d+)\.body\.3\."), r"residuals.\1.conv2."),
+    (re.compile(r"^residuals\.(\d+)\.body\.4\."), r"residuals.\1.norm2."),
+    (re.compile(r"^decoder\.([01])\.conv\.0\."), r"upsample.\1.conv.conv."),
+    (re.compile(r"^decoder\.([01])\.conv\.1\."), r"upsample.\1.conv.norm."),
+    (re.compile(r"^decoder\.2\."), r"head."),
+)
+
+
+def _from_single_style_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Files of the earlier single-style network (affine IN, Sequential names) load unchanged."""
+    if not any(k.startswith("decoder.") for k in state):
+        return state
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        for pattern, repl in _LEGACY_KEYS:
+            key = pattern.sub(repl, key)
+        is_norm = key.rsplit(".", 2)[-2].startswith("norm") and value.dim() == 1
+        out[key] = value.unsqueeze(0) if is_norm else value
+    return out
+
+
+class _FixedStyle(nn.Module):
+    """The network with its style weights baked in: an image-in, image-out graph per style."""
+
+    def __init__(self, model: TransformerNet, style: Tensor | None) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("style", model.style_weights(style, 1, next(model.parameters()).device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x, self.style.expand(x.shape[0], -1))
+
+
+def export_onnx(model: TransformerNet, style: Tensor | None = None, opset: int = 17) -> bytes:
     """ONNX bytes with dynamic batch/height/width (ONNX Runtime runs it ~25% faster than eager on CPU).
 
-    Uses the TorchScript-based exporter: it needs no extra packages and handles this plain conv net.
+    ``style`` (1×S weights, default style 0) is baked into the graph as a constant. Uses the
+    TorchScript-based exporter: it needs no extra packages and handles this plain conv net.
     Export happens at load time from the verified safetensors, so no second weights file can drift.
     """
     import io
@@ -236,7 +326,7 @@ def export_onnx(model: TransformerNet, opset: int = 17) -> bytes:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model,
+            _FixedStyle(model, style),
             (example,),
             buf,
             input_names=["image"],

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from models import styles as style_manifest
 from models.imaging import pil_to_tensor, resize_longest
 from models.losses import gram_matrix, style_loss
-from models.train_style import is_held_out, parse_args, split_photos, train
+from models.train_style import NonFiniteError, is_held_out, newest_checkpoint, parse_args, split_photos, train
 from models.transformer import (
     ARCHS,
     build,
@@ -64,12 +64,15 @@ def photo_like(width: int = 192, height: int = 144, seed: int = 0) -> Image.Imag
 def test_reference_matches_the_paper_and_fast_is_much_lighter() -> None:
     ref, fast = build("reference"), build("fast")
     assert 1_650_000 < count_params(ref) < 1_700_000  # Johnson et al.: ≈1.68 M
+    # Two more styles add a scale and a shift per channel of every norm (32 and 64: two norms each).
+    extra = count_params(build("reference", num_styles=3)) - count_params(ref)
+    assert extra == 2 * 2 * (32 * 2 + 64 * 2 + 128 * 11)
     assert count_params(fast) * 10 < count_params(ref)
     assert conv_macs(fast, 64, 64) * 5 < conv_macs(ref, 64, 64)
     for model in (ref, fast):
         kinds = {type(m).__name__ for m in model.modules()}
         assert "ConvTranspose2d" not in kinds
-        assert {"ReflectionPad2d", "InstanceNorm2d"} <= kinds
+        assert {"ReflectionPad2d", "ConditionalInstanceNorm2d"} <= kinds
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -129,35 +132,78 @@ def test_held_out_split_is_by_name_and_about_five_percent() -> None:
     assert is_held_out("bsds_100039.jpg") == is_held_out("bsds_100039.jpg")
 
 
-def test_tiny_training_run_writes_weights_log_and_previews(tmp_path: Path) -> None:
+def _tiny_data(tmp_path: Path) -> tuple[Path, list[Path]]:
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(40):
         photo_like(48 + i % 5, 40, seed=i).save(photos / f"p{i:02d}.png")
-    style = tmp_path / "painting.png"
-    photo_like(64, 64, seed=99).rotate(90).save(style)
-    out = tmp_path / "net.safetensors"
-    cfg = parse_args(
-        [
-            "--photos", str(photos), "--style", str(style), "--out", str(out), "--arch", "fast",
-            "--iterations", "3", "--batch-size", "2", "--crop", "32", "--style-size", "64",
-            "--log-every", "1", "--preview-every", "2", "--checkpoint-every", "2",
-            "--runs-dir", str(tmp_path / "runs"), "--precision", "fp32",
-        ]
-    )  # fmt: skip
+    paintings = []
+    for k in range(2):
+        path = tmp_path / f"painting{k}.png"
+        photo_like(64, 64, seed=99 + k).rotate(90 * (k + 1)).save(path)
+        paintings.append(path)
+    return photos, paintings
+
+
+def _tiny_args(tmp_path: Path, photos: Path, paintings: list[Path], *extra: str) -> list[str]:
+    return [
+        "--photos", str(photos), "--styles", ",".join(str(p) for p in paintings), "--names", "one,two",
+        "--out", str(tmp_path / "net.safetensors"), "--checkpoint", str(tmp_path / "ckpt.safetensors"),
+        "--arch", "fast", "--warmup-iterations", "2", "--iterations", "4", "--batch-size", "2",
+        "--crop-schedule", "0:32,2:36", "--style-size", "64", "--log-every", "1", "--preview-every", "3",
+        "--runs-dir", str(tmp_path / "runs"), "--precision", "fp32", *extra,
+    ]  # fmt: skip
+
+
+def test_tiny_multistyle_run_writes_weights_log_previews_and_resumes_exactly(tmp_path: Path) -> None:
+    photos, paintings = _tiny_data(tmp_path)
+    cfg, resume = parse_args(_tiny_args(tmp_path, photos, paintings))
+    assert not resume and cfg.style_names == ("one", "two") and cfg.crop_at(0) == 32 and cfg.crop_at(3) == 36
     summary = train(cfg)
-    assert summary["iterations"] == 3 and summary["finished"] is True
-    run = tmp_path / "runs" / "painting-fast"
+    assert summary["iterations"] == 6 and summary["finished"] is True
+    run = tmp_path / "runs" / "net"
     rows = [json.loads(line) for line in (run / "losses.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in rows] == [1, 2, 3]
+    assert [r["iter"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert "pixel" in rows[0] and {"content", "style", "tv", "grad_norm"} <= set(rows[-1])
     assert all(np.isfinite(r["total"]) for r in rows)
-    held = json.loads((run / "holdout.json").read_text())
-    assert held == sorted(p.name for p in photos.iterdir() if is_held_out(p.name))
-    assert (run / "preview_000002.png").exists() or not held
-    _model, meta = load_transformer(out)
-    info = json.loads(meta["atelier.train"])
-    assert meta["atelier.arch_name"] == "fast" and info["iterations"] == 3
-    assert set(info["final_losses"]) == {"content", "style", "tv", "total"}
+    assert (run / "preview_000003.png").exists()
+    model, meta = load_transformer(tmp_path / "net.safetensors")
+    assert model.config.num_styles == 2 and json.loads(meta["atelier.styles"]) == ["one", "two"]
+    assert json.loads(meta["atelier.train"])["iterations"] == 6
+
+    # Resume: a run stopped after 4 iterations and continued to 6 matches the uninterrupted run.
+    other = tmp_path / "split"
+    other.mkdir()
+    first, _ = parse_args(_tiny_args(other, photos, paintings, "--stop-after", "4"))
+    assert train(first)["iterations"] == 4
+    resumed, resume = parse_args(_tiny_args(other, photos, paintings, "--resume", "--stop-after", "0"))
+    assert resume and resumed.iterations == 4 and resumed.warmup_iterations == 2
+    summary = train(resumed, newest_checkpoint(resumed))
+    assert summary["iterations"] == 6
+    rows_split = [
+        json.loads(line) for line in (other / "runs" / "net" / "losses.jsonl").read_text().splitlines()
+    ]
+    assert [r["iter"] for r in rows_split] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(rows, rows_split, strict=True):
+        assert a["total"] == pytest.approx(b["total"], rel=1e-5), (a, b)
+
+
+def test_content_only_training_keeps_finite_parameters(tmp_path: Path) -> None:
+    """A zero style weight once turned every parameter NaN in bf16 (the GEMM alpha=0 bug)."""
+    photos, paintings = _tiny_data(tmp_path)
+    args = _tiny_args(tmp_path, photos, paintings, "--style-weight", "0", "--tv-weight", "0")
+    args[args.index("--precision") + 1] = "auto"  # bf16 where the CPU has it natively
+    cfg, _ = parse_args(args)
+    train(cfg)
+    model, _ = load_transformer(tmp_path / "net.safetensors")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_training_stops_with_the_iteration_and_term_when_numbers_go_non_finite(tmp_path: Path) -> None:
+    photos, paintings = _tiny_data(tmp_path)
+    cfg, _ = parse_args(_tiny_args(tmp_path, photos, paintings, "--lr", "1e20"))
+    with pytest.raises(NonFiniteError, match=r"iteration \d+: non-finite"):
+        train(cfg)
 
 
 # --- the committed networks -----------------------------------------------------------------------
