@@ -171,9 +171,9 @@ class Screenshots:
 
 
 def console_errors(driver: Any, ignore: Callable[[str], bool] = lambda m: False) -> list[str]:
-    """Severe browser console messages (JavaScript errors, failed loads) since the last call."""
-    return [
-        entry["message"]
-        for entry in driver.get_log("browser")
-        if entry["level"] == "SEVERE" and not ignore(entry["message"])
-    ]
+    """Severe browser console messages (JavaScript errors, failed loads) since the last call.
+
+    A 503 from /readyz is an answer the page shows ("Not ready: ..."), not an error of the page.
+    """
+    messages = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    return [m for m in messages if "/readyz - " not in m and not ignore(m)]

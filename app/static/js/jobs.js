@@ -102,7 +102,7 @@ export function setupJobs({ capabilities }) {
     status.textContent = 'Uploading…';
     try {
       const job = await (await request('/jobs/optimize', { method: 'POST', body: data })).json();
-      status.textContent = 'Job queued.';
+      status.textContent = 'Job submitted; its progress is shown on the right.';
       remember({
         id: job.id, state: job.state, submittedAt: Date.now(),
         size: job.options?.size ?? fields.size.value, steps: job.progress.total_steps,

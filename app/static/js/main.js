@@ -41,22 +41,29 @@ function setupTabs() {
   select(location.hash.slice(1));
 }
 
+/** One line about /readyz: a missing job worker only matters for jobs, so it is not "not ready". */
+function describeReadiness(body) {
+  const checks = body?.checks || {};
+  const alive = checks.workers?.alive ?? checks.redis?.workers_alive ?? 0;
+  const device = checks.stylizer?.device || checks.classifier?.device;
+  const workers = alive ? `${alive} job worker${alive > 1 ? 's' : ''}` : 'no job worker running';
+  const failing = Object.entries(checks).filter(([name, c]) => !c.ok && name !== 'workers').map(([n]) => n);
+  if (failing.length) return { ok: false, text: `Not ready: ${failing.join(', ')} · ${workers}` };
+  return { ok: true, text: `Ready${device ? ` on ${device}` : ''} · ${workers}` };
+}
+
 async function showServerStatus() {
   const box = $('#server-status');
+  let readiness;
   try {
-    const body = await getJSON('/readyz');
-    const redis = body.checks?.redis || {};
-    const device = body.checks?.stylizer?.device || body.checks?.classifier?.device;
-    const workers = redis.workers_alive ? `${redis.workers_alive} job worker${redis.workers_alive > 1 ? 's' : ''}`
-      : 'no job worker running';
-    box.textContent = `Ready${device ? ` on ${device}` : ''} · ${workers}`;
-    box.className = 'server-status ok';
+    readiness = describeReadiness(await getJSON('/readyz'));
   } catch (error) {
-    const checks = error instanceof ApiError ? error.problem?.checks : null;
-    const failing = checks ? Object.entries(checks).filter(([, c]) => !c.ok).map(([name]) => name) : [];
-    box.textContent = failing.length ? `Not ready: ${failing.join(', ')}` : 'Server not reachable';
-    box.className = 'server-status bad';
+    readiness = error instanceof ApiError && error.problem?.checks
+      ? describeReadiness(error.problem)
+      : { ok: false, text: 'Server not reachable' };
   }
+  box.textContent = readiness.text;
+  box.className = `server-status ${readiness.ok ? 'ok' : 'bad'}`;
 }
 
 async function loadStyles() {

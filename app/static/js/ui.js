@@ -42,7 +42,7 @@ export function showProblem(box, error, fields = {}) {
   else if (PLAIN_WORDS[status]) box.append(el('p', {}, PLAIN_WORDS[status]));
   const input = problem.field && fields[problem.field];
   if (input) {
-    const label = input.labels?.[0]?.textContent?.trim() || problem.field;
+    const label = input.dataset.label || input.labels?.[0]?.textContent?.trim() || problem.field;
     box.append(el('p', { className: 'small' }, `About: ${label}`));
     input.setAttribute('aria-invalid', 'true');
     input.setAttribute('aria-describedby', box.id);
@@ -52,6 +52,7 @@ export function showProblem(box, error, fields = {}) {
   const retry = error?.headers?.get?.('Retry-After');
   if (retry) box.append(el('p', { className: 'small' }, `You can retry in about ${retry} s.`));
   box.hidden = false;
+  box.scrollIntoView({ block: 'nearest', behavior: 'smooth' });
 }
 
 export function clearProblem(box, fields = {}) {
@@ -105,6 +106,7 @@ export function showBlob(img, blob) {
   if (img.dataset.objectUrl) URL.revokeObjectURL(img.dataset.objectUrl);
   const url = URL.createObjectURL(blob);
   img.dataset.objectUrl = url;
+  img.onerror = () => { img.hidden = true; }; // not an image the browser can show: no broken icon
   img.src = url;
   img.hidden = false;
   return url;
@@ -119,15 +121,4 @@ export function bindRange(input, output, digits = 2) {
 
 export function formatMs(ms) {
   return ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${Math.round(ms)} ms`;
-}
-
-/** Disable a button while an async action runs; the status element says what is going on. */
-export async function busy(button, status, message, action) {
-  button.disabled = true;
-  status.textContent = message;
-  try {
-    return await action();
-  } finally {
-    button.disabled = false;
-  }
 }

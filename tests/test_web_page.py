@@ -1,0 +1,289 @@
+"""The web page in a real browser: headless Chromium (Debian's) against the API under uvicorn.
+
+Every step saves a screenshot into the test's temporary directory (pytest prints where on failure).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser import Screenshots, console_errors, require_browser, start_chromium, wait_for
+from tests.images import encode, photo_like, stripes
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "app" / "static"
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    require_browser()
+    driver = start_chromium(tmp_path_factory.mktemp("chromium-profile"))
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def shots(browser, tmp_path: Path) -> Screenshots:
+    return Screenshots(browser, tmp_path)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> dict[str, Path]:
+    files = {
+        "photo": ("photo.png", encode(photo_like(160, 120, seed=1))),
+        "photo2": ("second.jpg", encode(photo_like(120, 160, seed=2), "JPEG")),
+        "painting": ("painting.png", encode(stripes(64, 64))),
+        "not_an_image": ("notes.png", b"these are my notes, not a PNG"),
+    }
+    paths = {}
+    for key, (name, data) in files.items():
+        paths[key] = tmp_path / name
+        paths[key].write_bytes(data)
+    return paths
+
+
+def open_page(driver, server, tab: str) -> None:
+    """A fresh load of the page (a change of the #fragment alone would keep the old page)."""
+    driver.get("about:blank")
+    driver.get(f"{server.url}/#{tab}")
+    wait_for(driver, "document.body.dataset.ready === 'true'", 30, "the page did not finish loading")
+    console_errors(driver)  # start each test with an empty console log
+
+
+def q(driver, css: str):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, css)
+
+
+def text(driver, css: str) -> str:
+    return driver.execute_script("return document.querySelector(arguments[0]).textContent", css)
+
+
+def image_loaded(css: str) -> str:
+    """A JavaScript expression: the <img> at ``css`` is shown and has decoded pixels."""
+    return (
+        f"(() => {{ const i = document.querySelector('{css}');"
+        " return !i.hidden && i.complete && i.naturalWidth > 0; })()"
+    )
+
+
+def test_page_is_served_with_everything_from_this_origin(live_server):
+    page = httpx.get(f"{live_server.url}/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "connect-src 'self'" in page.headers["content-security-policy"]
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    for asset in re.findall(r'(?:src|href)="(/static/[^"]+)"', page.text):
+        assert httpx.get(f"{live_server.url}{asset}", timeout=10).status_code == 200, asset
+    for path in STATIC_DIR.rglob("*"):
+        if path.is_file():
+            urls = re.findall(r"https?://[^\s\"')]+", path.read_text())
+            assert all(u == "http://www.w3.org/2000/svg" for u in urls), (path, urls)
+    module = httpx.get(f"{live_server.url}/static/js/main.js", timeout=10)
+    assert "javascript" in module.headers["content-type"]
+
+
+def test_stylize_a_photo_and_see_the_result_next_to_it(browser, live_server, shots, images):
+    open_page(browser, live_server, "stylize")
+    wait_for(browser, "document.querySelectorAll('#style-gallery input[type=radio]').length > 0")
+    assert "The Starry Night" in text(browser, "#style-gallery")
+    assert "Vincent van Gogh" in text(browser, "#style-gallery")
+    shots("page")
+    q(browser, "#stylize-file").send_keys(str(images["photo"]))
+    wait_for(browser, image_loaded("#stylize-photo"))
+    size = q(browser, "#stylize-size")
+    size.clear()
+    size.send_keys("160")
+    shots("photo-chosen")
+    q(browser, "#stylize-submit").click()
+    wait_for(browser, image_loaded("#stylize-result"), 60, "no stylized image appeared")
+    shots("result")
+    width, height = browser.execute_script(
+        "const i = document.querySelector('#stylize-result'); return [i.naturalWidth, i.naturalHeight];"
+    )
+    assert (width, height) == (160, 120)
+    timing = text(browser, "#stylize-timing")
+    assert "infer" in timing and "Round trip" in timing
+    download = q(browser, "#stylize-download")
+    assert download.get_attribute("href").startswith("blob:")
+    assert download.get_attribute("download") == "atelier-starry_night.jpg"
+    assert console_errors(browser) == []
+
+
+def test_invalid_upload_shows_the_problem_in_plain_words(browser, live_server, shots, images):
+    open_page(browser, live_server, "stylize")
+    q(browser, "#stylize-submit").click()
+    wait_for(browser, "!document.querySelector('#stylize-error').hidden")
+    assert "Choose, drop or snap a photo first." in text(browser, "#stylize-error")
+    shots("nothing-chosen")
+    q(browser, "#stylize-file").send_keys(str(images["not_an_image"]))
+    q(browser, "#stylize-submit").click()
+    wait_for(browser, "document.querySelector('#stylize-error').textContent.includes('Unsupported')")
+    shots("problem-shown")
+    error = text(browser, "#stylize-error")
+    assert "Unsupported media type" in error
+    assert "'file' is not a recognised image" in error
+    assert "About: Photo" in error
+    assert q(browser, "#stylize-file").get_attribute("aria-invalid") == "true"
+    assert q(browser, "#stylize-error").get_attribute("role") == "alert"
+    expected = [m for m in console_errors(browser) if "status of 415" not in m]
+    assert expected == []
+
+
+def test_classify_several_images_shows_bars_per_image(browser, live_server, shots, images):
+    open_page(browser, live_server, "classify")
+    q(browser, "#classify-files").send_keys(f"{images['photo']}\n{images['photo2']}")
+    top_k = q(browser, "#classify-top-k")
+    top_k.clear()
+    top_k.send_keys("4")
+    shots("chosen")
+    q(browser, "#classify-submit").click()
+    wait_for(browser, "document.querySelectorAll('#classify-results > li').length === 2")
+    shots("bars")
+    cards = browser.execute_script(
+        """return [...document.querySelectorAll('#classify-results > li')].map((card) => ({
+             name: card.querySelector('h3').textContent,
+             rows: [...card.querySelectorAll('.bar-row')].map((row) => ({
+               label: row.querySelector('.label').textContent,
+               value: row.querySelector('.value').textContent,
+               width: row.querySelector('.bar span').getBoundingClientRect().width,
+             })),
+           }));"""
+    )
+    assert [c["name"] for c in cards] == ["photo.png", "second.jpg"]
+    for card in cards:
+        assert len(card["rows"]) == 4
+        values = [float(r["value"].rstrip("%")) for r in card["rows"]]
+        assert values == sorted(values, reverse=True) and 0 < sum(values) <= 100.01
+        assert all(re.fullmatch(r"\d+\.\d%", r["value"]) for r in card["rows"])
+        assert card["rows"][0]["width"] > card["rows"][-1]["width"] > 0
+    assert "Done in" in text(browser, "#classify-status")
+    assert console_errors(browser) == []
+
+
+def test_gatys_job_runs_live_to_100_percent_and_survives_a_reload(
+    browser, live_server, worker, shots, images
+):
+    open_page(browser, live_server, "jobs")
+    q(browser, "#job-content").send_keys(str(images["photo"]))
+    q(browser, "#job-style").send_keys(str(images["painting"]))
+    for css, value in (("#job-size", "48"), ("#job-steps", "6")):
+        field = q(browser, css)
+        field.clear()
+        field.send_keys(value)
+    shots("form")
+    q(browser, "#job-submit").click()
+    wait_for(browser, "!document.querySelector('#job-view').hidden")
+    shots("submitted")
+    assert "server-sent events" in text(browser, "#job-transport")
+    wait_for(browser, "document.querySelector('#server-status').textContent.includes('1 job worker')")
+    wait_for(browser, "document.querySelector('#job-state').textContent === 'finished'", 120)
+    wait_for(browser, image_loaded("#job-result"), 30, "the job's result was not shown")
+    shots("finished")
+    assert browser.execute_script("return document.querySelector('#job-progress').value") == 100
+    assert text(browser, "#job-percent") == "100%"
+    assert text(browser, "#job-step") == "step 6 of 6"
+    assert q(browser, "#job-chart").get_attribute("aria-label").startswith("Losses at step 6")
+    assert q(browser, "#job-download").get_attribute("href").startswith("blob:")
+    job_id = q(browser, "#job-id").get_attribute("title")
+
+    browser.refresh()
+    wait_for(browser, "document.body.dataset.ready === 'true'")
+    wait_for(browser, image_loaded("#job-result"), 30, "the job was not shown again after a reload")
+    shots("after-reload")
+    assert q(browser, "#job-id").get_attribute("title") == job_id
+    assert job_id[:8] in text(browser, "#recent-jobs")
+    assert console_errors(browser) == []
+
+
+def test_a_running_job_can_be_canceled_from_the_page(browser, live_server, worker, shots, images):
+    open_page(browser, live_server, "jobs")
+    q(browser, "#job-content").send_keys(str(images["photo"]))
+    q(browser, "#job-style").send_keys(str(images["painting"]))
+    for css, value in (("#job-size", "48"), ("#job-steps", "2000")):
+        field = q(browser, css)
+        field.clear()
+        field.send_keys(value)
+    shown_before = q(browser, "#job-id").get_attribute("title")  # the last job is shown at load
+    q(browser, "#job-submit").click()
+    wait_for(browser, f"document.querySelector('#job-id').title !== '{shown_before}'")
+    wait_for(
+        browser,
+        "document.querySelector('#job-state').textContent === 'started'"
+        " && document.querySelector('#job-progress').value > 0",
+        120,
+        "no progress of the running job reached the page",
+    )
+    shots("running")
+    q(browser, "#job-cancel").click()
+    wait_for(browser, "document.querySelector('#job-state').textContent === 'canceled'", 60)
+    shots("canceled")
+    assert "canceled before it finished" in text(browser, "#job-failure")
+    assert browser.execute_script("return document.querySelector('#job-progress').value") < 100
+
+
+def test_live_webcam_frames_come_back_stylized(browser, live_server, shots):
+    open_page(browser, live_server, "live")
+    q(browser, "#live-start").click()
+    frames_back = "Number(document.querySelector('#live-frames').textContent)"
+    wait_for(browser, f"{frames_back} >= 5", 90, "no frames came back")
+    shots("streaming")
+    fps = float(text(browser, "#live-fps"))
+    assert fps > 0
+    assert re.fullmatch(r"\d+ ms|\d+\.\d\d s", text(browser, "#live-latency"))
+    size, spread = browser.execute_script(
+        """const c = document.querySelector('#live-canvas');
+           const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+           let lo = 255, hi = 0;
+           for (let i = 0; i < d.length; i += 4) { lo = Math.min(lo, d[i]); hi = Math.max(hi, d[i]); }
+           return [[c.width, c.height], hi - lo];"""
+    )
+    assert max(size) == 256 and spread > 30  # a painted 256 px frame, not a blank canvas
+    q(browser, "#live-stop").click()
+    wait_for(browser, "document.querySelector('#live-status').textContent === 'Stopped.'")
+    shots("stopped")
+    assert console_errors(browser) == []
+
+
+def test_tabs_work_with_the_keyboard_and_the_layout_fits_a_phone(browser, live_server, shots):
+    from selenium.webdriver.common.keys import Keys
+
+    open_page(browser, live_server, "stylize")
+    q(browser, "#tab-stylize").send_keys(Keys.ARROW_RIGHT)
+    wait_for(browser, "!document.querySelector('#panel-jobs').hidden")
+    assert browser.switch_to.active_element.get_attribute("id") == "tab-jobs"
+    assert q(browser, "#tab-jobs").get_attribute("aria-selected") == "true"
+    q(browser, "#tab-jobs").send_keys(Keys.END)
+    wait_for(browser, "!document.querySelector('#panel-live').hidden")
+    unlabeled = browser.execute_script(
+        """return [...document.querySelectorAll('input, select')]
+             .filter((e) => e.type !== 'radio' && !e.labels?.length && !e.getAttribute('aria-label'))
+             .map((e) => e.id);"""
+    )
+    assert unlabeled == []
+
+    size = browser.get_window_size()
+    try:
+        browser.set_window_size(390, 844)
+        for tab in ("stylize", "jobs", "classify", "live"):
+            open_page(browser, live_server, tab)
+            overflow = browser.execute_script(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            assert overflow <= 0, f"{tab} scrolls sideways by {overflow}px at phone width"
+            shots(f"phone-{tab}")
+    finally:
+        browser.set_window_size(size["width"], size["height"])
+
+
+def test_the_page_made_no_request_to_another_origin(browser, live_server):
+    open_page(browser, live_server, "stylize")
+    origins = browser.execute_script(
+        "return performance.getEntriesByType('resource').map((e) => new URL(e.name).origin);"
+    )
+    assert origins and set(origins) == {live_server.url}
