@@ -6,10 +6,11 @@ import argparse
 import logging
 import os
 import signal
-import subprocess
 import sys
-import time
+from typing import NoReturn
 
+from app.exit_codes import ExitCode
+from app.parent_death import die_with_parent, take_supervisor_pid
 from app.settings import get_settings
 
 log = logging.getLogger("atelier")
@@ -29,72 +30,52 @@ def _api(host: str, port: int, workers: int) -> None:
     )
 
 
+def _follow_supervisor() -> int | None:
+    """Under ``atelier up``: receive SIGTERM when it dies (even SIGKILLed), and exit now if it is gone."""
+    supervisor_pid = take_supervisor_pid()
+    if supervisor_pid is not None:
+        die_with_parent(signal.SIGTERM, expected_parent=supervisor_pid)
+    return supervisor_pid
+
+
 def cmd_api(args: argparse.Namespace) -> int:
+    _follow_supervisor()
     _api(args.host, args.port, args.workers)
-    return 0
+    return ExitCode.OK
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    if args.workers > 1:
+        from app.supervisor import Supervisor
+
+        return Supervisor(get_settings(), workers=args.workers, burst=args.burst).run()
+    supervisor_pid = _follow_supervisor()
     from worker.main import run_worker
 
-    if args.workers == 1:
-        run_worker(burst=args.burst, name=args.name)
-        return 0
-    procs = _spawn_workers(args.workers, burst=args.burst)
-    return _wait_for_workers(procs)
+    _exit_now(run_worker(burst=args.burst, name=args.name, supervisor_pid=supervisor_pid))
 
 
-def _spawn_workers(count: int, burst: bool = False) -> list[subprocess.Popen]:
-    cmd = [sys.executable, "-m", "app.cli", "worker", "--workers", "1"] + (["--burst"] if burst else [])
-    return [subprocess.Popen(cmd, env=os.environ.copy()) for _ in range(count)]
-
-
-def _stop(procs: list[subprocess.Popen], timeout_s: float = 15.0) -> None:
-    """SIGTERM lets RQ finish its current step and exit warm; stragglers are killed."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def _wait_for_workers(procs: list[subprocess.Popen]) -> int:
-    try:
-        return max(p.wait() for p in procs)
-    except KeyboardInterrupt:
-        _stop(procs)
-        return 0
+def _exit_now(code: int) -> NoReturn:
+    """Skip interpreter teardown (about a second spent freeing torch and VGG19): the job state is
+    already in Redis, and a quick exit keeps restarts and shutdowns fast."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from app.redis_launcher import ensure_redis
+    from app.supervisor import Supervisor
 
-    settings = get_settings()
-    stop_redis = ensure_redis(settings.redis_url)
-    workers = _spawn_workers(args.workers)
-    try:
-        print(
-            f"Atelier: API on http://{args.host}:{args.port} (docs at /docs), {args.workers} worker(s), "
-            f"Redis at {settings.redis_url}. Ctrl-C stops everything.",
-            flush=True,
-        )
-        _api(args.host, args.port, 1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        _stop(workers)
-        stop_redis()
-    return 0
+    return Supervisor(
+        get_settings(), workers=args.workers, api=(args.host, args.port), manage_redis=True
+    ).run()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atelier", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="Redis if needed, N workers and the API, in the foreground.")
+    up = sub.add_parser("up", help="Redis if needed, N workers and the API, supervised in the foreground.")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=8000)
     up.add_argument("--workers", type=int, default=1, help="Queue workers to start.")
@@ -105,7 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--workers", type=int, default=1, help="Uvicorn worker processes.")
     api.set_defaults(func=cmd_api)
     worker = sub.add_parser("worker", help="Only queue workers.")
-    worker.add_argument("--workers", type=int, default=1, help="Worker processes to start.")
+    worker.add_argument(
+        "--workers", type=int, default=1, help="Worker processes to start (more than 1: supervised)."
+    )
     worker.add_argument("--burst", action="store_true", help="Exit when the queue is empty.")
     worker.add_argument("--name", default=None, help="Worker name (default: RQ's random one).")
     worker.set_defaults(func=cmd_worker)

@@ -18,7 +18,8 @@ from rq.registry import StartedJobRegistry
 from starlette.concurrency import run_in_threadpool
 
 from app.body_limit import BodyLimitMiddleware
-from app.metrics import CallbackCollector, HttpMetrics, MetricsMiddleware, job_duration_family
+from app.fleet import fleet_status, forget_dead_workers, heartbeat_window_s
+from app.metrics import CallbackCollector, HttpMetrics, MetricsMiddleware, fleet_families, job_duration_family
 from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
 from app.redis_conn import connect
 from app.routers import classify, health, job_events, jobs, live, stylize, web
@@ -47,12 +48,17 @@ Errors are RFC 9457 problem details (`application/problem+json`).
 
 
 async def _reap_abandoned_jobs(app: FastAPI) -> None:
-    """Periodically fail jobs whose worker died (stopped heartbeating), so none stays 'started'."""
+    """Periodically fail jobs whose worker died (stopped heartbeating), so none stays 'started',
+    and unregister those dead workers, so no one counts them as alive."""
     registry = StartedJobRegistry(queue=app.state.queue)
+    settings = app.state.settings
     while True:
-        await asyncio.sleep(app.state.settings.reaper_interval_s)
+        await asyncio.sleep(settings.reaper_interval_s)
         try:
             await run_in_threadpool(registry.cleanup)
+            await run_in_threadpool(
+                forget_dead_workers, app.state.redis, settings.queue_name, heartbeat_window_s(settings)
+            )
         except RedisError as exc:
             log.debug("reaper: Redis unavailable (%s)", exc)
         except Exception:
@@ -66,9 +72,10 @@ def _queue_collector(app: FastAPI) -> CallbackCollector:
         try:
             depth.add_metric([], state.queue.count)
             raw = state.redis.hgetall(JobKeys(state.settings.key_prefix).job_stats)
+            fleet = fleet_status(state.redis, state.settings)
         except RedisError:
             return []
-        return [depth, job_duration_family(raw)]
+        return [depth, job_duration_family(raw), *fleet_families(fleet)]
 
     return CallbackCollector(collect)
 

@@ -10,13 +10,16 @@ import time
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.fleet import FleetStatus
 from worker.store import JOB_DURATION_BUCKETS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+Metric = CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily
 
 
 class HttpMetrics:
@@ -79,10 +82,10 @@ class MetricsMiddleware:
 class CallbackCollector(Collector):
     """Adapts a function returning metric families into a prometheus collector."""
 
-    def __init__(self, collect: Callable[[], Iterable[GaugeMetricFamily | HistogramMetricFamily]]) -> None:
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
         self._collect = collect
 
-    def collect(self) -> Iterable[GaugeMetricFamily | HistogramMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         return self._collect()
 
 
@@ -100,3 +103,21 @@ def job_duration_family(raw: dict[bytes, bytes]) -> HistogramMetricFamily:
         buckets.append(("+Inf", count))
         family.add_metric([state], buckets, float(raw.get(f"sum:{state}".encode(), 0.0)))
     return family
+
+
+def fleet_families(fleet: FleetStatus) -> list[Metric]:
+    """Live workers (fresh heartbeat) and, per supervisor, worker restarts and crash-looping slots."""
+    alive = GaugeMetricFamily("atelier_workers_alive", "Workers of this queue with a fresh heartbeat.")
+    alive.add_metric([], len(fleet.alive))
+    restarts = CounterMetricFamily(
+        "atelier_worker_restarts", "Dead workers restarted by a supervisor.", labels=["supervisor"]
+    )
+    looping = GaugeMetricFamily(
+        "atelier_workers_crash_looping",
+        "Worker slots whose process keeps dying soon after each restart.",
+        labels=["supervisor"],
+    )
+    for report in fleet.reports:
+        restarts.add_metric([report.id], report.worker_restarts)
+        looping.add_metric([report.id], report.crash_looping)
+    return [alive, restarts, looping]

@@ -2,13 +2,19 @@
 
 Order: the configured URL if it answers; else a local ``redis-server`` (nothing persisted); else an
 embedded in-memory Redis (fakeredis) so that a fresh machine with nothing installed still runs.
+
+A started ``redis-server`` sits in its own process group (Ctrl-C in the terminal reaches only the
+supervisor, which stops Redis last, after the workers have recorded their jobs) and receives SIGTERM
+if the process that started it dies, even by SIGKILL.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,11 +44,26 @@ def _wait_until_reachable(url: str, deadline_s: float) -> bool:
     return False
 
 
-def ensure_redis(url: str) -> Callable[[], None]:
-    """Return a function that stops whatever was started here (a no-op if Redis was already up)."""
+class LaunchedRedis:
+    """What ``ensure_redis`` started: call it (or ``stop()``) to stop it; ``process``: the redis-server."""
+
+    def __init__(
+        self, stop: Callable[[], None] = lambda: None, process: subprocess.Popen | None = None
+    ) -> None:
+        self._stop = stop
+        self.process = process
+
+    def stop(self) -> None:
+        self._stop()
+
+    __call__ = stop
+
+
+def ensure_redis(url: str) -> LaunchedRedis:
+    """Return a handle that stops whatever was started here (a no-op if Redis was already up)."""
     if reachable(url):
         log.info("using Redis at %s", url)
-        return lambda: None
+        return LaunchedRedis()
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 6379
     if host not in LOCAL_HOSTS:
@@ -52,23 +73,31 @@ def ensure_redis(url: str) -> Callable[[], None]:
     server = shutil.which("redis-server")
     if server:
         log.info("starting %s on %s:%s (in memory, nothing saved)", server, host, port)
+        server_cmd = [server, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no"]
         proc = subprocess.Popen(
-            [server, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no"],
+            [sys.executable, "-m", "app.parent_death", str(os.getpid()), "--", *server_cmd],
             stdout=subprocess.DEVNULL,
+            process_group=0,
         )
         if not _wait_until_reachable(url, 10):
             proc.kill()
+            proc.wait()
             raise SystemExit(f"redis-server did not come up on {host}:{port}.")
 
         def stop_server() -> None:
-            proc.terminate()
-            proc.wait(timeout=10)
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
-        return stop_server
+        return LaunchedRedis(stop_server, proc)
     return _start_embedded(url, host, port)
 
 
-def _start_embedded(url: str, host: str, port: int) -> Callable[[], None]:
+def _start_embedded(url: str, host: str, port: int) -> LaunchedRedis:
     """Fallback for machines without Redis: an in-process, in-memory server speaking the protocol."""
     from fakeredis import TcpFakeServer
 
@@ -89,4 +118,4 @@ def _start_embedded(url: str, host: str, port: int) -> Callable[[], None]:
         server.shutdown()
         server.server_close()
 
-    return stop_embedded
+    return LaunchedRedis(stop_embedded)

@@ -36,6 +36,20 @@ class Settings(BaseSettings):
     )
     reaper_interval_s: float = Field(5.0, gt=0, description="How often the API sweeps abandoned jobs.")
 
+    # --- Process supervision (`atelier up`, `atelier worker`) ------------------------------------
+    shutdown_grace_s: float = Field(
+        30.0, ge=0, description="A stopping worker lets its running job finish this long, then stops it."
+    )
+    shutdown_max_requeues: int = Field(
+        1, ge=0, description="Times a job stopped by a shutdown goes back on the queue; then it fails."
+    )
+    worker_restart_backoff_s: float = Field(
+        1.0, gt=0, description="Delay before restarting a dead worker; doubles while it keeps dying."
+    )
+    worker_restart_backoff_max_s: float = Field(
+        60.0, gt=0, description="Longest restart delay; a worker alive this long counts as healthy again."
+    )
+
     # --- Uploads -------------------------------------------------------------------------------
     max_upload_bytes: int = Field(20 * MIB, gt=0, description="Largest single uploaded file.")
     max_request_bytes: int = Field(64 * MIB, gt=0, description="Largest request body, all parts together.")

@@ -2,4 +2,4 @@
 
 from worker.main import run_worker
 
-run_worker()
+raise SystemExit(run_worker())

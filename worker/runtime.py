@@ -8,19 +8,15 @@ already-loaded weights to the device: a memory copy, not a reload from disk.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 import signal
-import sys
 
 import torch
 
+from app.parent_death import die_with_parent
 from models.vgg import VGG19Features, load_vgg19
 
 log = logging.getLogger(__name__)
-
-PR_SET_PDEATHSIG = 1
 
 _vgg: VGG19Features | None = None
 _job_threads: int = 0
@@ -51,13 +47,8 @@ def enter_job() -> None:
 
 
 def _die_with_parent() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        log.warning("prctl(PR_SET_PDEATHSIG) failed: errno %s", ctypes.get_errno())
-    if os.getppid() == 1:  # the parent died before the request took effect
-        os._exit(1)
+    """SIGKILL: the worker has already given up on this job when it dies, so nothing is left to save."""
+    die_with_parent(signal.SIGKILL)
 
 
 def preload(last_layer: str = "relu5_4") -> VGG19Features:

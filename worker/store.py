@@ -37,6 +37,14 @@ class JobKeys:
     def job_stats(self) -> str:
         return f"{self.prefix}stats:jobs"
 
+    @property
+    def supervisors(self) -> str:
+        """Set of the ids of running ``atelier up`` supervisors (each with its own report hash)."""
+        return f"{self.prefix}supervisors"
+
+    def supervisor(self, supervisor_id: str) -> str:
+        return f"{self.prefix}supervisor:{supervisor_id}"
+
 
 def request_cancel(redis: Redis, keys: JobKeys, job_id: str, ttl_s: int) -> None:
     redis.set(keys.cancel(job_id), b"1", ex=ttl_s)

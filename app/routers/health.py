@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
-from rq import Worker
 from starlette.concurrency import run_in_threadpool
 
+from app.fleet import fleet_status
 from app.metrics import CONTENT_TYPE
 
 router = APIRouter(tags=["health"])
@@ -20,37 +20,41 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _redis_and_workers(request: Request) -> dict[str, object]:
-    """Ping Redis and count workers of our queue that heartbeated recently."""
+def _redis_and_workers(request: Request) -> dict[str, dict[str, object]]:
+    """Ping Redis; count the workers of our queue whose heartbeat is fresh (registration is not enough)."""
     state = request.app.state
+    settings = state.settings
     try:
         state.redis.ping()
+        fleet = fleet_status(state.redis, settings)
+        queued = state.queue.count
     except RedisError as exc:
-        return {"ok": False, "error": f"Redis at {state.settings.redis_url} is unreachable: {exc}"}
-    fresh_after = datetime.now(UTC) - timedelta(seconds=state.settings.worker_monitor_interval_s + 60)
-    workers = [
-        w
-        for w in Worker.all(queue=state.queue)
-        if w.last_heartbeat is None or w.last_heartbeat.replace(tzinfo=UTC) >= fresh_after
-    ]
-    return {
-        "ok": True,
-        "queue": state.settings.queue_name,
-        "queued_jobs": state.queue.count,
-        "workers_alive": len(workers),
+        error = f"Redis at {settings.redis_url} is unreachable: {exc}"
+        return {"redis": {"ok": False, "error": error}, "workers": {"ok": False, "error": error}}
+    workers: dict[str, object] = {
+        "ok": bool(fleet.alive),
+        "queue": settings.queue_name,
+        "alive": len(fleet.alive),
+        "restarts": fleet.worker_restarts,
+        "crash_looping": fleet.crash_looping,
+        "supervisors": [asdict(r) for r in fleet.reports],
     }
+    if not fleet.alive:
+        workers["error"] = (
+            f"no worker with a fresh heartbeat serves queue {settings.queue_name!r}: "
+            "optimization jobs wait until one starts"
+        )
+    elif fleet.crash_looping:
+        workers["warning"] = f"{fleet.crash_looping} worker(s) keep dying soon after each restart"
+    return {"redis": {"ok": True, "queue": settings.queue_name, "queued_jobs": queued}, "workers": workers}
 
 
-@router.get("/readyz", summary="Models loaded and Redis reachable (503 otherwise)")
+@router.get("/readyz", summary="Models loaded, Redis reachable, a live worker on the queue (503 otherwise)")
 async def readyz(request: Request) -> JSONResponse:
-    checks: dict[str, dict[str, object]] = {"redis": await run_in_threadpool(_redis_and_workers, request)}
+    checks: dict[str, dict[str, object]] = await run_in_threadpool(_redis_and_workers, request)
     for name, check in request.app.state.ready_checks.items():
         checks[name] = check()
     ready = all(bool(c.get("ok")) for c in checks.values())
-    if checks["redis"].get("ok") and not checks["redis"].get("workers_alive"):
-        checks["redis"]["warning"] = (
-            "no worker is alive: optimization jobs wait in the queue until one starts"
-        )
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
