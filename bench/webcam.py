@@ -69,6 +69,7 @@ async def client(url: str, data: list[bytes], send_fps: float, warmup_s: float, 
     sent_at: dict[int, float] = {}
     latencies: list[float] = []
     server_ms: dict[str, list[float]] = {"infer": [], "total": []}
+    batch_sizes: list[int] = []
     received = 0
     last_meta: dict[str, Any] = {}
     async with connect(url, max_size=16 * 2**20) as ws:
@@ -109,6 +110,7 @@ async def client(url: str, data: list[bytes], send_fps: float, warmup_s: float, 
             latencies.append((now - sent_at[seq]) * 1000)
             for key in server_ms:
                 server_ms[key].append(last_meta["timings_ms"][key])
+            batch_sizes.append(last_meta["batch_size"])
         await sender
     offered = (last_seq or 0) - (first_seq or 0) + 1
     return {
@@ -119,6 +121,7 @@ async def client(url: str, data: list[bytes], send_fps: float, warmup_s: float, 
         "dropped_share": round(1 - received / offered, 3) if offered > 0 and received else None,
         "server_infer_ms_p50": round(statistics.median(server_ms["infer"]), 1) if received else None,
         "server_total_ms_p50": round(statistics.median(server_ms["total"]), 1) if received else None,
+        "server_batch_mean": round(statistics.mean(batch_sizes), 2) if received else None,
     }
 
 
@@ -173,25 +176,28 @@ def markdown(report: dict[str, Any]) -> str:
         "drops the rest.",
         "",
         "| frame | clients | frames/s per client | total frames/s | latency p50 / p90 (ms) "
-        "| dropped | server infer p50 (ms) | server total p50 (ms) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dropped | server infer p50 (ms) | server total p50 (ms) | frames per forward |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report["results"]:
         per = row["per_client"]
 
         def each(fmt: str, per: list[dict[str, Any]] = per) -> str:
-            return " / ".join(fmt.format(**r) for r in per)
+            return "; ".join(fmt.format(**r) for r in per)
 
-        dropped = " / ".join(f"{100 * (r['dropped_share'] or 0):.0f}%" for r in per)
+        dropped = "; ".join(f"{100 * (r['dropped_share'] or 0):.0f}%" for r in per)
         lines.append(
             f"| {row['size']} | {row['clients']} | {each('{fps}')} | **{row['total_fps']}** "
             f"| {each('{latency_ms_p50} / {latency_ms_p90}')} | {dropped} "
-            f"| {each('{server_infer_ms_p50}')} | {each('{server_total_ms_p50}')} |"
+            f"| {each('{server_infer_ms_p50}')} | {each('{server_total_ms_p50}')} "
+            f"| {each('{server_batch_mean}')} |"
         )
     lines += [
         "",
         "Latency: from sending a frame to receiving its stylized version (the newest frame when the model "
-        "got free). Server total: decode, resize, queue wait, inference, blend and encode of one frame.",
+        "got free). Server total: decode, resize, queue wait, inference, blend and encode of one frame. "
+        "Frames per forward: how many frames (of all clients) the micro-batcher ran together. With two "
+        "clients, values are per client, separated by `;`.",
         "Reproduce: `python bench/webcam.py`.",
         "",
     ]
