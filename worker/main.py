@@ -59,6 +59,7 @@ class AtelierWorker(Worker):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._stop_deadline: float | None = None
+        self._grace_cut = False  # a second SIGINT: stop the running job without waiting
         self._interrupted_job_id: str | None = None
         self.jobs_interrupted = 0
 
@@ -81,11 +82,15 @@ class AtelierWorker(Worker):
     def heartbeat(self, timeout: int | None = None, pipeline=None) -> None:
         super().heartbeat(timeout, pipeline)
         worker_registration.register(self, pipeline if pipeline is not None else self.connection)
-        if self.supervisor_pid and self._stop_deadline is None and os.getppid() != self.supervisor_pid:
+        if self._supervisor_gone() and self._stop_deadline is None:
             self.log.warning(
                 "Worker %s: its supervisor (pid %s) is gone; stopping", self.name, self.supervisor_pid
             )
             self._begin_stop()
+
+    def _supervisor_gone(self) -> bool:
+        """Only the worker itself asks: a work horse's parent is the worker, not the supervisor."""
+        return bool(self.supervisor_pid) and not self.is_horse and os.getppid() != self.supervisor_pid
 
     # --- shutdown -------------------------------------------------------------------------------
 
@@ -106,6 +111,7 @@ class AtelierWorker(Worker):
         elif signum == signal.SIGINT:
             self.log.warning("Worker %s: SIGINT again: stopping the running job now", self.name)
             self._stop_deadline = time.monotonic()
+            self._grace_cut = True
         else:
             self.log.info("Worker %s: %s: already stopping", self.name, name)
 
@@ -140,12 +146,14 @@ class AtelierWorker(Worker):
     def _stop_running_job(self) -> None:
         self._interrupted_job_id = self.get_current_job_id() or ""
         self.log.warning(
-            "Worker %s: job %s is still running after the %s s shutdown grace; stopping it",
-            self.name,
-            self._interrupted_job_id,
-            self.shutdown_grace_s,
+            "Worker %s: stopping job %s: %s", self.name, self._interrupted_job_id, self._why_stopped()
         )
         self.kill_horse(signal.SIGKILL)
+
+    def _why_stopped(self) -> str:
+        if self._grace_cut:
+            return "the worker was told twice to stop, so it did not wait for the job"
+        return f"the job could not finish within the {self.shutdown_grace_s:g} s shutdown grace"
 
     def handle_job_failure(
         self,
@@ -166,11 +174,9 @@ class AtelierWorker(Worker):
         if requeues < self.shutdown_max_requeues:
             self._requeue(job, queue, execution, requeues + 1)
             return
+        times = f" ({requeues + 1} times)" if requeues else ""
         message = (
-            f"the worker was shut down while this job ran, and the job could not finish within the "
-            f"{self.shutdown_grace_s:g} s shutdown grace"
-            + (f" ({requeues + 1} times)" if requeues else "")
-            + "; submit it again"
+            f"the worker was shut down while this job ran{times}: {self._why_stopped()}; submit it again"
         )
         job.meta["error"] = message
         with contextlib.suppress(RedisError):
