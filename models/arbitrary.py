@@ -128,8 +128,8 @@ def _session(model_bytes: bytes, threads: int):
     With graph optimizations on, ONNX Runtime fuses some Q/DQ patterns into integer kernels whose
     rounding differs (mean |diff| ~0.02 on real photos) and which, on x86 CPUs without VNNI, can
     overflow (seen with our int8 classifier). Unfused, every convolution runs in fp32 on the
-    dequantized weights: the same result on any CPU, and within ~5% of the fused speed here
-    (convolutions dominate either way; bench/arbitrary.py).
+    dequantized weights, with the same semantics on any CPU; the fused graph measured 0-20% faster
+    in noisy runs (convolutions dominate either way; bench/results/arbitrary-cpu-*.md).
     """
     import onnxruntime as ort
 
