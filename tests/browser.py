@@ -62,9 +62,11 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """``uvicorn app.main:create_app`` in its own process on a free 127.0.0.1 port."""
+    """``uvicorn app.main:create_app`` (or another app factory) in its own process on a free port."""
 
-    def __init__(self, settings: Settings, log_path: Path, **extra_env: str) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, factory: str = "app.main:create_app", **extra_env: str
+    ) -> None:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         env = os.environ.copy()
@@ -74,7 +76,7 @@ class LiveServer:
         self.log = log_path.open("wb")
         self.proc = subprocess.Popen(
             [
-                *(sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory"),
+                *(sys.executable, "-m", "uvicorn", factory, "--factory"),
                 *("--host", HOST, "--port", str(self.port), "--log-level", "warning"),
             ],
             cwd=PROJECT_ROOT,
@@ -90,7 +92,7 @@ class LiveServer:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"test server exited: {log_path.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/styles", timeout=2).json()["styles"]:
+                if httpx.get(f"{self.url}/readyz", timeout=2).json()["checks"]["stylizer"]["ok"]:
                     return
             except (httpx.HTTPError, ValueError, KeyError):
                 pass

@@ -6,6 +6,7 @@ Every step saves a screenshot into the test's temporary directory (pytest prints
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser import Screenshots, console_errors, require_browser, start_chromium, wait_for
+from tests.browser import (
+    LiveServer,
+    Screenshots,
+    console_errors,
+    require_browser,
+    start_chromium,
+    wait_for,
+)
 from tests.images import encode, photo_like, stripes
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "app" / "static"
@@ -287,3 +295,48 @@ def test_the_page_made_no_request_to_another_origin(browser, live_server):
         "return performance.getEntriesByType('resource').map((e) => new URL(e.name).origin);"
     )
     assert origins and set(origins) == {live_server.url}
+
+
+def test_the_page_asks_for_an_api_key_keeps_it_and_sends_it(browser, settings, tmp_path, shots, images):
+    """Against the API behind a key check (tests/keyed_api.py), as ATELIER_API_KEYS will answer."""
+    key = f"key-{uuid.uuid4().hex}"
+    server = LiveServer(
+        settings, tmp_path / "keyed.log", factory="tests.keyed_api:create_keyed_app", ATELIER_TEST_API_KEY=key
+    )
+    dialog_open = "document.querySelector('#key-dialog').open"
+    try:
+        browser.get("about:blank")
+        browser.get(f"{server.url}/#stylize")
+        wait_for(browser, dialog_open, 30, "no API key dialog")
+        shots("asked")
+        assert "Send a valid API key" in text(browser, "#key-dialog-reason")
+        q(browser, "#key-input").send_keys("wrong-key")
+        q(browser, "#key-form button[value=save]").click()
+        wait_for(
+            browser,
+            f"{dialog_open} && "
+            "document.querySelector('#key-dialog-reason').textContent.includes('not accepted')",
+        )
+        shots("refused")
+        q(browser, "#key-input").send_keys(key)
+        q(browser, "#key-form button[value=save]").click()
+        wait_for(browser, "document.body.dataset.ready === 'true'", 30)
+        assert "The Starry Night" in text(browser, "#style-gallery")
+        assert browser.execute_script("return localStorage.getItem('atelier.apiKey')") == key
+
+        q(browser, "#stylize-file").send_keys(str(images["photo"]))
+        size = q(browser, "#stylize-size")
+        size.clear()
+        size.send_keys("96")
+        q(browser, "#stylize-submit").click()
+        wait_for(browser, image_loaded("#stylize-result"), 60, "no result with the key")
+        shots("stylized-with-key")
+
+        browser.refresh()  # the key is remembered: no dialog this time
+        wait_for(browser, "document.body.dataset.ready === 'true'", 30)
+        assert not browser.execute_script(f"return {dialog_open}")
+        assert not q(browser, "#api-key-button").get_attribute("hidden")
+        unexpected = [m for m in console_errors(browser) if "status of 401" not in m]
+        assert unexpected == []
+    finally:
+        server.stop()
