@@ -206,6 +206,8 @@ def test_gatys_job_runs_live_to_100_percent_and_survives_a_reload(
     shots("after-reload")
     assert q(browser, "#job-id").get_attribute("title") == job_id
     assert job_id[:8] in text(browser, "#recent-jobs")
+    assert text(browser, "#job-state") == "finished"
+    assert q(browser, "#job-chart").get_attribute("aria-label").startswith("Losses at step 6")
     assert console_errors(browser) == []
 
 

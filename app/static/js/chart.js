@@ -21,8 +21,9 @@ export class LossChart {
     new ResizeObserver(() => this.draw()).observe(canvas);
   }
 
-  reset(totalSteps) {
-    this.points = [];
+  /** Show a curve saved earlier (a job reopened after a reload). */
+  restore(points, totalSteps) {
+    this.points = Array.isArray(points) ? points.filter((p) => Number.isFinite(p?.step)) : [];
     this.totalSteps = Math.max(1, totalSteps || 1);
     this.draw();
   }

@@ -10,6 +10,7 @@ const KEEP_JOBS = 12;
 const TERMINAL = new Set(['finished', 'failed', 'canceled']);
 const POLL_MS = 1000;
 const OPTIONAL_NUMBERS = ['content_weight', 'style_weight', 'tv_weight'];
+const SAVED_POINTS = 300; // loss-curve points kept per job, so the curve survives a reload
 
 function loadRecent() {
   try {
@@ -144,7 +145,8 @@ class JobView {
     $('#job-result-box').hidden = true;
     $('#job-failure').hidden = true;
     $('#job-cancel').hidden = false;
-    this.chart.reset(initial?.progress?.total_steps);
+    const saved = loadRecent().find((j) => j.id === jobId);
+    this.chart.restore(saved?.points, initial?.progress?.total_steps || saved?.steps);
     if (initial) this.update(initial);
     this.watch(jobId, this.controller.signal);
   }
@@ -198,7 +200,7 @@ class JobView {
     $('#job-percent').textContent = `${percent.toFixed(percent === 100 ? 0 : 1)}%`;
     this.chart.add(progress.step, progress.losses, progress.total_steps);
     $('#job-cancel').hidden = TERMINAL.has(job.state);
-    this.remember({ id: job.id, state: job.state });
+    this.remember({ id: job.id, state: job.state, points: this.chart.points.slice(-SAVED_POINTS) });
     if (job.state === 'failed') {
       this.fail({ problem: { title: 'The job failed', detail: job.error || 'No reason was given.' } });
     } else if (job.state === 'canceled') {
