@@ -1,18 +1,24 @@
-"""Held-out evaluation of style networks against Gatys et al. on the same photos.
+"""Held-out evaluation of the multi-style network against Gatys, under the network's own objective.
 
-For each style and each held-out photo (the split of :mod:`models.train_style`, never trained on)
-we measure, with Gatys' own objective (content relu4_2, style Grams relu1_1..relu5_1, equal layer
-weights, :mod:`models.losses`), the content and style loss of
+For every style and held-out photo (the split of :mod:`models.train_style`, never trained on):
 
-* the photo itself (style-loss baseline: what "no stylization" scores),
-* the network's output at the evaluation size,
-* Gatys' output (``run_gatys``) at the same size, from the same photo and painting.
+* **Gatys-equivalent steps.** Gatys (L-BFGS, initialised from the photo) minimizes exactly the
+  objective the network was trained with (:class:`models.style_objective.StyleObjective`, read from
+  the weights' metadata: same loss network, layers and weights). Its total loss is logged per step;
+  the run stops as soon as it is below the network's loss on that photo (cap ``--max-steps``), so the
+  evaluation stays affordable on a CPU. The style's figure is the number of L-BFGS updates needed to
+  beat the network (``> cap`` when it never does). Johnson et al. report 50-100 for their networks.
+* **Style loss under the Gatys job's objective** (:mod:`models.gatys` defaults: relu1_1..relu5_1, equal
+  weights): the network's output over the unstylized photo's (1 = no stylization; the bar is 0.25).
+* **Content and style loss** of the output under the training objective, next to the photo's and
+  Gatys' at the crossing.
 
-Losses are unweighted; ``style_ratio`` = network / Gatys style loss (1.0 = as stylized as the
-optimizer gets; Gatys minimizes exactly this objective, so it is a strong reference).
+A style is ``production`` when its median Gatys-equivalent steps is at least 50, its style ratio is at
+most 0.25 and a person has looked at its outputs at 512 and 1024 px (``--looked-at``); otherwise
+``experimental``. A contact sheet (held-out photos x styles) is written for that look.
 
-    python -m models.eval_style --json models/weights/styles/eval.json \\
-        --extra reference=runs/weights/starry_night-reference.safetensors
+    python -m models.eval_style --json models/weights/styles/eval.json --n-photos 6 \\
+        --sheet models/weights/styles/contact-sheet.jpg
 """
 
 from __future__ import annotations
@@ -22,171 +28,234 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import Tensor
 
-from models.gatys import GatysOptions, run_gatys
+from models.gatys import GatysOptions, StepReport, run_gatys
 from models.imaging import pil_to_tensor, resize_longest, tensor_to_pil
-from models.losses import content_loss, gram_matrix, style_loss
-from models.styles import DEFAULT_WEIGHTS_DIR, read_manifest, verify
-from models.train_style import DATA_DIR, list_photos, split_photos
-from models.transformer import TransformerNet, load_transformer, stylize
-from models.vgg import VGG19Features, caffe_preprocess, load_vgg19
+from models.losses import gram_matrix, style_loss
+from models.style_objective import StyleObjective
+from models.train_style import DATA_DIR, DEFAULT_OUT, list_photos, split_photos
+from models.transformer import TransformerNet, load_transformer, one_hot_styles, stylize
+from models.vgg import DEFAULT_STYLE_LAYERS, VGG19Features, caffe_preprocess, load_vgg19
 
-GATYS = GatysOptions()
+GES_BAR = 50
+STYLE_RATIO_BAR = 0.25
 
 
-def objective_terms(
-    vgg: VGG19Features, image: Tensor, content_targets: dict[str, Tensor], grams: dict[str, Tensor]
+class _Crossed(Exception):
+    """Raised from Gatys' step callback once its loss is below the network's: stop early."""
+
+
+def objective_loss(
+    vgg: VGG19Features, objective: StyleObjective, image: Tensor, photo: Tensor, grams: dict[str, Tensor]
 ) -> dict[str, float]:
-    """Unweighted Gatys content and style loss of ``image`` (1×3×H×W RGB in [0, 1])."""
-    layers = tuple(dict.fromkeys((*content_targets, *grams)))
+    """Weighted terms of the training objective for ``image`` (1×3×H×W RGB in [0, 1])."""
     with torch.inference_mode():
-        feats = vgg(caffe_preprocess(image), layers)
-        return {
-            "content": float(content_loss(feats, content_targets)),
-            "style": float(style_loss(feats, grams)),
-        }
+        targets = vgg(caffe_preprocess(photo), objective.content_layers)
+        x = caffe_preprocess(image)
+        terms = objective.terms(vgg(x, objective.layers), targets, grams, x)
+    return {k: float(v) for k, v in terms.items()}
 
 
-def evaluate_style(
+def gatys_options(objective: StyleObjective, size: int, max_steps: int) -> GatysOptions:
+    """Gatys with exactly the training objective (the painting taken at ``style_size``)."""
+    return GatysOptions(
+        size=size,
+        steps=max_steps,
+        content_weight=objective.content_weight,
+        style_weight=objective.style_weight,
+        tv_weight=objective.tv_weight,
+        content_layers=objective.content_layers,
+        style_layers=objective.style_layers,
+        style_layer_weights=objective.style_layer_weights,
+        style_scale=objective.style_size / size,
+    )
+
+
+def gatys_equivalent_steps(
+    vgg: VGG19Features, photo: Image.Image, painting: Image.Image, options: GatysOptions, target: float
+) -> tuple[int | None, list[float]]:
+    """L-BFGS updates until Gatys' loss is below ``target`` (None if not within ``options.steps``).
+
+    Report k carries the loss of the image after k-1 updates (see :class:`StepReport`).
+    """
+    losses: list[float] = []
+
+    def on_step(report: StepReport) -> None:
+        losses.append(report.losses["total"])
+        if report.losses["total"] < target:
+            raise _Crossed
+
+    try:
+        run_gatys(vgg, photo, [painting], options, on_step=on_step, precision="fp32")
+    except _Crossed:
+        return len(losses) - 1, losses
+    return None, losses
+
+
+def gatys_job_style_loss(vgg: VGG19Features, image: Tensor, painting_grams: dict[str, Tensor]) -> float:
+    """Unweighted style loss of the Gatys job's default objective (relu1_1..relu5_1, equal weights)."""
+    with torch.inference_mode():
+        return float(style_loss(vgg(caffe_preprocess(image), DEFAULT_STYLE_LAYERS), painting_grams))
+
+
+def evaluate(
     vgg: VGG19Features,
-    networks: dict[str, TransformerNet],
-    painting: Image.Image,
+    net: TransformerNet,
+    names: Sequence[str],
+    objective: StyleObjective,
+    paintings: dict[str, Image.Image],
     photos: Sequence[Path],
-    options: GatysOptions,
-    save_dir: Path | None = None,
+    size: int,
+    max_steps: int,
 ) -> dict[str, object]:
-    """Per-photo and mean losses for each network and for Gatys (see the module docstring)."""
-    style_img = resize_longest(painting.convert("RGB"), round(options.style_scale * options.size))
-    with torch.inference_mode():
-        style_feats = vgg(caffe_preprocess(pil_to_tensor(style_img)), options.style_layers)
-        grams = {k: gram_matrix(v) for k, v in style_feats.items()}
-    rows: list[dict[str, object]] = []
-    for path in photos:
-        photo = resize_longest(Image.open(path).convert("RGB"), options.size)
-        x = pil_to_tensor(photo)
+    """Per-style, per-photo figures and the per-style summary (see the module docstring)."""
+    job_defaults = GatysOptions()
+    results: dict[str, object] = {}
+    for index, name in enumerate(names):
+        painting = paintings[name]
+        grams = objective.painting_grams(vgg, painting)
+        job_img = pil_to_tensor(resize_longest(painting.convert("RGB"), job_defaults.size))
         with torch.inference_mode():
-            targets = {k: v.clone() for k, v in vgg(caffe_preprocess(x), options.content_layers).items()}
-        outputs: dict[str, Tensor] = {}
-        timings: dict[str, float] = {}
-        for label, net in networks.items():
-            start = time.perf_counter()
+            job_grams = {
+                k: gram_matrix(v) for k, v in vgg(caffe_preprocess(job_img), DEFAULT_STYLE_LAYERS).items()
+            }
+        rows = []
+        for path in photos:
+            photo = resize_longest(Image.open(path).convert("RGB"), size)
+            x = pil_to_tensor(photo)
             with torch.inference_mode():
-                outputs[label] = stylize(net, x)
-            timings[label] = time.perf_counter() - start
-        start = time.perf_counter()
-        gatys = run_gatys(vgg, photo, [painting], options)
-        timings["gatys"] = time.perf_counter() - start
-        outputs["gatys"] = pil_to_tensor(gatys)
-        row: dict[str, object] = {"photo": path.name, "photo_terms": objective_terms(vgg, x, targets, grams)}
-        for label, out in outputs.items():
-            row[label] = {**objective_terms(vgg, out, targets, grams), "seconds": round(timings[label], 3)}
-        rows.append(row)
-        if save_dir is not None:
-            save_dir.mkdir(parents=True, exist_ok=True)
-            strip = [photo, *(tensor_to_pil(outputs[k]) for k in outputs)]
-            canvas = Image.new("RGB", (sum(i.width for i in strip), max(i.height for i in strip)), "white")
-            left = 0
-            for img in strip:
-                canvas.paste(img, (left, 0))
-                left += img.width
-            canvas.save(save_dir / f"{path.stem}.png")
-        print(json.dumps(row), flush=True)
-    labels = [*networks, "gatys"]
-    mean = {
-        label: {term: statistics.fmean(r[label][term] for r in rows) for term in ("content", "style")}
-        for label in labels
-    }
-    mean["photo"] = {"style": statistics.fmean(r["photo_terms"]["style"] for r in rows)}
-    ratios = {label: mean[label]["style"] / mean["gatys"]["style"] for label in networks}
-    return {"photos": [p.name for p in photos], "rows": rows, "mean": mean, "style_ratio_vs_gatys": ratios}
+                out = stylize(net, x, one_hot_styles([index], net.config.num_styles))
+            net_terms = objective_loss(vgg, objective, out, x, grams)
+            start = time.perf_counter()
+            steps, curve = gatys_equivalent_steps(
+                vgg, photo, painting, gatys_options(objective, size, max_steps), net_terms["total"]
+            )
+            row = {
+                "photo": path.name,
+                "network": net_terms,
+                "photo_loss": objective_loss(vgg, objective, x, x, grams),
+                "gatys_equivalent_steps": steps,
+                "gatys_curve": [round(v, 1) for v in curve],
+                "gatys_seconds": round(time.perf_counter() - start, 1),
+                "job_style_ratio": gatys_job_style_loss(vgg, out, job_grams)
+                / gatys_job_style_loss(vgg, x, job_grams),
+            }
+            rows.append(row)
+            print(
+                json.dumps({"style": name, **{k: v for k, v in row.items() if k != "gatys_curve"}}),
+                flush=True,
+            )
+        ges = [
+            r["gatys_equivalent_steps"] if r["gatys_equivalent_steps"] is not None else max_steps + 1
+            for r in rows
+        ]
+        results[name] = {
+            "rows": rows,
+            "median_gatys_equivalent_steps": statistics.median(ges),
+            "median_job_style_ratio": statistics.median(r["job_style_ratio"] for r in rows),
+        }
+    return results
 
 
-def markdown_table(results: dict[str, object]) -> str:
-    """The model card's table: mean unweighted losses per output kind, per style."""
-    o = results["gatys_options"]
+def status_of(summary: dict[str, object], looked_at: bool) -> str:
+    meets = (
+        summary["median_gatys_equivalent_steps"] >= GES_BAR
+        and summary["median_job_style_ratio"] <= STYLE_RATIO_BAR
+    )
+    return "production" if meets and looked_at else "experimental"
+
+
+def contact_sheet(
+    net: TransformerNet, names: Sequence[str], photos: Sequence[Path], size: int, path: Path
+) -> None:
+    """Held-out photos down the side, one column per style (the photo itself first)."""
+    images = [resize_longest(Image.open(p).convert("RGB"), size) for p in photos]
+    cell_w, cell_h = max(i.width for i in images), max(i.height for i in images)
+    sheet = Image.new("RGB", (cell_w * (len(names) + 1), cell_h * len(images)), "white")
+    for r, img in enumerate(images):
+        sheet.paste(img, (0, r * cell_h))
+        x = pil_to_tensor(img)
+        for c in range(len(names)):
+            with torch.inference_mode():
+                out = stylize(net, x, one_hot_styles([c], net.config.num_styles))
+            sheet.paste(tensor_to_pil(out), ((c + 1) * cell_w, r * cell_h))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, quality=88)
+
+
+def markdown_table(results: dict[str, dict], statuses: dict[str, str]) -> str:
     lines = [
-        f"Size {o['size']} px (longest side), Gatys {o['steps']} {o['optimizer']} steps, "
-        f"content_weight {o['content_weight']}, style_weight {o['style_weight']}, "
-        f"tv_weight {o['tv_weight']}.",
-        "",
-        "| style | photos | output | content loss | style loss | style ratio vs Gatys |",
+        "| style | status | median Gatys-equivalent steps | style ratio (Gatys job objective) "
+        "| network content / style | photo style |",
         "|---|---|---|---|---|---|",
     ]
-    for name, r in results["styles"].items():
-        n = len(r["photos"])
-        mean, ratios = r["mean"], r["style_ratio_vs_gatys"]
-        lines.append(f"| {name} | {n} | photo | 0 | {mean['photo']['style']:,.0f} | |")
-        for label in [*ratios, "gatys"]:
-            ratio = f"{ratios[label]:.1f}×" if label in ratios else "1×"
-            m = mean[label]
-            lines.append(f"| {name} | {n} | {label} | {m['content']:,.0f} | {m['style']:,.0f} | {ratio} |")
+    for name, r in results.items():
+        content = statistics.median(row["network"]["content"] for row in r["rows"])
+        style = statistics.median(row["network"]["style"] for row in r["rows"])
+        photo = statistics.median(row["photo_loss"]["style"] for row in r["rows"])
+        lines.append(
+            f"| {name} | {statuses[name]} | {r['median_gatys_equivalent_steps']} "
+            f"| {r['median_job_style_ratio']:.3f} | {content:,.0f} / {style:,.0f} | {photo:,.0f} |"
+        )
     return "\n".join(lines)
-
-
-def _display_path(path: Path) -> str:
-    """Project-relative when possible: the JSON is committed and should not carry machine paths."""
-    try:
-        return str(path.resolve().relative_to(Path(__file__).resolve().parent.parent))
-    except ValueError:
-        return str(path)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--weights", default=str(DEFAULT_OUT), help="the multi-style network")
     p.add_argument("--photos", default=str(DATA_DIR / "photos"))
-    p.add_argument("--paintings", default=str(DATA_DIR / "styles"), help="folder with the style images")
-    p.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR))
-    p.add_argument("--style", action="append", help="style name(s) from the manifest (default: all)")
-    p.add_argument("--extra", action="append", default=[], help="label=path.safetensors, evaluated too")
-    p.add_argument("--n-photos", type=int, default=0, help="first N held-out photos (0: all)")
-    p.add_argument("--size", type=int, default=GATYS.size, help="longest side for every output")
-    p.add_argument("--gatys-steps", type=int, default=GATYS.steps)
+    p.add_argument("--paintings", default=str(DATA_DIR / "styles"), help="folder with the paintings")
+    p.add_argument("--style", action="append", help="style name(s) to evaluate (default: all)")
+    p.add_argument("--n-photos", type=int, default=6, help="first N held-out photos (0: all)")
+    p.add_argument("--size", type=int, default=256, help="longest side of every output")
+    p.add_argument("--max-steps", type=int, default=300, help="Gatys cap per photo")
+    p.add_argument("--looked-at", action="store_true", help="a person checked the 512/1024 px outputs")
     p.add_argument("--json", default="", help="write the results here")
-    p.add_argument("--save-dir", default="runs/eval_style", help="side-by-side images (git-ignored)")
+    p.add_argument("--sheet", default="", help="write a contact sheet (held-out photos x styles) here")
     a = p.parse_args(argv)
 
-    options = replace(GATYS, size=a.size, steps=a.gatys_steps)
+    net, meta = load_transformer(Path(a.weights))
+    names = json.loads(meta["atelier.styles"])
+    objective = StyleObjective.from_json(meta["atelier.objective"])
+    chosen = [n for n in names if not a.style or n in a.style]
     held = split_photos(list_photos(Path(a.photos)))[1]
     photos = held[: a.n_photos] if a.n_photos else held
+    paintings = {n: Image.open(Path(a.paintings) / f"{n}.jpg").convert("RGB") for n in chosen}
     vgg = load_vgg19("relu5_1")
-    weights_dir = Path(a.weights_dir)
-    entries = [e for e in read_manifest(weights_dir) if not a.style or e.name in a.style]
-    results: dict[str, object] = {
-        "gatys_options": asdict(options),
-        "held_out_photos_total": len(held),
-        "torch": torch.__version__,
-        "styles": {},
-    }
-    for entry in entries:
-        main_path = verify(entry, weights_dir)
-        net, meta = load_transformer(main_path)
-        networks = {entry.arch: net}
-        paths = {entry.arch: _display_path(main_path)}
-        for extra in a.extra:
-            label, path = extra.split("=", 1)
-            networks[label] = load_transformer(Path(path))[0]
-            paths[label] = path
-        painting_file = json.loads(meta["atelier.train"])["style_file"]
-        painting = Image.open(Path(a.paintings) / painting_file)
-        save_dir = Path(a.save_dir) / entry.name if a.save_dir else None
-        result = evaluate_style(vgg, networks, painting, photos, options, save_dir)
-        result["weights"] = paths
-        results["styles"][entry.name] = result  # type: ignore[index]
-        print(
-            json.dumps(
-                {"style": entry.name, "mean": result["mean"], "ratios": result["style_ratio_vs_gatys"]}
-            )
-        )
+    sub = _subset(net, names, chosen)
+    results = evaluate(vgg, sub, chosen, objective, paintings, photos, a.size, a.max_steps)
+    statuses = {n: status_of(r, a.looked_at) for n, r in results.items()}
+    if a.sheet:
+        contact_sheet(sub, chosen, photos, a.size, Path(a.sheet))
     if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2) + "\n")
-    print(markdown_table(results))
+        body = {
+            "weights": Path(a.weights).name,
+            "objective": json.loads(objective.to_json()),
+            "size": a.size,
+            "max_steps": a.max_steps,
+            "photos": [p.name for p in photos],
+            "torch": torch.__version__,
+            "bars": {"gatys_equivalent_steps": GES_BAR, "job_style_ratio": STYLE_RATIO_BAR},
+            "statuses": statuses,
+            "styles": results,
+        }
+        Path(a.json).write_text(json.dumps(body, indent=1) + "\n")
+    print(markdown_table(results, statuses))
 
 
-if __name__ == "__main__":
-    main()
+def _subset(net: TransformerNet, names: Sequence[str], chosen: Sequence[str]) -> TransformerNet:
+    """The same network restricted to ``chosen`` styles, so style index i means chosen[i]."""
+    if list(chosen) == list(names):
+        return net
+    rows = torch.tensor([names.index(n) for n in chosen])
+    sub = TransformerNet(replace(net.config, num_styles=len(chosen)))
+    # Only the conditional norms' parameters are 2-D (styles × channels); convolutions are 1-D or 4-D.
+    state = {k: v[rows] if v.dim() == 2 else v for k, v in net.state_dict().items()}
+    sub.load_state_dict(state)
+    return sub.eval().requires_grad_(False)

@@ -252,3 +252,38 @@ def test_committed_network_moves_a_photo_towards_its_painting(entry: style_manif
     assert out.shape == photo.shape
     before, after = _style_distance(vgg, photo, grams), _style_distance(vgg, out, grams)
     assert after < 0.5 * before, (before, after)
+
+
+def test_gatys_equivalent_steps_counts_updates_until_gatys_beats_the_network() -> None:
+    from models.eval_style import gatys_equivalent_steps, gatys_options
+    from models.style_objective import StyleObjective
+
+    vgg = load_vgg19("relu4_1")
+    options = gatys_options(StyleObjective(style_size=48), 48, max_steps=4)
+    photo, painting = photo_like(48, 40), photo_like(48, 48, seed=5).rotate(90)
+    steps, curve = gatys_equivalent_steps(vgg, photo, painting, options, target=float("inf"))
+    assert steps == 0 and len(curve) == 1  # the photo itself already beats an infinite loss
+    steps, curve = gatys_equivalent_steps(vgg, photo, painting, options, target=-1.0)
+    assert steps is None and len(curve) == 4 and curve[-1] < curve[0]  # never crossed; loss fell
+    middle = (curve[0] + curve[-1]) / 2
+    steps, _ = gatys_equivalent_steps(vgg, photo, painting, options, target=middle)
+    assert steps == next(i for i, v in enumerate(curve) if v < middle)
+
+
+def test_evaluation_of_a_tiny_network_reports_every_style(tmp_path: Path) -> None:
+    from models.eval_style import contact_sheet, evaluate, status_of
+    from models.style_objective import StyleObjective
+
+    photos, paintings = _tiny_data(tmp_path)
+    net = build("fast", num_styles=2).eval().requires_grad_(False)
+    vgg = load_vgg19("relu5_1")
+    imgs = {f"s{i}": Image.open(p).convert("RGB") for i, p in enumerate(paintings)}
+    some = sorted(photos.iterdir())[:2]
+    results = evaluate(vgg, net, ["s0", "s1"], StyleObjective(style_size=48), imgs, some, 48, max_steps=3)
+    assert set(results) == {"s0", "s1"}
+    for r in results.values():
+        assert len(r["rows"]) == 2 and r["median_job_style_ratio"] > 0
+        assert status_of(r, looked_at=True) in ("production", "experimental")
+        assert status_of(r, looked_at=False) == "experimental"
+    contact_sheet(net, ["s0", "s1"], some, 48, tmp_path / "sheet.jpg")
+    assert Image.open(tmp_path / "sheet.jpg").size[0] >= 3 * 48
