@@ -144,7 +144,8 @@ class Supervisor:
                 self.settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
             )
             for child in self.children:
-                self._start(child)
+                if not self.stopping:  # an API that could not even be spawned stops the rest
+                    self._start(child)
             self._announce()
             return self._loop()
         finally:
@@ -183,7 +184,7 @@ class Supervisor:
         now = time.monotonic()
         moments = [self._next_report, now + MAX_SLEEP_S]
         moments += [c.restart_at for c in self.children if c.restart_at is not None]
-        if self.stopping:
+        if self.stopping and self.kill_deadline > now:
             moments.append(self.kill_deadline)
         return max(0.0, min(moments) - now)
 

@@ -98,6 +98,11 @@ class AtelierWorker(Worker):
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._on_stop_signal)
 
+    def setup_work_horse_signals(self) -> None:
+        """A horse must not run the worker's stop handler: it dies by SIGTERM/SIGHUP, ignores SIGINT."""
+        super().setup_work_horse_signals()
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self._stop_deadline is None:
