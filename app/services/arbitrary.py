@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.batching import BatchStats, MicroBatcher
 from app.services.runtime import elapsed_ms
-from models.arbitrary import ORIGIN, ArbitraryStyleModel, blend_vectors, center_square
+from models.arbitrary import ORIGIN, STYLE_DIM, ArbitraryStyleModel, blend_vectors, center_square
 from models.imaging import MEDIA_TYPES, encode_image, preserve_color, resize_longest
 
 
@@ -107,7 +107,7 @@ class ArbitraryStylizer:
     ) -> ArbitraryStylizer:
         """Verify and load the model files (see :meth:`ArbitraryStyleModel.load`) and warm it up."""
         stylizer = cls(ArbitraryStyleModel.load(source, threads=threads), cache_size=cache_size)
-        stylizer.model.stylize(np.zeros((64, 64, 3), np.float32), np.zeros((1, 1, 1, 100), np.float32))
+        stylizer.model.stylize(np.zeros((64, 64, 3), np.float32), np.zeros((1, 1, 1, STYLE_DIM), np.float32))
         return stylizer
 
     @property
@@ -124,7 +124,12 @@ class ArbitraryStylizer:
             "model": self.model_id,
             "origin": ORIGIN,
             "sha256": self.model.digests,
-            "style_cache": {"entries": len(self.cache), "max_entries": self.cache.max_entries},
+            "style_cache": {
+                "entries": len(self.cache),
+                "max_entries": self.cache.max_entries,
+                "hits": self.cache.hits,
+                "misses": self.cache.misses,
+            },
         }
 
     def _run_batch(self, key: object, items: Sequence[ArbitraryJob]) -> list[ArbitraryOutput]:
