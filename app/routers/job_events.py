@@ -36,7 +36,8 @@ polling. Every event's `data` is the same JSON as `GET /jobs/{{id}}`:
 
 * `state`: sent first, then whenever the state changes (`queued`, `started`, `finished`, `failed`,
   `canceled`);
-* `progress`: whenever the step or the loss terms change while the state stays the same;
+* `progress`: whenever the step or the loss terms change while the state stays the same (and when
+  a cancellation has been requested, until the job stops at its next step);
 * `error`: a problem detail (the job expired, Redis is unavailable); the stream then ends.
 
 The stream closes after the `state` event of a terminal state. Lines starting with `:` are
@@ -60,8 +61,10 @@ def format_event(event: str, data: str) -> str:
 
 
 def _progress_key(status: JobStatus) -> tuple[object, ...]:
+    """What a `progress` event reports: the step, the losses, and a cancellation on its way."""
     progress = status.progress
-    return (progress.step, progress.total_steps, tuple(sorted(progress.losses.items())))
+    losses = tuple(sorted(progress.losses.items()))
+    return (progress.step, progress.total_steps, losses, status.cancel_requested)
 
 
 def _problem_json(problem: Problem, request: Request) -> str:

@@ -114,10 +114,21 @@ class LiveSession:
         self.settings = settings
         self.mailbox = FrameMailbox()
         self.send_lock = asyncio.Lock()  # a frame's JSON and its image must not be split by an error
+        self.client_gone = False
+
+    async def send(self, *messages: dict[str, Any] | bytes) -> None:
+        """Send messages back to back (nothing in between); nothing once the client has left."""
+        async with self.send_lock:
+            for message in messages:
+                if self.client_gone:
+                    return
+                if isinstance(message, bytes):
+                    await self.websocket.send_bytes(message)
+                else:
+                    await self.websocket.send_json(message)
 
     async def send_problem(self, problem: Problem) -> None:
-        async with self.send_lock:
-            await self.websocket.send_json({"event": "error", "problem": problem.body(PATH)})
+        await self.send({"event": "error", "problem": problem.body(PATH)})
 
     async def receive_frames(self) -> None:
         """Read every message as soon as it arrives; keep only the newest frame."""
@@ -125,6 +136,7 @@ class LiveSession:
             while True:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
+                    self.client_gone = True
                     return
                 frame = message.get("bytes")
                 if frame is None:
@@ -175,17 +187,20 @@ class LiveSession:
                 "batch_size": result.batch_size,
                 "timings_ms": result.timings_ms,
             }
-            async with self.send_lock:
-                await self.websocket.send_json(meta)
-                await self.websocket.send_bytes(result.body)
+            await self.send(meta, result.body)
 
     async def run(self) -> None:
-        """Run both tasks until the client leaves (or one fails); then stop the other."""
+        """Run both tasks until the client leaves (or a send fails).
+
+        When the client leaves, the processor is not cancelled (its frame may be inside a worker
+        thread or the batcher): it finishes that frame, sends nothing, finds the mailbox closed and
+        returns. Only the receiver, which merely awaits the socket, is ever cancelled.
+        """
         receiver = asyncio.create_task(self.receive_frames())
         processor = asyncio.create_task(self.process_frames())
-        _, pending = await asyncio.wait({receiver, processor}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:  # the client left (no need to finish the frame in flight), or a send failed
-            task.cancel()
+        await asyncio.wait({receiver, processor}, return_when=asyncio.FIRST_COMPLETED)
+        if not receiver.done():  # the processor failed: stop reading from the socket
+            receiver.cancel()
         results = await asyncio.gather(receiver, processor, return_exceptions=True)
         failures = [
             r
