@@ -33,7 +33,7 @@ from app.main import create_app
 from app.routers.jobs import job_state
 from app.settings import Settings
 from app.supervisor import Backoff, describe_exit
-from tests.conftest import PROJECT_ROOT, WorkerProcess, make_settings
+from tests.conftest import PROJECT_ROOT, WorkerProcess, _purge, make_settings
 from tests.images import encode, photo_like, stripes
 from tests.test_jobs_api import _free_port, submit, wait_for
 
@@ -213,6 +213,22 @@ def up_factory(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Up]]:
     yield start
     for up in started:
         up.kill_all()
+        with contextlib.suppress(RedisConnectionError):  # a Redis `atelier up` launched is gone
+            _purge(up.settings)
+
+
+@pytest.fixture
+def isolated(redis_url: str) -> Iterator[Callable[[str], Settings]]:
+    """Settings with their own queue and key prefix, purged from Redis afterwards."""
+    made: list[Settings] = []
+
+    def make(name: str) -> Settings:
+        made.append(make_settings(redis_url, name=name))
+        return made[-1]
+
+    yield make
+    for settings in made:
+        _purge(settings)
 
 
 def assert_nothing_left(snapshot: list[Proc], up: Up, timeout_s: float) -> None:
@@ -321,8 +337,8 @@ def test_killed_worker_is_reaped_and_replaced_and_crash_loops_are_reported(up_fa
     assert_nothing_left(snapshot, up, timeout_s=5)
 
 
-def test_readyz_counts_only_fresh_heartbeats_and_forgets_dead_workers(redis_url) -> None:
-    settings = make_settings(redis_url, name="fresh")
+def test_readyz_counts_only_fresh_heartbeats_and_forgets_dead_workers(redis_url, isolated) -> None:
+    settings = isolated("fresh")
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 503  # no worker on this queue yet
         worker = WorkerProcess(settings)
@@ -365,9 +381,9 @@ def test_jobs_running_during_sigterm_end_finished_or_failed_never_started(up_fac
     assert_nothing_left(snapshot, up, timeout_s=5)
 
 
-def test_worker_requeues_a_job_cut_by_shutdown_then_fails_it_past_the_limit(redis_url, monkeypatch) -> None:
+def test_worker_requeues_a_job_cut_by_shutdown_then_fails_it_past_the_limit(isolated, monkeypatch) -> None:
     monkeypatch.setenv("ATELIER_SHUTDOWN_GRACE_S", "1")  # WorkerProcess passes the environment on
-    settings = make_settings(redis_url, name="requeue")
+    settings = isolated("requeue")
     with TestClient(create_app(settings)) as client:
         job = submit(client, steps=2000, size=48)
         for round_, stop_signal in enumerate((signal.SIGINT, signal.SIGTERM), start=1):
