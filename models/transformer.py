@@ -46,6 +46,7 @@ class TransformerConfig:
     separable: bool = False  # depthwise 3×3 + pointwise 1×1 in residual blocks
     edge_kernel: int = 9  # kernel of the first and last convolution
     num_styles: int = 1  # rows of every conditional instance norm
+    color_skip: bool = False  # add a per-style 3×3 colour transform of the input to the output
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -60,7 +61,9 @@ class TransformerConfig:
 ARCHS: dict[str, TransformerConfig] = {
     "reference": TransformerConfig(),
     "fast": TransformerConfig(channels=(16, 32, 64), blocks=5, separable=True, edge_kernel=9),
-    "medium": TransformerConfig(channels=(32, 48, 96), blocks=5, separable=True, edge_kernel=9),
+    "medium": TransformerConfig(
+        channels=(32, 48, 96), blocks=5, separable=True, edge_kernel=9, color_skip=True
+    ),
 }
 
 
@@ -90,6 +93,29 @@ class ConditionalInstanceNorm2d(nn.Module):
         scale = (style @ self.weight.to(style.dtype)).to(x.dtype)[:, :, None, None]
         shift = (style @ self.bias.to(style.dtype)).to(x.dtype)[:, :, None, None]
         return F.instance_norm(x, eps=1e-5) * scale + shift
+
+
+class ColorSkip(nn.Module):
+    """``out = M·x + b`` per pixel, with ``M`` (3×3) and ``b`` mixed from per-style rows like the norms.
+
+    Instance norm removes each image's per-channel mean and contrast at every layer, so a pure IN
+    network cannot know how bright or how colourful its input was; to reproduce a photo's content it
+    learns to smuggle that information past the norms with a few strong localized activations, which
+    show as saturated blobs in the same places of every output (the 'droplet' artifact Karras et al.
+    diagnose for StyleGAN's AdaIN). This skip hands the absolute colours to the output directly, so
+    the convolutional path only has to paint the difference. It starts as the identity.
+    """
+
+    def __init__(self, num_styles: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(3).repeat(num_styles, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(num_styles, 3))
+
+    def forward(self, x: Tensor, style: Tensor) -> Tensor:
+        b = x.shape[0]
+        matrix = (style @ self.weight.flatten(1)).view(b, 3, 3).to(x.dtype)
+        shift = (style @ self.bias).to(x.dtype)[:, :, None, None]
+        return torch.bmm(matrix, x.flatten(2)).view_as(x) + shift
 
 
 class ConvNormReLU(nn.Module):
@@ -159,13 +185,20 @@ class TransformerNet(nn.Module):
         )
         self.upsample = nn.ModuleList([UpsampleConv(c3, c2, n), UpsampleConv(c2, c1, n)])
         self.head = ConvLayer(c1, 3, k)
+        self.skip = ColorSkip(n) if self.config.color_skip else None
+        if self.skip is not None:  # start as the identity: the painted difference begins near zero
+            with torch.no_grad():
+                self.head[1].weight.mul_(0.1)
+                self.head[1].bias.zero_()
 
     def forward(self, x: Tensor, style: Tensor | None = None) -> Tensor:
         """``style``: B×S (or 1×S, broadcast) non-negative weights; None means style 0."""
         style = self.style_weights(style, x.shape[0], x.device)
+        h = x
         for layer in (*self.encoder, *self.residuals, *self.upsample):
-            x = layer(x, style)
-        return self.head(x)
+            h = layer(h, style)
+        out = self.head(h)
+        return out if self.skip is None else out + self.skip(x, style)
 
     def style_weights(self, style: Tensor | None, batch: int, device: torch.device) -> Tensor:
         n = self.config.num_styles
