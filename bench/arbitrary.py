@@ -38,6 +38,7 @@ from PIL import Image, PngImagePlugin  # noqa: E402
 
 from bench.serve import HOST, free_port, start_api  # noqa: E402
 from models.arbitrary import (  # noqa: E402
+    PREDICT_FILE,
     TRANSFORM_FILE,
     ArbitraryStyleModel,
     _session,
@@ -110,7 +111,12 @@ def bench_model(repeats: int) -> dict[str, Any]:
 
     inputs = {shape: np.asarray(photo(*shape), dtype=np.float32) / 255.0 for shape in SHAPES}
     native = np.asarray(photo(384, 384), dtype=np.float32)[None] / 255.0
-    configs: dict[str, Callable[[], object]] = {"predict@256": lambda: model.style_vector(square)}
+    unfused = _session(read_verified(package_dir())[PREDICT_FILE], 0)
+    served_predictor = f"predict@256 (served: {'fused' if model.predictor_fused else 'unfused'})"
+    configs: dict[str, Callable[[], object]] = {
+        served_predictor: lambda: model.style_vector(square),
+        "predict@256 (unfused)": lambda: unfused.run(None, {unfused.get_inputs()[0].name: square}),
+    }
     configs["original graph@384x384"] = lambda: original.run(None, {names[0]: native, names[1]: vector})
     for shape, x in inputs.items():
         label = f"{shape[0]}x{shape[1]}"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from models import arbitrary
 from models.arbitrary import (
     MODEL_ID,
     NATIVE_SIDE,
@@ -79,6 +80,20 @@ def test_a_missing_file_is_refused_at_load(tmp_path: Path) -> None:
     source.joinpath(PREDICT_FILE).unlink()
     with pytest.raises(ModelFileError, match=f"{PREDICT_FILE} is missing"):
         ArbitraryStyleModel.load(source)
+
+
+def test_the_fused_predictor_is_checked_against_the_graph_as_written(
+    model: ArbitraryStyleModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unfused = _session(read_verified(package_dir())[PREDICT_FILE], threads=1)
+    square = center_square(stripes(96, 96))
+    expected = unfused.run(None, {unfused.get_inputs()[0].name: square})[0]
+    drift = np.linalg.norm(model.style_vector(square) - expected) / np.linalg.norm(expected)
+    assert model.predictor_fused and drift <= arbitrary.PREDICTOR_TOLERANCE
+    monkeypatch.setattr(arbitrary, "PREDICTOR_TOLERANCE", 0.0)  # as if the fused kernels were off
+    strict = ArbitraryStyleModel.load(threads=1)
+    assert not strict.predictor_fused
+    assert np.array_equal(strict.style_vector(square), expected)
 
 
 def test_a_verified_copy_elsewhere_loads(tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ def test_docs_describe_the_field_its_model_and_license(client: TestClient) -> No
 def test_readyz_reports_the_model(client: TestClient) -> None:
     check = client.get("/readyz").json()["checks"]["arbitrary_stylizer"]
     assert check["ok"] is True and check["model"].startswith(MODEL_ID)
-    assert check["sha256"] == dict(PINNED_SHA256)
+    assert check["sha256"] == dict(PINNED_SHA256) and isinstance(check["predictor_fused"], bool)
     assert {"entries", "max_entries", "hits", "misses"} <= set(check["style_cache"])
 
 

@@ -124,6 +124,7 @@ class ArbitraryStylizer:
             "model": self.model_id,
             "origin": ORIGIN,
             "sha256": self.model.digests,
+            "predictor_fused": self.model.predictor_fused,
             "style_cache": {
                 "entries": len(self.cache),
                 "max_entries": self.cache.max_entries,
