@@ -133,7 +133,7 @@ def _session(model_bytes: bytes, threads: int, *, optimize: bool = False):
 
     With graph optimizations on, ONNX Runtime fuses Q/DQ patterns into integer kernels whose
     rounding differs, and which on x86 CPUs without VNNI can overflow (seen with our int8
-    classifier). For the transform graph that buys only 0-20% (its fp32 convolutions dominate;
+    classifier). For the transform graph that buys only 0-17% (its fp32 convolutions dominate;
     bench/results/arbitrary-cpu-*.md) and shifts pixels by 0.01-0.03 on average, so it runs
     unfused: every convolution in fp32 on the dequantized weights, the same semantics on any CPU.
     The predictor gains ~3x from fusion; it is fused, and checked at load (see ``load``).
