@@ -22,6 +22,9 @@ class JobProgress(BaseModel):
     losses: dict[str, float] = Field(
         default_factory=dict, examples=[{"content": 1.2, "style": 3.4, "tv": 0.1}]
     )
+    frames: int | None = Field(None, description="Video jobs: frames stylized so far (also in `step`).")
+    total_frames: int | None = Field(None, description="Video jobs: frames the output will have.")
+    frames_per_s: float | None = Field(None, description="Video jobs: frames stylized per second so far.")
 
 
 class JobStatus(BaseModel):

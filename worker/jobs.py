@@ -114,15 +114,20 @@ def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
             pipe.execute()
         return {"width": result.width, "height": result.height, "bytes": len(png), "device": device.type}
     except BaseException as exc:
-        canceled = isinstance(exc, JobCanceled)
-        state = "canceled" if canceled else "failed"
-        job.meta["canceled"] = canceled
-        job.meta["error"] = None if canceled else _fail_message(exc, job.timeout or settings.job_timeout_s)
-        try:
-            job.save_meta()
-            with redis.pipeline() as pipe:
-                record_job_duration(pipe, keys, state, time.monotonic() - started)
-                pipe.execute()
-        except Exception:  # the job's own failure matters more than bookkeeping
-            log.exception("could not record the end of job %s", job.id)
+        record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
         raise
+
+
+def record_job_failure(job: Job, keys: JobKeys, exc: BaseException, seconds: float, timeout_s: int) -> None:
+    """Say in the job's meta why it ended (canceled, or the error) and count it; never raises."""
+    canceled = isinstance(exc, JobCanceled)
+    state = "canceled" if canceled else "failed"
+    job.meta["canceled"] = canceled
+    job.meta["error"] = None if canceled else _fail_message(exc, job.timeout or timeout_s)
+    try:
+        job.save_meta()
+        with job.connection.pipeline() as pipe:
+            record_job_duration(pipe, keys, state, seconds)
+            pipe.execute()
+    except Exception:  # the job's own failure matters more than bookkeeping
+        log.exception("could not record the end of job %s", job.id)

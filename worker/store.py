@@ -12,6 +12,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 JOB_FUNC = "worker.jobs.optimize_job"
+VIDEO_JOB_FUNC = "worker.video_job.stylize_video_job"
 JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -26,6 +27,10 @@ class JobKeys:
 
     def style(self, job_id: str, index: int) -> str:
         return f"{self.prefix}job:{job_id}:style:{index}"
+
+    def video(self, job_id: str) -> str:
+        """The uploaded video, as sent (compressed bytes; frames are only ever decoded in the worker)."""
+        return f"{self.prefix}job:{job_id}:video"
 
     def result(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}:result"

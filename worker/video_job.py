@@ -1,0 +1,162 @@
+"""The video stylization job: runs in a work horse, streams the clip through the style network.
+
+The API has already probed the upload (container, streams, limits), so this only loads the network,
+streams frames through :func:`models.video.render_stylized_video` and stores the encoded result
+under the job's result key. Progress (frames done, total, frames/s) goes to the job's meta at most
+twice a second; a cancel request stops the job at the next batch of frames.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from redis import Redis
+from rq import get_current_job
+from rq.job import Job
+
+from app.settings import Settings, get_settings
+from models.frame_stylizer import ArbitraryFrames, named_style_frames
+from models.video import FrameStylizer, OutputFormat, ProgressCallback, RenderOptions, render_stylized_video
+from worker import runtime
+from worker.jobs import PROGRESS_MIN_INTERVAL_S, JobCanceled, record_job_failure
+from worker.store import JobKeys, cancel_requested, record_job_duration
+
+
+@dataclass(frozen=True)
+class VideoJobOptions:
+    """The JSON payload of a video job (what the API decided from the request and the probe)."""
+
+    width: int
+    height: int
+    output: OutputFormat
+    total_frames: int
+    style: str | None = None  # a named style of the network
+    style_image: bool = False  # or the painting stored under the job's style key
+    fps: tuple[int, int] | None = None  # numerator, denominator
+    smoothing: float = 0.5
+    batch_frames: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        raw["fps"] = list(self.fps) if self.fps else None
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> VideoJobOptions:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        fps = raw.get("fps")
+        return cls(**{**raw, "fps": tuple(fps) if fps else None})
+
+    @property
+    def frame_rate(self) -> Fraction | None:
+        return Fraction(*self.fps) if self.fps else None
+
+
+def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> ProgressCallback:
+    last_save = 0.0
+
+    def on_batch(done: int, total: int, frames_per_s: float) -> None:
+        nonlocal last_save
+        if cancel_requested(redis, keys, job.id):
+            raise JobCanceled("canceled by the client")
+        now = time.monotonic()
+        if now - last_save >= PROGRESS_MIN_INTERVAL_S or done >= total:
+            job.meta["progress"] = {
+                "step": done,
+                "total_steps": total,
+                "percent": round(100.0 * done / max(total, 1), 1),
+                "frames": done,
+                "total_frames": total,
+                "frames_per_s": round(frames_per_s, 2),
+            }
+            job.save_meta()
+            last_save = now
+
+    return on_batch
+
+
+def _frame_stylizer(options: VideoJobOptions, settings: Settings, redis: Redis, keys: JobKeys, job_id: str):
+    """The network for this job, loaded in the horse (small files: well under a second)."""
+    device = runtime.resolve_device(settings.device)
+    if options.style_image:
+        from models.arbitrary import ArbitraryStyleModel, center_square
+
+        data = redis.get(keys.style(job_id, 0))
+        if data is None:
+            raise ValueError("the style image expired before the job ran; submit the job again")
+        model = ArbitraryStyleModel.load(settings.arbitrary_model_dir, threads=settings.torch_threads)
+        painting = Image.open(io.BytesIO(data)).convert("RGB")
+        return ArbitraryFrames(model, model.style_vector(center_square(painting)))
+    from models.styles import load_network
+
+    network = load_network(settings.weights_dir)
+    if options.style not in network.names:
+        raise ValueError(f"the style {options.style!r} is no longer served; submit the job again")
+    style = network.style_weights([options.style])
+    return named_style_frames(network.model, style, device, threads=settings.torch_threads)
+
+
+def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
+    """Stylize the job's video; the encoded result goes to its result key, the return value is the report."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("stylize_video_job must run inside an RQ worker")
+    runtime.enter_job()
+    settings = get_settings()
+    keys = JobKeys(settings.key_prefix)
+    redis = job.connection
+    started = time.monotonic()
+    try:
+        opts = VideoJobOptions.from_dict(options)
+        stylize: FrameStylizer = _frame_stylizer(opts, settings, redis, keys, job.id)
+        video = redis.get(keys.video(job.id))
+        if video is None:
+            raise ValueError("the video expired before the job ran; submit the job again")
+        render = RenderOptions(
+            width=opts.width,
+            height=opts.height,
+            output=opts.output,
+            fps=opts.frame_rate,
+            smoothing=opts.smoothing,
+            batch_size=opts.batch_frames,
+        )
+        with tempfile.TemporaryDirectory(prefix="atelier-video-") as tmp:
+            source, destination = Path(tmp) / "input", Path(tmp) / "output"
+            source.write_bytes(video)
+            del video
+            report = render_stylized_video(
+                source,
+                destination,
+                stylize,
+                render,
+                total_frames=opts.total_frames,
+                on_progress=_progress_reporter(job, redis, keys),
+            )
+            body = destination.read_bytes()
+        job.meta["progress"] = {
+            "step": report.frames,
+            "total_steps": report.frames,
+            "percent": 100.0,
+            "frames": report.frames,
+            "total_frames": report.frames,
+            "frames_per_s": round(report.frames_per_s, 2),
+        }
+        job.save_meta()
+        with redis.pipeline() as pipe:
+            pipe.set(keys.result(job.id), body, ex=settings.result_ttl_s)
+            record_job_duration(pipe, keys, "finished", time.monotonic() - started)
+            pipe.execute()
+        return report.public() | {"bytes": len(body), "device": runtime.resolve_device(settings.device).type}
+    except BaseException as exc:
+        record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
+        raise
