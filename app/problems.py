@@ -26,6 +26,8 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "image-too-large": ("Image too large", "The image has more pixels than the service accepts."),
     "unsupported-media-type": ("Unsupported media type", "The upload is not an image format we accept."),
     "invalid-image": ("Invalid image", "The upload is empty, truncated or corrupt."),
+    "invalid-video": ("Invalid video", "The video is empty, truncated, corrupt, or has no video frames."),
+    "video-too-large": ("Video too large", "Longer, or with more or larger frames, than allowed."),
     "not-found": ("Not found", "No such resource (or it expired)."),
     "job-not-finished": ("Job not finished", "The job has no result yet; poll GET /jobs/{id}."),
     "job-ended": ("Job already ended", "The job finished, failed or was canceled; it cannot be canceled."),

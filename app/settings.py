@@ -114,6 +114,19 @@ class Settings(BaseSettings):
         0.5, gt=0, le=10, description="How often each GET /jobs/{id}/events stream reads the job from Redis."
     )
 
+    # --- Video stylization jobs (POST /jobs/stylize-video) ----------------------------------------
+    video_max_bytes: int = Field(50 * MIB, gt=0, description="Largest uploaded video file.")
+    video_max_seconds: float = Field(60.0, gt=0, description="Longest video accepted, in seconds.")
+    video_max_frames: int = Field(1800, gt=0, description="Most frames in an accepted video.")
+    video_max_pixels: int = Field(
+        1920 * 1080, gt=0, description="Most pixels in one frame of an accepted video (1080p)."
+    )
+    video_max_size: int = Field(720, ge=16, description="Largest longest side of a stylized video.")
+    video_batch_frames: int = Field(4, ge=1, le=64, description="Frames that go through the network at once.")
+    video_smoothing: float = Field(
+        0.5, ge=0, lt=1, description="Default temporal blend (0: off); damps flicker where input is still."
+    )
+
 
 @lru_cache
 def get_settings() -> Settings:
