@@ -11,15 +11,25 @@ import sys
 from collections.abc import AsyncIterator
 
 import torch
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from prometheus_client.core import GaugeMetricFamily
 from redis.exceptions import RedisError
 from rq.registry import StartedJobRegistry
 from starlette.concurrency import run_in_threadpool
 
+from app.admission import make_gates
+from app.auth import ApiKeys, authenticate
 from app.body_limit import BodyLimitMiddleware
+from app.contract import install_contract
 from app.fleet import fleet_status, forget_dead_workers, heartbeat_window_s
-from app.metrics import CallbackCollector, HttpMetrics, MetricsMiddleware, fleet_families, job_duration_family
+from app.metrics import (
+    CallbackCollector,
+    HttpMetrics,
+    MetricsMiddleware,
+    fleet_families,
+    gate_families,
+    job_duration_family,
+)
 from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
 from app.redis_conn import connect
 from app.routers import classify, health, job_events, jobs, live, stylize, web
@@ -43,7 +53,17 @@ Neural style transfer and CIFAR-10 classification over HTTP.
   (frames that arrive while the model is busy are dropped, never queued).
 * **GET /** – a web page for all of the above.
 
-Errors are RFC 9457 problem details (`application/problem+json`).
+Errors are RFC 9457 problem details (`application/problem+json`), each documented per operation
+with its schema (`Problem`) and headers (`Retry-After` on 429/503/504, `WWW-Authenticate` on 401).
+
+**API keys.** When the server is configured with keys (`ATELIER_API_KEYS`), every endpoint but the
+health probes, the metrics, these docs and the web page needs `Authorization: Bearer <key>`; the
+event stream also takes `?key=`, and the live WebSocket `?key=` or a `bearer.<key>` subprotocol.
+Jobs belong to the key that submitted them: another key gets 404.
+
+**Backpressure.** A job submitted while the queue is full gets 503, one over the key's quota of
+unfinished jobs 429; `/classify` and `/stylize` answer 503 when too many requests already wait
+for the model, and 504 when one passes the server's deadline. All with `Retry-After`.
 """
 
 
@@ -133,8 +153,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = connect(settings)
     app.state.queue = make_queue(settings, app.state.redis)
     app.state.ready_checks = {}
+    app.state.api_keys = ApiKeys.from_settings(settings)
+    app.state.model_gates = make_gates(
+        settings.classify_max_pending, settings.stylize_max_pending, settings.request_deadline_s
+    )
     app.state.metrics = HttpMetrics()
     app.state.metrics.registry.register(_queue_collector(app))
+    app.state.metrics.registry.register(CallbackCollector(lambda: gate_families(app.state.model_gates)))
+    if app.state.api_keys.enabled:
+        log.info("API keys required (%d configured)", len(app.state.api_keys))
 
     install_problem_handlers(app)
 
@@ -157,14 +184,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title, explanation = PROBLEM_TYPES[slug]
         return {"type": f"/problems/{slug}", "title": title, "description": explanation}
 
+    keyed = [Depends(authenticate)]  # routes that need the caller themselves declare it too (jobs)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(job_events.router)
-    app.include_router(classify.router)
-    app.include_router(stylize.router)
+    app.include_router(classify.router, dependencies=keyed)
+    app.include_router(stylize.router, dependencies=keyed)
     app.include_router(live.router)
     app.include_router(web.router)
     web.mount_static(app)
+    install_contract(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

@@ -7,13 +7,14 @@ the workers, which may live on other machines, so they accumulate in Redis and a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.admission import ModelGate
 from app.fleet import FleetStatus
 from worker.store import JOB_DURATION_BUCKETS
 
@@ -27,8 +28,8 @@ class HttpMetrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "atelier_http_requests",
-            "HTTP requests by route and status.",
-            ["method", "route", "status"],
+            "HTTP requests by route, status and API key (a short hash of it; 'none' without one).",
+            ["method", "route", "status", "key"],
             registry=self.registry,
         )
         self.latency = Histogram(
@@ -49,7 +50,7 @@ def route_template(scope: Scope) -> str:
     The router records the matched route in the scope, which the middleware sees after the call.
     """
     route = scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
+    return getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
 
 
 class MetricsMiddleware:
@@ -63,6 +64,7 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        state = scope.setdefault("state", {})  # the auth dependency records the caller's key id here
 
         async def record_status(message: Message) -> None:
             nonlocal status
@@ -75,7 +77,8 @@ class MetricsMiddleware:
         finally:
             route = route_template(scope)
             method = scope.get("method", "GET")
-            self.metrics.requests.labels(method, route, str(status)).inc()
+            key_id = state.get("api_key_id", "none")
+            self.metrics.requests.labels(method, route, str(status), key_id).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
 
 
@@ -103,6 +106,23 @@ def job_duration_family(raw: dict[bytes, bytes]) -> HistogramMetricFamily:
         buckets.append(("+Inf", count))
         family.add_metric([state], buckets, float(raw.get(f"sum:{state}".encode(), 0.0)))
     return family
+
+
+def gate_families(gates: Mapping[str, ModelGate]) -> list[Metric]:
+    """The synchronous models' waiting lines: requests unanswered now, and requests shed so far."""
+    pending = GaugeMetricFamily(
+        "atelier_model_pending_requests", "Requests waiting for or running on a model.", labels=["model"]
+    )
+    shed = CounterMetricFamily(
+        "atelier_model_shed_requests",
+        "Requests refused (overloaded: 503) or cut off (deadline: 504) before the model answered.",
+        labels=["model", "reason"],
+    )
+    for name, gate in gates.items():
+        pending.add_metric([name], gate.pending)
+        for reason, count in gate.shed.items():
+            shed.add_metric([name, reason], count)
+    return [pending, shed]
 
 
 def fleet_families(fleet: FleetStatus) -> list[Metric]:

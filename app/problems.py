@@ -34,6 +34,11 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "unknown-style": ("Unknown style", "The style name is not one of GET /styles."),
     "service-unavailable": ("Service unavailable", "A dependency (Redis, a model) is not available."),
     "method-not-allowed": ("Method not allowed", "This path does not accept that HTTP method."),
+    "unauthorized": ("API key required", "Send a valid API key as 'Authorization: Bearer <key>'."),
+    "overloaded": ("Overloaded", "Too many requests are waiting for this model; retry after Retry-After."),
+    "deadline-exceeded": ("Deadline exceeded", "The request was not answered within the server's deadline."),
+    "queue-full": ("Job queue full", "As many jobs as the server allows are waiting; retry later."),
+    "too-many-jobs": ("Too many jobs", "This API key has as many unfinished jobs as it may."),
     "http-error": ("HTTP error", "A generic HTTP error."),
     "internal-error": ("Internal error", "An unexpected error; it was logged."),
 }
@@ -76,11 +81,18 @@ class Problem(Exception):
         return body
 
 
+# Statuses after which a client should wait: every such answer says how long (the contract requires it).
+RETRY_AFTER_DEFAULT_S = {429: "30", 503: "5", 504: "5"}
+
+
 def problem_response(problem: Problem, instance: str | None = None) -> JSONResponse:
+    headers = dict(problem.headers)
+    if problem.status in RETRY_AFTER_DEFAULT_S and not any(h.lower() == "retry-after" for h in headers):
+        headers["Retry-After"] = RETRY_AFTER_DEFAULT_S[problem.status]
     return JSONResponse(
         problem.body(instance),
         status_code=problem.status,
-        headers=problem.headers,
+        headers=headers,
         media_type=PROBLEM_MEDIA_TYPE,
     )
 
@@ -125,7 +137,14 @@ def install_problem_handlers(app: FastAPI) -> None:
         detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
         if exc.status_code == 400 and "parsing the body" in detail:
             detail = "The request body is not valid multipart/form-data (or a form field is too large)."
-        return problem_response(Problem(exc.status_code, slug, detail, headers=exc.headers), request.url.path)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the methods of the first route it tried; list every route's.
+            from app.contract import allowed_methods
+
+            headers["Allow"] = ", ".join(allowed_methods(request))
+            detail = f"{request.method} is not allowed on this path; allowed: {headers['Allow']}."
+        return problem_response(Problem(exc.status_code, slug, detail, headers=headers), request.url.path)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +48,27 @@ class Settings(BaseSettings):
     )
     worker_restart_backoff_max_s: float = Field(
         60.0, gt=0, description="Longest restart delay; a worker alive this long counts as healthy again."
+    )
+
+    # --- API keys and backpressure ---------------------------------------------------------------
+    api_keys: SecretStr = Field(
+        SecretStr(""), description="Comma-separated API keys; with none (and no file) the API is open."
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file of API keys as sha256 hex digests, one per line (# comments allowed)."
+    )
+    max_queued_jobs: int = Field(100, ge=1, description="A new job while this many wait gets 503.")
+    max_jobs_per_key: int = Field(
+        10, ge=0, description="Unfinished jobs one API key may have; one more gets 429. 0: no quota."
+    )
+    classify_max_pending: int = Field(
+        64, ge=1, description="/classify requests waiting or running per process; more get 503."
+    )
+    stylize_max_pending: int = Field(
+        16, ge=1, description="/stylize requests waiting or running per model and process; more get 503."
+    )
+    request_deadline_s: float = Field(
+        30.0, gt=0, description="A /classify or /stylize request not answered this long after admission: 504."
     )
 
     # --- Uploads -------------------------------------------------------------------------------

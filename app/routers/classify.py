@@ -15,6 +15,8 @@ from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from app.admission import model_gate
+from app.contract import problem_responses
 from app.problems import Problem
 from app.services.classifier import ClassifierService, load_service
 from app.services.runtime import elapsed_ms
@@ -87,15 +89,20 @@ def _service(request: Request) -> ClassifierService:
     summary="Classify images into the CIFAR-10 classes",
     description=CLASSIFY_DESCRIPTION,
     response_model=ClassifyResponse,
-    responses={
-        413: {"description": "A file is too large or has too many pixels (problem+json)."},
-        415: {"description": "A file is not a supported image format (problem+json)."},
-        422: {
-            "description": "Missing/invalid field, too many files, unknown field, or an empty or "
-            "corrupt image (problem+json)."
-        },
-        503: {"description": "The model is not loaded (problem+json)."},
-    },
+    responses=problem_responses(
+        400,
+        413,
+        415,
+        422,
+        503,
+        504,
+        d413="A file is too large or has too many pixels.",
+        d415="A file is not a supported image format.",
+        d422="Missing/invalid field, too many files, unknown field, or an empty or corrupt image.",
+        d503="Too many requests already wait for the model (ATELIER_CLASSIFY_MAX_PENDING), or it is "
+        "not loaded.",
+        d504="Not answered within ATELIER_REQUEST_DEADLINE_S.",
+    ),
 )
 async def classify(
     request: Request,
@@ -113,15 +120,16 @@ async def classify(
         )
     service = _service(request)
     fields = ["file"] if len(file) == 1 else [f"file[{i}]" for i in range(len(file))]
-    images = await asyncio.gather(
-        *(
-            read_image(up, name, settings.max_upload_bytes, settings.max_image_pixels)
-            for up, name in zip(file, fields, strict=True)
+    async with model_gate(request, "classify").admit():
+        images = await asyncio.gather(
+            *(
+                read_image(up, name, settings.max_upload_bytes, settings.max_image_pixels)
+                for up, name in zip(file, fields, strict=True)
+            )
         )
-    )
-    start = time.perf_counter()
-    predictions = await service.classify(images, top_k)
-    took = elapsed_ms(start)
+        start = time.perf_counter()
+        predictions = await service.classify(images, top_k)
+        took = elapsed_ms(start)
     return ClassifyResponse(
         model=ModelInfo(**service.describe()),
         results=[

@@ -49,7 +49,36 @@ def _redis_and_workers(request: Request) -> dict[str, dict[str, object]]:
     return {"redis": {"ok": True, "queue": settings.queue_name, "queued_jobs": queued}, "workers": workers}
 
 
-@router.get("/readyz", summary="Models loaded, Redis reachable, a live worker on the queue (503 otherwise)")
+READINESS_SCHEMA = {
+    "type": "object",
+    "required": ["ready", "checks"],
+    "properties": {
+        "ready": {"type": "boolean"},
+        "checks": {
+            "type": "object",
+            "description": "One entry per dependency (redis, workers, each model), each with `ok`.",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["ok"],
+                "properties": {"ok": {"type": "boolean"}},
+            },
+        },
+    },
+}
+
+
+@router.get(
+    "/readyz",
+    summary="Models loaded, Redis reachable, a live worker on the queue (503 otherwise)",
+    response_class=JSONResponse,
+    responses={
+        200: {"description": "Ready.", "content": {"application/json": {"schema": READINESS_SCHEMA}}},
+        503: {
+            "description": "Not ready: the failing check says why (no Retry-After: probes poll anyway).",
+            "content": {"application/json": {"schema": READINESS_SCHEMA}},
+        },
+    },
+)
 async def readyz(request: Request) -> JSONResponse:
     checks: dict[str, dict[str, object]] = await run_in_threadpool(_redis_and_workers, request)
     for name, check in request.app.state.ready_checks.items():
@@ -58,7 +87,17 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "Prometheus text format.",
+            "content": {CONTENT_TYPE: {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(request: Request) -> Response:
     body = await run_in_threadpool(request.app.state.metrics.render)
     return Response(body, media_type=CONTENT_TYPE)

@@ -19,8 +19,10 @@ from fastapi.responses import StreamingResponse
 from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import StreamCallerDep
+from app.contract import problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
-from app.problems import PROBLEM_MEDIA_TYPE, Problem
+from app.problems import Problem
 from app.routers.jobs import current_status
 from app.schemas import JobStatus
 
@@ -39,6 +41,9 @@ polling. Every event's `data` is the same JSON as `GET /jobs/{{id}}`:
 * `progress`: whenever the step or the loss terms change while the state stays the same (and when
   a cancellation has been requested, until the job stops at its next step);
 * `error`: a problem detail (the job expired, Redis is unavailable); the stream then ends.
+
+With API keys on, send `Authorization: Bearer <key>`; a browser's `EventSource`, which cannot set
+headers, may pass the key as `?key=<key>` instead.
 
 The stream closes after the `state` event of a terminal state. Lines starting with `:` are
 keep-alives (every {KEEPALIVE_S:.0f} s). An unknown job is a 404 problem before any event is sent.
@@ -106,7 +111,7 @@ async def job_events(
 
 
 @router.get(
-    "/{job_id}/events",
+    "/{job_id:uuid}/events",
     response_class=EventStreamResponse,
     summary="Live progress and state changes of a job (server-sent events)",
     description=EVENTS_DESCRIPTION,
@@ -115,15 +120,19 @@ async def job_events(
             "description": "An event stream that ends when the job does.",
             "content": {"text/event-stream": {"schema": {"type": "string"}, "example": EXAMPLE}},
         },
-        404: {"description": "Unknown or expired job.", "content": {PROBLEM_MEDIA_TYPE: {}}},
-        503: {"description": "Redis is unavailable.", "content": {PROBLEM_MEDIA_TYPE: {}}},
+        **problem_responses(404, 503, d404="Unknown or expired job, or another API key's."),
     },
 )
 async def stream_job_events(
-    request: Request, job_id: uuid.UUID, queue: QueueDep, keys: KeysDep, settings: SettingsDep
+    request: Request,
+    job_id: uuid.UUID,
+    queue: QueueDep,
+    keys: KeysDep,
+    settings: SettingsDep,
+    caller: StreamCallerDep,
 ) -> EventStreamResponse:
     def read_status() -> JobStatus:
-        return current_status(request, queue, keys, job_id)
+        return current_status(request, queue, keys, job_id, caller)
 
     first = await run_in_threadpool(read_status)  # an unknown job is a 404 problem, not an empty stream
     return EventStreamResponse(

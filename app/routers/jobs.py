@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hmac
 import io
 import math
 import uuid
@@ -18,7 +19,10 @@ from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import CallerDep, Principal
+from app.contract import problem_responses
 from app.dependencies import KeysDep, QueueDep, RedisDep, SettingsDep
+from app.job_admission import admit_and_enqueue
 from app.problems import Problem
 from app.schemas import JobLinks, JobProgress, JobState, JobStatus
 from app.settings import Settings
@@ -29,6 +33,8 @@ from models.vgg import LAYER_NAMES
 from worker.jobs import options_to_dict
 from worker.store import JOB_FUNC, JobKeys, request_cancel
 
+# Job ids are `{job_id:uuid}`: only a UUID matches, so `GET /jobs/optimize` is a 405 (that path takes
+# POST only) rather than a 422 about a malformed id, and any other non-UUID is a plain 404.
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 FORM_FIELDS = {
@@ -107,14 +113,24 @@ def _links(request: Request, job_id: str) -> JobLinks:
     return JobLinks(self=base, result=base + "/result")
 
 
-def fetch_job(queue, job_id: uuid.UUID) -> Job:
-    """The job of our queue, or a 404 problem (unknown, expired, or another deployment's)."""
+def owned_by(job: Job, caller: Principal | None) -> bool:
+    """Whether ``caller`` may see ``job``: its own, or any job when the server has no keys."""
+    owner = job.meta.get("owner")
+    if caller is None:
+        return owner is None
+    return isinstance(owner, str) and hmac.compare_digest(owner, caller.digest)
+
+
+def fetch_job(queue, job_id: uuid.UUID, caller: Principal | None) -> Job:
+    """The caller's job of our queue, or a 404 problem (unknown, expired, another deployment's or
+    another API key's: a key cannot even learn that someone else's job exists)."""
+    missing = Problem(404, "not-found", f"No job {job_id} (unknown, or expired).", field="job_id")
     try:
         job = Job.fetch(str(job_id), connection=queue.connection, serializer=JSONSerializer)
     except NoSuchJobError:
-        raise Problem(404, "not-found", f"No job {job_id} (unknown, or expired).", field="job_id") from None
-    if job.origin != queue.name:
-        raise Problem(404, "not-found", f"No job {job_id} (unknown, or expired).", field="job_id")
+        raise missing from None
+    if job.origin != queue.name or not owned_by(job, caller):
+        raise missing
     return job
 
 
@@ -213,7 +229,28 @@ def _normalized_png(img: Image.Image, longest: int) -> bytes:
     status_code=202,
     response_model=JobStatus,
     summary="Submit a Gatys style-transfer optimization job",
-    responses={202: {"description": "Accepted; poll the Location."}, 413: {}, 415: {}, 422: {}, 503: {}},
+    responses={
+        202: {
+            "description": "Accepted; poll the Location.",
+            "headers": {
+                "Location": {
+                    "description": "The job's status URL, `/jobs/{id}`.",
+                    "required": True,
+                    "schema": {"type": "string", "format": "uri-reference"},
+                }
+            },
+        },
+        **problem_responses(
+            400,
+            413,
+            415,
+            422,
+            429,
+            503,
+            d429="This API key already has ATELIER_MAX_JOBS_PER_KEY unfinished jobs.",
+            d503="ATELIER_MAX_QUEUED_JOBS jobs already wait, or Redis is unavailable.",
+        ),
+    },
 )
 async def submit_optimize(
     request: Request,
@@ -221,6 +258,7 @@ async def submit_optimize(
     settings: SettingsDep,
     queue: QueueDep,
     keys: KeysDep,
+    caller: CallerDep,
     content: Annotated[UploadFile, File(description="The photo to repaint.")],
     style: Annotated[list[UploadFile], File(description="One or more style images (repeat the field).")],
     size: Annotated[int | None, Form(ge=16, description="Longest side of the output (default 512).")] = None,
@@ -293,19 +331,25 @@ async def submit_optimize(
             result_ttl=settings.result_ttl_s,
             failure_ttl=settings.result_ttl_s,
             ttl=settings.result_ttl_s,
-            meta={"options": payload, "total_steps": options.steps},
+            meta={
+                "options": payload,
+                "total_steps": options.steps,
+                "owner": caller.digest if caller is not None else None,
+            },
             description=f"gatys {options.size}px {options.steps} steps",
         )
 
-    job = await run_in_threadpool(enqueue)
+    job = await run_in_threadpool(admit_and_enqueue, queue.connection, queue, settings, caller, enqueue)
     status = status_of(request, job, keys)
     response.headers["Location"] = status.links.self
     return status
 
 
-def current_status(request: Request, queue, keys: JobKeys, job_id: uuid.UUID) -> JobStatus:
+def current_status(
+    request: Request, queue, keys: JobKeys, job_id: uuid.UUID, caller: Principal | None
+) -> JobStatus:
     """The job's status as of now (blocking Redis calls: run it in a thread)."""
-    job = fetch_job(queue, job_id)
+    job = fetch_job(queue, job_id, caller)
     if job.get_status(refresh=False) == RQStatus.STARTED:
         # A started job whose worker died is only noticed by a registry sweep; do it now, cheaply.
         StartedJobRegistry(queue=queue).cleanup()
@@ -313,24 +357,40 @@ def current_status(request: Request, queue, keys: JobKeys, job_id: uuid.UUID) ->
     return status_of(request, job, keys)
 
 
-@router.get("/{job_id}", response_model=JobStatus, name="get_job", summary="State and progress of a job")
-def get_job(request: Request, job_id: uuid.UUID, queue: QueueDep, keys: KeysDep) -> JobStatus:
-    return current_status(request, queue, keys, job_id)
+@router.get(
+    "/{job_id:uuid}",
+    response_model=JobStatus,
+    name="get_job",
+    summary="State and progress of a job",
+    responses=problem_responses(404, 503),
+)
+def get_job(
+    request: Request, job_id: uuid.UUID, queue: QueueDep, keys: KeysDep, caller: CallerDep
+) -> JobStatus:
+    return current_status(request, queue, keys, job_id, caller)
 
 
 @router.get(
-    "/{job_id}/result",
+    "/{job_id:uuid}/result",
     summary="Download the result image",
-    responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, 404: {}, 409: {}},
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The result image.",
+            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in MEDIA_TYPES.values()},
+        },
+        **problem_responses(404, 409, 422, 503, d409="The job has not finished (yet)."),
+    },
 )
 def get_result(
     job_id: uuid.UUID,
     queue: QueueDep,
     redis: RedisDep,
     keys: KeysDep,
+    caller: CallerDep,
     format: Annotated[Literal["png", "jpeg", "webp"], Query(description="Image format.")] = "png",
 ) -> Response:
-    job = fetch_job(queue, job_id)
+    job = fetch_job(queue, job_id, caller)
     state = job_state(job)
     if state != "finished":
         raise Problem(
@@ -351,7 +411,12 @@ def get_result(
     )
 
 
-@router.delete("/{job_id}", response_model=JobStatus, summary="Cancel a queued or running job")
+@router.delete(
+    "/{job_id:uuid}",
+    response_model=JobStatus,
+    summary="Cancel a queued or running job",
+    responses=problem_responses(404, 409, 503, d409="The job already ended."),
+)
 def cancel_job(
     request: Request,
     job_id: uuid.UUID,
@@ -359,8 +424,9 @@ def cancel_job(
     redis: RedisDep,
     keys: KeysDep,
     settings: SettingsDep,
+    caller: CallerDep,
 ) -> JobStatus:
-    job = fetch_job(queue, job_id)
+    job = fetch_job(queue, job_id, caller)
     state = job_state(job)
     if state in ("finished", "failed", "canceled"):
         raise Problem(

@@ -29,6 +29,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import QueryParams
 
+from app.auth import authenticate_websocket, websocket_subprotocol
 from app.frame_mailbox import FrameMailbox
 from app.problems import Problem
 from app.services.stylizer import Stylizer
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["live"])
 
 PATH = "/ws/stylize"
-QUERY_FIELDS = ("style", "strength", "preserve_color", "format")
+QUERY_FIELDS = ("style", "strength", "preserve_color", "format", "key")  # key: see app.auth
 FORMATS = ("jpeg", "webp", "png")
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -217,8 +218,9 @@ async def live_stylize(websocket: WebSocket) -> None:
     """Live stylization of webcam frames; see the module docstring for the message protocol."""
     stylizer: Stylizer | None = getattr(websocket.app.state, "stylizer", None)
     settings: Settings = websocket.app.state.settings
-    await websocket.accept()
+    await websocket.accept(subprotocol=websocket_subprotocol(websocket))
     try:
+        authenticate_websocket(websocket)  # a 401 problem, then a close with 1008, like a bad query
         options = parse_options(websocket.query_params, stylizer)
     except Problem as problem:
         await websocket.send_json({"event": "error", "problem": problem.body(PATH)})

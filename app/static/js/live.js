@@ -2,6 +2,7 @@
 // stylizes the newest one whenever it is free (skipping the rest), and each painted frame is drawn
 // on a canvas as it arrives. Frames per second and latency are measured here, on arrival.
 
+import { apiKey } from './api.js';
 import { closeCamera, grabFrame, openCamera } from './camera.js';
 import { $, bindRange, clearProblem, el, formatMs, showProblem } from './ui.js';
 
@@ -9,6 +10,16 @@ const SEND_FPS = 15;          // upper bound on frames sent per second; the serv
 const FPS_WINDOW_MS = 3000;   // frames per second are averaged over this window
 const FRAME_TYPE = 'image/jpeg';
 const FRAME_QUALITY = 0.75;
+// A browser cannot put Authorization on a WebSocket: the key goes as a `bearer.<key>` subprotocol
+// (next to `atelier`, which the server picks) when it is a valid protocol token, else as ?key=.
+const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+
+function openSocket(url, params) {
+  const key = apiKey();
+  if (key && TOKEN.test(key)) return new WebSocket(`${url}?${params}`, ['atelier', `bearer.${key}`]);
+  if (key) params.set('key', key);
+  return new WebSocket(`${url}?${params}`);
+}
 
 export function setupLive({ styles }) {
   const form = $('#live-form');
@@ -76,7 +87,7 @@ class LiveSession {
     });
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
     this.status.textContent = 'Connecting…';
-    const socket = new WebSocket(`${scheme}://${location.host}/ws/stylize?${params}`);
+    const socket = openSocket(`${scheme}://${location.host}/ws/stylize`, params);
     socket.binaryType = 'blob';
     socket.addEventListener('message', (event) => this.onMessage(event));
     socket.addEventListener('close', (event) => this.onClose(event));

@@ -1,0 +1,105 @@
+"""Who may queue another job: a bound on the queue, and a quota of unfinished jobs per API key.
+
+Jobs run for minutes to an hour, so without a bound one client could queue thousands and starve
+everyone for days. Before a job is enqueued:
+
+* if ``ATELIER_MAX_QUEUED_JOBS`` jobs already wait in the queue, the new one gets 503 with
+  ``Retry-After`` (the whole service is full);
+* if the caller's API key already has ``ATELIER_MAX_JOBS_PER_KEY`` unfinished (queued or running)
+  jobs, it gets 429 with ``Retry-After`` (this client is over its share).
+
+Both checks and the enqueue itself happen under one short Redis lock, so concurrent submissions,
+from any number of API processes, can never overshoot either bound. Each key's job ids are kept in
+a Redis set; ids whose job ended or expired are dropped from it whenever it is counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+from redis import Redis
+from redis.exceptions import LockError
+from rq import Queue
+from rq.job import Job
+
+from app.auth import Principal
+from app.problems import Problem
+from app.settings import Settings
+
+UNFINISHED = frozenset({"queued", "started", "deferred", "scheduled", "created"})
+LOCK_TIMEOUT_S = 10  # longer than any enqueue; a crashed holder frees the lock after this
+LOCK_WAIT_S = 5
+FULL_QUEUE_RETRY_AFTER_S = 30
+QUOTA_RETRY_AFTER_S = 30
+
+
+def owner_jobs_key(prefix: str, owner: Principal) -> str:
+    return f"{prefix}owner:{owner.digest}:jobs"
+
+
+def unfinished_jobs(redis: Redis, key: str) -> int:
+    """How many of the jobs listed under ``key`` are still queued or running (ended ones are dropped)."""
+    ids = [i.decode() if isinstance(i, bytes) else i for i in redis.smembers(key)]
+    if not ids:
+        return 0
+    with redis.pipeline(transaction=False) as pipe:
+        for job_id in ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        statuses = pipe.execute()
+    ended = [i for i, s in zip(ids, statuses, strict=True) if s is None or s.decode() not in UNFINISHED]
+    if ended:
+        redis.srem(key, *ended)
+    return len(ids) - len(ended)
+
+
+def admit_and_enqueue(
+    redis: Redis,
+    queue: Queue,
+    settings: Settings,
+    owner: Principal | None,
+    enqueue: Callable[[], Job],
+) -> Job:
+    """Enqueue with ``enqueue()`` if the queue and the owner's quota allow it (blocking: run in a thread)."""
+    lock = redis.lock(
+        f"{settings.key_prefix}lock:job-admission", timeout=LOCK_TIMEOUT_S, blocking_timeout=LOCK_WAIT_S
+    )
+    if not lock.acquire():
+        raise Problem(
+            503,
+            "overloaded",
+            "Too many job submissions at once; retry shortly.",
+            headers={"Retry-After": "1"},
+        )
+    try:
+        waiting = queue.count
+        if waiting >= settings.max_queued_jobs:
+            raise Problem(
+                503,
+                "queue-full",
+                f"{waiting} jobs are already waiting (the limit is {settings.max_queued_jobs}); retry later.",
+                headers={"Retry-After": str(FULL_QUEUE_RETRY_AFTER_S)},
+                queued_jobs=waiting,
+            )
+        key = owner_jobs_key(settings.key_prefix, owner) if owner is not None else None
+        if key is not None and settings.max_jobs_per_key:
+            mine = unfinished_jobs(redis, key)
+            if mine >= settings.max_jobs_per_key:
+                raise Problem(
+                    429,
+                    "too-many-jobs",
+                    f"This API key has {mine} unfinished jobs, the most it may have; wait for one "
+                    "to end (or cancel one) and retry.",
+                    headers={"Retry-After": str(QUOTA_RETRY_AFTER_S)},
+                    unfinished_jobs=mine,
+                )
+        job = enqueue()
+        if key is not None:
+            with redis.pipeline() as pipe:
+                pipe.sadd(key, job.id)
+                pipe.expire(key, settings.result_ttl_s + settings.job_timeout_s)
+                pipe.execute()
+        return job
+    finally:
+        with contextlib.suppress(LockError):
+            lock.release()
