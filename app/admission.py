@@ -16,13 +16,16 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 
 from app.problems import Problem
+
+T = TypeVar("T")
 
 EWMA_WEIGHT = 0.2
 MAX_RETRY_AFTER_S = 60
@@ -84,6 +87,17 @@ class ModelGate:
         finally:
             self.pending -= 1
             self._record(time.monotonic() - start)
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """``await work`` as one admitted request (a shed request's coroutine is closed, never run)."""
+        admitted = False
+        try:
+            async with self.admit():
+                admitted = True
+                return await work
+        finally:
+            if not admitted:
+                work.close()
 
 
 def model_gate(request: Request, name: str) -> ModelGate:
