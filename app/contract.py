@@ -124,6 +124,7 @@ def _settings_bounds(settings: Settings) -> dict[tuple[str, str], dict[str, Any]
         ("/jobs/optimize", "style"): {"maxItems": settings.gatys_max_styles},
         ("/classify", "file"): {"maxItems": settings.max_files_per_request},
         ("/stylize", "size"): {"minimum": 16, "maximum": settings.stylize_max_size},
+        ("/jobs/stylize-video", "size"): {"minimum": 16, "maximum": settings.video_max_size},
     }
 
 

@@ -32,7 +32,7 @@ from app.metrics import (
 )
 from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
 from app.redis_conn import connect
-from app.routers import classify, health, job_events, jobs, live, stylize, web
+from app.routers import classify, health, job_events, jobs, live, stylize, video_jobs, web
 from app.settings import Settings, get_settings
 from worker.main import make_queue
 from worker.store import JobKeys
@@ -187,6 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     keyed = [Depends(authenticate)]  # routes that need the caller themselves declare it too (jobs)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(video_jobs.router)
     app.include_router(job_events.router)
     app.include_router(classify.router, dependencies=keyed)
     app.include_router(stylize.router, dependencies=keyed)

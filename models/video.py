@@ -58,6 +58,7 @@ class VideoEncoder:
 H264 = VideoEncoder("libx264", "mp4", "mp4", "video/mp4", "yuv420p", H264_OPTIONS, True)
 VP9 = VideoEncoder("libvpx-vp9", "webm", "webm", "video/webm", "yuv420p", VP9_OPTIONS, True)
 GIF = VideoEncoder("gif", "gif", "gif", "image/gif", "pal8", {}, False)
+VIDEO_MEDIA_TYPES = tuple(e.media_type for e in (H264, VP9, GIF))
 
 
 def browser_video_encoder() -> VideoEncoder:

@@ -30,6 +30,7 @@ from app.uploads import read_image, reject_unknown_fields
 from models.gatys import GatysOptions
 from models.imaging import MEDIA_TYPES, encode_image, resize_longest
 from models.vgg import LAYER_NAMES
+from models.video import VIDEO_MEDIA_TYPES
 from worker.jobs import options_to_dict
 from worker.store import JOB_FUNC, JobKeys, request_cancel
 
@@ -376,8 +377,11 @@ def get_job(
     response_class=Response,
     responses={
         200: {
-            "description": "The result image.",
-            "content": {t: {"schema": {"type": "string", "format": "binary"}} for t in MEDIA_TYPES.values()},
+            "description": "The result: an image for Gatys jobs, a video (or GIF) for video jobs.",
+            "content": {
+                t: {"schema": {"type": "string", "format": "binary"}}
+                for t in (*MEDIA_TYPES.values(), *VIDEO_MEDIA_TYPES)
+            },
         },
         **problem_responses(404, 409, 422, 503, d409="The job has not finished (yet)."),
     },
@@ -388,7 +392,10 @@ def get_result(
     redis: RedisDep,
     keys: KeysDep,
     caller: CallerDep,
-    format: Annotated[Literal["png", "jpeg", "webp"], Query(description="Image format.")] = "png",
+    format: Annotated[
+        Literal["png", "jpeg", "webp"] | None,
+        Query(description="Image results: png (default), jpeg or webp. Video results come as produced."),
+    ] = None,
 ) -> Response:
     job = fetch_job(queue, job_id, caller)
     state = job_state(job)
@@ -400,10 +407,26 @@ def get_result(
             field="job_id",
             state=state,
         )
-    png = redis.get(keys.result(str(job_id)))
-    if png is None:
+    stored_type = job.meta.get("result_media_type")  # set by video jobs: served as encoded
+    if stored_type is not None and format is not None:
+        raise Problem(
+            422,
+            "validation-error",
+            f"'format' applies to image results; this job's result is {stored_type}.",
+            field="format",
+        )
+    stored = redis.get(keys.result(str(job_id)))
+    if stored is None:
         raise Problem(404, "not-found", f"The result of job {job_id} has expired.", field="job_id")
-    body = png if format == "png" else encode_image(Image.open(io.BytesIO(png)).convert("RGB"), format)
+    if stored_type is not None:
+        extension = job.meta.get("result_extension", "bin")
+        return Response(
+            stored,
+            media_type=stored_type,
+            headers={"Content-Disposition": f'inline; filename="{job_id}.{extension}"'},
+        )
+    format = format or "png"
+    body = stored if format == "png" else encode_image(Image.open(io.BytesIO(stored)).convert("RGB"), format)
     return Response(
         body,
         media_type=MEDIA_TYPES[format],
