@@ -36,7 +36,7 @@ from PIL import Image  # noqa: E402
 from app.services.stylizer import OnnxRunner  # noqa: E402
 from bench.serve import HOST, free_port, start_api  # noqa: E402
 from models.precision import bf16_runnable  # noqa: E402
-from models.styles import load_style, read_manifest  # noqa: E402
+from models.styles import load_network  # noqa: E402
 from models.train_style import DATA_DIR, list_photos, split_photos  # noqa: E402
 from models.transformer import build, conv_macs, count_params, load_transformer, stylize  # noqa: E402
 
@@ -106,7 +106,8 @@ def bare_forwards(fast: torch.nn.Module, reference: torch.nn.Module, repeats: in
                 if bf16_runnable(torch.device("cpu")):  # AVX2-only CPUs refuse bf16 convolutions
                     with torch.autocast("cpu", dtype=torch.bfloat16):
                         row["torch_bf16"] = median_ms(lambda m=model, x=x: m(x), n)
-            row["onnx_fp32"] = median_ms(lambda r=backends["onnx_fp32"], x=x: r(x), n)
+            style = model.style_weights(None, 1, torch.device("cpu"))
+            row["onnx_fp32"] = median_ms(lambda r=backends["onnx_fp32"], x=x, w=style: r(x, w), n)
             out[f"{arch}@{size}"] = row
             print(arch, size, {k: v["median_ms"] for k, v in row.items()}, flush=True)
     if not bf16_runnable(torch.device("cpu")):
@@ -283,7 +284,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights-dir", default=str(ROOT / "models" / "weights"))
-    p.add_argument("--style", default="", help="style to serve (default: the manifest's first fast one)")
+    p.add_argument("--style", default="", help="style to serve (default: the manifest's first)")
     p.add_argument(
         "--reference-weights", default="", help="trained reference net (timing is weight-independent)"
     )
@@ -293,9 +294,10 @@ def main() -> None:
     a = p.parse_args()
 
     weights_dir = Path(a.weights_dir)
-    entries = read_manifest(weights_dir)
-    entry = next(e for e in entries if (e.name == a.style if a.style else e.arch == "fast"))
-    fast = load_style(entry, weights_dir).model
+    loaded = load_network(weights_dir)
+    style = a.style or loaded.names[0]
+    fast = loaded.model
+    network = loaded.manifest.network
     if a.reference_weights:
         reference, _ = load_transformer(Path(a.reference_weights))
     else:
@@ -304,8 +306,9 @@ def main() -> None:
     result: dict[str, Any] = {
         "machine": machine(),
         "uptime_before": uptime(),
-        "style": entry.name,
-        "model": f"{entry.arch}/{entry.version}",
+        "style": style,
+        "styles_loaded": len(loaded.names),
+        "model": f"{network.arch}/{network.version}",
         "reference_weights": a.reference_weights or "random init (same cost)",
     }
     result["archs"] = {
@@ -319,9 +322,9 @@ def main() -> None:
         result["serving_backend"] = httpx.get(f"http://{HOST}:{port}/readyz").json()["checks"]["stylizer"][
             "backend"
         ]
-        result["headline"] = headline(url, entry.name, reference, a.pairs)
+        result["headline"] = headline(url, style, reference, a.pairs)
         print(result["headline"], flush=True)
-        result["http"] = http_runs(url, entry.name, a.repeats)
+        result["http"] = http_runs(url, style, a.repeats)
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -1,11 +1,18 @@
-"""The style manifest: which style networks ship, what they are, and that their bytes are intact.
+"""The style manifest: the one multi-style network that ships, its styles, and that its bytes are intact.
 
-``models/weights/styles/manifest.json`` is the single source the API serves from: name, painting
-metadata, file, sha256, arch and a ``status`` ("production" or "proof-of-pipeline") so a weak
-network is never mistaken for a finished one. Loading verifies each file's sha256 first.
+``models/weights/styles/manifest.json`` is the single source the API serves from::
 
-    python -m models.styles add --name starry_night --file starry_night.safetensors \\
-        --title "The Starry Night" --artist "Vincent van Gogh" --year 1889 --status proof-of-pipeline
+    {"network": {"file": "multistyle.safetensors", "sha256": "...", "arch": "medium"},
+     "styles": [{"name": "starry_night", "title": ..., "artist": ..., "year": ..., "copyright": ...,
+                 "status": "production" | "experimental", "thumbnail": "thumbnails/starry_night.jpg",
+                 "eval": {...}}, ...]}
+
+A style's row in the network's conditional norms is found by name in the weights' own
+``atelier.styles`` metadata, so the manifest may list a subset (styles below the bar can be left
+out). Loading verifies the sha256 first. ``status`` keeps a weak style from passing for a finished
+one: ``production`` only when it met the bar of :mod:`models.eval_style`.
+
+    python -m models.styles publish --source runs/train_style/multistyle.safetensors --status experimental
     python -m models.styles verify
 """
 
@@ -14,22 +21,55 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from PIL import Image
+from torch import Tensor
 
 from models.transformer import TransformerNet, load_transformer, read_metadata
 
 STYLES_SUBDIR = "styles"
 MANIFEST_NAME = "manifest.json"
-STATUSES = ("production", "proof-of-pipeline")
+THUMBNAIL_SIDE = 256
+STATUSES = ("production", "experimental")
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+DATA_DIR = Path(
+    os.environ.get("ATELIER_DATA_DIR", Path(__file__).resolve().parent.parent.parent / "shared" / "data")
+)
+
+PD_WORLD = "public domain worldwide"
+PD_US_70 = "public domain in the US and life+70 countries; not worldwide"
+
+# Paintings that may ship, from ../shared/data/styles/SOURCES.md: (title, artist, year, copyright).
+PAINTINGS: dict[str, tuple[str, str, str, str]] = {
+    "starry_night": ("The Starry Night", "Vincent van Gogh", "1889", PD_WORLD),
+    "great_wave": ("The Great Wave off Kanagawa", "Katsushika Hokusai", "c. 1831", PD_WORLD),
+    "shipwreck_minotaur": ("The Shipwreck of the Minotaur", "J. M. W. Turner", "c. 1810", PD_WORLD),
+    "night_cafe": ("The Night Café", "Vincent van Gogh", "1888", PD_WORLD),
+    "wheat_field_cypresses": ("Wheat Field with Cypresses", "Vincent van Gogh", "1889", PD_WORLD),
+    "vangogh_self_portrait_straw_hat": (
+        "Self-Portrait with a Straw Hat",
+        "Vincent van Gogh",
+        "1887",
+        PD_WORLD,
+    ),
+    "tahitian_women": ("Tahitian Women", "Paul Gauguin", "1890s", PD_WORLD),
+    "water_lilies": ("Water Lilies", "Claude Monet", "1919", PD_US_70),
+    "the_scream": ("The Scream", "Edvard Munch", "1893", PD_US_70),
+    "composition_vii": ("Composition VII", "Wassily Kandinsky", "1913", PD_US_70),
+    "udnie": ("Udnie", "Francis Picabia", "1913", PD_US_70),
+    "edtaonisl": ("Edtaonisl (Ecclésiastique)", "Francis Picabia", "1913", PD_US_70),
+    "woman_with_hat": ("Woman with a Hat", "Henri Matisse", "1905", PD_US_70),
+}
 
 
 class ManifestError(ValueError):
-    """The manifest is malformed or a weights file does not match it."""
+    """The manifest is malformed or the weights file does not match it."""
 
 
 @dataclass(frozen=True)
@@ -38,28 +78,63 @@ class StyleEntry:
     title: str
     artist: str
     year: str
+    copyright: str
+    status: str
+    thumbnail: str = ""
+    eval: dict[str, object] = field(default_factory=dict)
+
+    def public(self, version: str) -> dict[str, object]:
+        """What GET /styles shows (no file paths)."""
+        body: dict[str, object] = {k: v for k, v in asdict(self).items() if k != "thumbnail"}
+        return body | {"version": version, "has_thumbnail": bool(self.thumbnail)}
+
+
+@dataclass(frozen=True)
+class NetworkEntry:
     file: str
     sha256: str
     arch: str
-    status: str
 
     @property
     def version(self) -> str:
         """Short content hash: changes whenever the weights do."""
         return self.sha256[:12]
 
-    def public(self) -> dict[str, str]:
-        """What GET /styles shows (no file paths)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("file", "sha256")} | {
-            "version": self.version
-        }
+
+@dataclass(frozen=True)
+class Manifest:
+    network: NetworkEntry
+    styles: tuple[StyleEntry, ...]
+
+    def entry(self, name: str) -> StyleEntry:
+        return next(s for s in self.styles if s.name == name)
 
 
 @dataclass
-class LoadedStyle:
-    entry: StyleEntry
+class LoadedNetwork:
+    """The verified network plus the row of each served style in its conditional norms."""
+
+    manifest: Manifest
     model: TransformerNet
     metadata: dict[str, str]
+    rows: dict[str, int]
+
+    @property
+    def names(self) -> list[str]:
+        return [s.name for s in self.manifest.styles]
+
+    def style_weights(self, names: Sequence[str], weights: Sequence[float] | None = None) -> Tensor:
+        """1×S mixing weights for one style or a blend (weights are normalized to sum 1)."""
+        weights = list(weights) if weights is not None else [1.0] * len(names)
+        if len(weights) != len(names) or not names:
+            raise ValueError("one weight per style is needed")
+        total = sum(weights)
+        if total <= 0 or any(w < 0 for w in weights):
+            raise ValueError("style weights must be non-negative with a positive sum")
+        out = torch.zeros(1, self.model.config.num_styles)
+        for name, w in zip(names, weights, strict=True):
+            out[0, self.rows[name]] += w / total
+        return out
 
 
 def styles_dir(weights_dir: Path) -> Path:
@@ -74,112 +149,152 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_manifest(weights_dir: Path) -> list[StyleEntry]:
-    """Entries of the manifest ([] when there is none), validated for shape and unique names."""
+def read_manifest(weights_dir: Path) -> Manifest | None:
+    """The manifest (None when there is none), validated for shape, statuses and unique names."""
     path = styles_dir(weights_dir) / MANIFEST_NAME
     if not path.exists():
-        return []
+        return None
     raw = json.loads(path.read_text())
-    entries: list[StyleEntry] = []
-    for item in raw.get("styles", []):
-        try:
-            entry = StyleEntry(**{k: str(item[k]) for k in StyleEntry.__dataclass_fields__})
-        except KeyError as exc:
-            raise ManifestError(f"{path}: style entry {item.get('name', '?')!r} lacks {exc}") from None
-        if entry.status not in STATUSES:
-            raise ManifestError(
-                f"{path}: style {entry.name!r} has status {entry.status!r}; expected {STATUSES}"
-            )
-        entries.append(entry)
-    names = [e.name for e in entries]
+    try:
+        network = NetworkEntry(**{k: str(raw["network"][k]) for k in ("file", "sha256", "arch")})
+        styles = tuple(
+            StyleEntry(**{k: item[k] for k in StyleEntry.__dataclass_fields__ if k in item})
+            for item in raw["styles"]
+        )
+    except (KeyError, TypeError) as exc:
+        raise ManifestError(f"{path}: malformed manifest ({exc})") from None
+    bad = [s.name for s in styles if s.status not in STATUSES]
+    if bad:
+        raise ManifestError(f"{path}: styles {bad} have a status other than {STATUSES}")
+    names = [s.name for s in styles]
     if len(set(names)) != len(names):
         raise ManifestError(f"{path}: duplicate style names in {names}")
-    return entries
+    return Manifest(network, styles)
 
 
-def write_manifest(weights_dir: Path, entries: Sequence[StyleEntry]) -> Path:
+def write_manifest(weights_dir: Path, manifest: Manifest) -> Path:
     path = styles_dir(weights_dir) / MANIFEST_NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"styles": [asdict(e) for e in sorted(entries, key=lambda e: e.name)]}
-    path.write_text(json.dumps(body, indent=2) + "\n")
+    body = {"network": asdict(manifest.network), "styles": [asdict(s) for s in manifest.styles]}
+    path.write_text(json.dumps(body, indent=2, ensure_ascii=False) + "\n")
     return path
 
 
-def verify(entry: StyleEntry, weights_dir: Path) -> Path:
-    """The entry's file path, after checking it exists and its sha256 matches the manifest."""
-    path = styles_dir(weights_dir) / entry.file
+def verify(manifest: Manifest, weights_dir: Path) -> Path:
+    """The network file's path, after checking it exists and its sha256 matches the manifest."""
+    path = styles_dir(weights_dir) / manifest.network.file
     if not path.is_file():
-        raise ManifestError(f"style {entry.name!r}: weights file {path} is missing")
+        raise ManifestError(f"weights file {path} is missing")
     actual = sha256_file(path)
-    if actual != entry.sha256:
-        raise ManifestError(f"style {entry.name!r}: {path} has sha256 {actual}, manifest says {entry.sha256}")
+    if actual != manifest.network.sha256:
+        raise ManifestError(f"{path} has sha256 {actual}, the manifest says {manifest.network.sha256}")
     return path
 
 
-def load_style(entry: StyleEntry, weights_dir: Path, device: torch.device | str = "cpu") -> LoadedStyle:
-    """Verify, then load one network; the file's own arch metadata must agree with the manifest."""
-    path = verify(entry, weights_dir)
-    model, metadata = load_transformer(path, device)
+def load_network(weights_dir: Path, device: torch.device | str = "cpu") -> LoadedNetwork:
+    """Verify, then load the network; every manifest style must be a row of it."""
+    manifest = read_manifest(weights_dir)
+    if manifest is None:
+        raise ManifestError(f"no {MANIFEST_NAME} under {styles_dir(weights_dir)}")
+    model, metadata = load_transformer(verify(manifest, weights_dir), device)
     file_arch = metadata.get("atelier.arch_name", "custom")
-    if file_arch != entry.arch:
-        raise ManifestError(
-            f"style {entry.name!r}: manifest says arch {entry.arch!r}, the file says {file_arch!r}"
+    if file_arch != manifest.network.arch:
+        raise ManifestError(f"the manifest says arch {manifest.network.arch!r}, the file says {file_arch!r}")
+    trained = json.loads(metadata.get("atelier.styles", "[]"))
+    missing = [s.name for s in manifest.styles if s.name not in trained]
+    if missing:
+        raise ManifestError(f"styles {missing} are not in the network (it has {trained})")
+    return LoadedNetwork(manifest, model, metadata, {name: trained.index(name) for name in trained})
+
+
+def thumbnail(painting: Image.Image, side: int = THUMBNAIL_SIDE) -> Image.Image:
+    """At most ``side`` px on the longer side (public-domain paintings only are committed)."""
+    img = painting.convert("RGB")
+    img.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return img
+
+
+def publish(
+    weights_dir: Path,
+    network_file: str,
+    paintings_dir: Path,
+    statuses: Mapping[str, str],
+    evals: Mapping[str, dict[str, object]] | None = None,
+) -> Manifest:
+    """Write the manifest (and thumbnails) for every style of ``network_file`` that has a status."""
+    path = styles_dir(weights_dir) / network_file
+    meta = read_metadata(path)
+    names = [n for n in json.loads(meta["atelier.styles"]) if n in statuses]
+    unknown = [n for n in names if n not in PAINTINGS]
+    if unknown:
+        raise ManifestError(f"no title/artist/copyright on record for {unknown}: add them to PAINTINGS")
+    entries = []
+    for name in names:
+        thumb = f"thumbnails/{name}.jpg"
+        source = paintings_dir / f"{name}.jpg"
+        if source.is_file():
+            (styles_dir(weights_dir) / "thumbnails").mkdir(parents=True, exist_ok=True)
+            thumbnail(Image.open(source)).save(styles_dir(weights_dir) / thumb, quality=85)
+        elif not (styles_dir(weights_dir) / thumb).is_file():
+            thumb = ""
+        title, artist, year, rights = PAINTINGS[name]
+        entries.append(
+            StyleEntry(
+                name, title, artist, year, rights, statuses[name], thumb, dict((evals or {}).get(name, {}))
+            )
         )
-    return LoadedStyle(entry, model, metadata)
-
-
-def load_all(
-    weights_dir: Path, device: torch.device | str = "cpu"
-) -> tuple[dict[str, LoadedStyle], dict[str, str]]:
-    """Load every manifest style that verifies; errors are returned per style, not raised.
-
-    One corrupt file must not take the other styles (or the app) down with it.
-    """
-    loaded: dict[str, LoadedStyle] = {}
-    errors: dict[str, str] = {}
-    try:
-        entries = read_manifest(weights_dir)
-    except (ManifestError, json.JSONDecodeError) as exc:
-        return {}, {"manifest": str(exc)}
-    for entry in entries:
-        try:
-            loaded[entry.name] = load_style(entry, weights_dir, device)
-        except Exception as exc:  # a broken file is reported, never fatal
-            errors[entry.name] = str(exc)
-    return loaded, errors
-
-
-def _add(args: argparse.Namespace) -> None:
-    weights_dir = Path(args.weights_dir)
-    path = styles_dir(weights_dir) / args.file
-    arch = read_metadata(path).get("atelier.arch_name", "custom")
-    entry = StyleEntry(
-        args.name, args.title, args.artist, args.year, args.file, sha256_file(path), arch, args.status
+    manifest = Manifest(
+        NetworkEntry(network_file, sha256_file(path), meta["atelier.arch_name"]), tuple(entries)
     )
-    entries = [e for e in read_manifest(weights_dir) if e.name != args.name] + [entry]
-    print(f"wrote {write_manifest(weights_dir, entries)}: {entry}")
+    write_manifest(weights_dir, manifest)
+    return manifest
+
+
+def _publish(args: argparse.Namespace) -> None:
+    weights_dir = Path(args.weights_dir)
+    if args.source:  # a training candidate becomes the served network, with its manifest, in one step
+        styles_dir(weights_dir).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.source, styles_dir(weights_dir) / args.network)
+    names = json.loads(read_metadata(styles_dir(weights_dir) / args.network)["atelier.styles"])
+    statuses = dict.fromkeys(names, args.status)
+    evals: dict[str, dict[str, object]] = {}
+    if args.eval:
+        report = json.loads(Path(args.eval).read_text())
+        statuses = {
+            n: s for n, s in report["statuses"].items() if args.include_experimental or s == "production"
+        }
+        for name, r in report["styles"].items():
+            evals[name] = {
+                "gatys_equivalent_steps": r["median_gatys_equivalent_steps"],
+                "job_style_ratio": round(r["median_job_style_ratio"], 4),
+            }
+    manifest = publish(weights_dir, args.network, Path(args.paintings), statuses, evals)
+    print(f"wrote the manifest: {len(manifest.styles)} styles of {manifest.network.file}")
 
 
 def _verify(args: argparse.Namespace) -> None:
-    loaded, errors = load_all(Path(args.weights_dir))
-    for name in loaded:
-        print(f"ok      {name}")
-    for name, err in errors.items():
-        print(f"FAILED  {name}: {err}")
-    if errors:
-        raise SystemExit(1)
+    loaded = load_network(Path(args.weights_dir))
+    for entry in loaded.manifest.styles:
+        print(f"ok  {entry.name:34s} row {loaded.rows[entry.name]:2d}  {entry.status}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Manage models/weights/styles/manifest.json.")
     p.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR))
     sub = p.add_subparsers(required=True)
-    add = sub.add_parser("add", help="add or update a style (sha256 and arch read from the file)")
-    for flag in ("name", "file", "title", "artist", "year"):
-        add.add_argument("--" + flag, required=True)
-    add.add_argument("--status", required=True, choices=STATUSES)
-    add.set_defaults(func=_add)
-    sub.add_parser("verify", help="check every file's sha256 and that it loads").set_defaults(func=_verify)
+    pub = sub.add_parser("publish", help="manifest + thumbnails for the network's styles")
+    pub.add_argument("--network", default="multistyle.safetensors")
+    pub.add_argument(
+        "--source", default="", help="copy this network file in first (e.g. a training checkpoint)"
+    )
+    pub.add_argument("--paintings", default=str(DATA_DIR / "styles"))
+    pub.add_argument("--status", choices=STATUSES, default="experimental", help="for every style (no --eval)")
+    pub.add_argument("--eval", default="", help="eval_style JSON: statuses and figures from it")
+    pub.add_argument("--include-experimental", action="store_true", help="with --eval: ship those too")
+    pub.set_defaults(func=_publish)
+    sub.add_parser("verify", help="check the sha256 and that every style is in the network").set_defaults(
+        func=_verify
+    )
     args = p.parse_args(argv)
     args.func(args)
 

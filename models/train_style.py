@@ -65,7 +65,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("ATELIER_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 HOLDOUT_PERCENT = 5
-DEFAULT_OUT = PROJECT_ROOT / "models" / "weights" / "styles" / "multistyle.safetensors"
+# The network written at every checkpoint: a candidate. Serving reads models/weights/styles/, where
+# ``python -m models.styles publish --source ...`` copies it together with a matching manifest.
+DEFAULT_OUT = PROJECT_ROOT / "runs" / "train_style" / "multistyle.safetensors"
 DEFAULT_CHECKPOINT = PROJECT_ROOT / "models" / "weights" / "styles" / "multistyle.train-state.safetensors"
 
 
@@ -537,7 +539,7 @@ def _resumed_config(given: dict[str, object]) -> TrainConfig:
     meta, _ = load_checkpoint(path)
     stored = TrainConfig.from_json(meta["config"])
     mutable = {"iterations", "max_minutes", "stop_after", "threads", "log_every", "preview_every"}
-    mutable |= {"checkpoint_minutes"}
+    mutable |= {"checkpoint_minutes", "out"}
     changed = {k: v for k, v in given.items() if k in mutable}
     return TrainConfig(**{**asdict(stored), **changed})
 

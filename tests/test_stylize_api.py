@@ -17,7 +17,8 @@ from models.styles import read_manifest
 from tests.conftest import make_settings
 from tests.test_transformer import WEIGHTS_DIR, photo_like
 
-pytestmark = pytest.mark.skipif(not read_manifest(WEIGHTS_DIR), reason="no style networks committed yet")
+MANIFEST = read_manifest(WEIGHTS_DIR)
+pytestmark = pytest.mark.skipif(MANIFEST is None, reason="no style network committed yet")
 
 
 def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
@@ -32,7 +33,14 @@ def decode(body: bytes) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def style() -> str:
-    return read_manifest(WEIGHTS_DIR)[0].name
+    assert MANIFEST is not None
+    return MANIFEST.styles[0].name
+
+
+@pytest.fixture(scope="module")
+def other_style() -> str:
+    assert MANIFEST is not None and len(MANIFEST.styles) >= 2
+    return MANIFEST.styles[1].name
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +70,61 @@ def assert_problem(response, status: int, slug: str, field: str | None = None) -
 def test_styles_lists_metadata(client: TestClient, style: str) -> None:
     styles = client.get("/styles").json()["styles"]
     entry = next(s for s in styles if s["name"] == style)
-    assert {"name", "title", "artist", "year", "status", "arch", "version"} <= set(entry)
-    assert entry["status"] in ("production", "proof-of-pipeline")
-    assert "file" not in entry
+    assert {"name", "title", "artist", "year", "copyright", "status", "version", "has_thumbnail"} <= set(
+        entry
+    )
+    assert entry["status"] in ("production", "experimental")
+    assert "file" not in entry and "thumbnail" not in entry
+    assert len(styles) >= 8
+
+
+def test_thumbnails_are_small_jpegs_and_unknown_names_404(client: TestClient, style: str) -> None:
+    r = client.get(f"/styles/{style}/thumbnail")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    img = decode(r.content)
+    assert img.format == "JPEG" and max(img.size) <= 256
+    assert_problem(client.get("/styles/mona_lisa/thumbnail"), 404, "not-found", "name")
+
+
+def test_blend_endpoints_equal_the_single_styles(
+    client: TestClient, style: str, other_style: str, photo: Image.Image
+) -> None:
+    def pixels(**form: object) -> np.ndarray:
+        r = post(client, photo, **form)
+        assert r.status_code == 200, r.text
+        return np.asarray(decode(r.content), dtype=np.float64)
+
+    single, other = pixels(style=style), pixels(style=other_style)
+    blend = f"{style},{other_style}"
+    assert np.abs(pixels(style=blend, style_weights="1,0") - single).max() <= 1.0
+    assert np.abs(pixels(style=blend, style_weights="0,1") - other).max() <= 1.0
+    mixed = post(client, photo, style=blend, style_weights="0.7,0.3")
+    assert mixed.headers["x-atelier-style"] == blend and mixed.headers["x-atelier-style-weights"] == "0.7,0.3"
+    half = np.asarray(decode(mixed.content), dtype=np.float64)
+    assert np.abs(half - single).mean() > 0.5 and np.abs(half - other).mean() > 0.5
+
+
+@pytest.mark.parametrize(
+    ("form", "field"),
+    [
+        ({"style_weights": "0.5,0.5"}, "style_weights"),  # two weights for one style
+        ({"style_weights": "a,b"}, "style_weights"),
+        ({"style_weights": "-1,2"}, "style_weights"),
+        ({"style_weights": "0,0"}, "style_weights"),
+        ({"style_weights": "nan,1"}, "style_weights"),
+    ],
+)
+def test_bad_blends_name_the_field(
+    client: TestClient, photo: Image.Image, style: str, other_style: str, form: dict, field: str
+) -> None:
+    styles = style if form["style_weights"] == "0.5,0.5" else f"{style},{other_style}"
+    assert_problem(post(client, photo, style=styles, **form), 422, "validation-error", field)
+
+
+def test_bad_style_lists_name_the_field(client: TestClient, photo: Image.Image, style: str) -> None:
+    for value in (f"{style},{style}", f"{style},", ",".join([style] * 5), "mona_lisa,starry_night"):
+        assert_problem(post(client, photo, style=value), 422, "unknown-style", "style")
+    assert_problem(post(client, photo, style=""), 422, "validation-error", "style")
 
 
 def test_stylize_defaults_to_png_at_the_input_size(
@@ -76,8 +136,8 @@ def test_stylize_defaults_to_png_at_the_input_size(
     out = decode(r.content)
     assert out.format == "PNG" and out.size == photo.size and out.mode == "RGB"
     assert r.headers["x-atelier-style"] == style
-    entry = next(e for e in read_manifest(WEIGHTS_DIR) if e.name == style)
-    assert r.headers["x-atelier-model"] == f"{entry.arch}/{entry.sha256[:12]}"
+    assert MANIFEST is not None
+    assert r.headers["x-atelier-model"] == f"{MANIFEST.network.arch}/{MANIFEST.network.sha256[:12]}"
     assert float(r.headers["x-atelier-inference-ms"]) > 0
     timing = r.headers["server-timing"]
     for part in ("decode;dur=", "prepare;dur=", "queue;dur=", "infer;dur=", "encode;dur=", "total;dur="):
@@ -217,19 +277,24 @@ def test_limits(small_client: TestClient, style: str) -> None:
     assert r.status_code == 200 and decode(r.content).size == (128, 34)
 
 
-def test_concurrent_requests_share_a_batch(small_client: TestClient, style: str) -> None:
+def test_concurrent_requests_share_a_batch_even_across_styles(
+    small_client: TestClient, style: str, other_style: str
+) -> None:
     stats = small_client.app.state.stylizer.stats
     before_items, before_batches = stats.items, stats.batches
     images = [photo_like(48, 32, seed=i) for i in range(4)]
+    styles = [style, other_style, style, other_style]
     with ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda img: post(small_client, img, style=style), images))
+        responses = list(
+            pool.map(lambda a: post(small_client, a[0], style=a[1]), zip(images, styles, strict=True))
+        )
     assert all(r.status_code == 200 for r in responses)
     assert stats.items - before_items == 4
     assert stats.batches - before_batches < 4 and stats.largest_batch >= 2
     assert max(int(r.headers["x-atelier-batch-size"]) for r in responses) >= 2
     # Each caller gets its own image back, not a neighbour's.
-    for img, r in zip(images, responses, strict=True):
-        alone = post(small_client, img, style=style)
+    for img, name, r in zip(images, styles, responses, strict=True):
+        alone = post(small_client, img, style=name)
         assert (
             np.abs(np.asarray(decode(r.content), float) - np.asarray(decode(alone.content), float)).max() <= 2
         )

@@ -71,10 +71,10 @@ def parse_options(query: QueryParams, stylizer: Stylizer | None) -> LiveOptions:
             f"Unknown query parameter(s): {', '.join(unknown)}. Accepted: {', '.join(QUERY_FIELDS)}.",
             unknown[0],
         )
-    if stylizer is None or not stylizer.styles:
+    if stylizer is None or not stylizer.available:
         raise Problem(503, "service-unavailable", "No style network is loaded; see /readyz.")
     style = query.get("style", "")
-    if style not in stylizer.styles:
+    if style not in stylizer.names:
         raise Problem(
             422,
             "unknown-style",
@@ -167,7 +167,7 @@ class LiveSession:
             try:
                 image = await run_in_threadpool(decode_image, data, "frame", self.settings.max_image_pixels)
                 result = await self.stylizer.stylize(
-                    options.style,
+                    self.stylizer.style_weights([options.style]),
                     image,
                     size=None,
                     max_size=self.settings.live_max_side,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
 from typing import Annotated, Any, Literal
 
@@ -17,6 +18,8 @@ from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFil
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
+from app.admission import model_gate
+from app.contract import problem_responses
 from app.dependencies import SettingsDep
 from app.problems import Problem
 from app.services.arbitrary import ArbitraryStylizer
@@ -32,13 +35,24 @@ from app.uploads import (
     reject_unknown_fields,
 )
 from models.arbitrary import DISTRIBUTION, PINNED_VERSION
+from models.styles import styles_dir
 from models.transformer import MIN_SIDE
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["stylize"])
 
-FORM_FIELDS = {"file", "style", "style_image", "size", "strength", "preserve_color", "format"}
+FORM_FIELDS = {
+    "file",
+    "style",
+    "style_weights",
+    "style_image",
+    "size",
+    "strength",
+    "preserve_color",
+    "format",
+}
+MAX_BLEND = 4  # styles in one blend
 INLINE_HASH_BYTES = 256 * 1024  # hashing more than this happens off the event loop
 
 STYLE_IMAGE_ORIGIN = (
@@ -122,7 +136,7 @@ async def shutdown(app: FastAPI) -> None:
 
 def _stylizer(request: Request) -> Stylizer:
     stylizer: Stylizer | None = getattr(request.app.state, "stylizer", None)
-    if stylizer is None or not stylizer.styles:
+    if stylizer is None or not stylizer.available:
         raise Problem(
             503,
             "service-unavailable",
@@ -165,12 +179,74 @@ async def _sha256(data: bytes) -> str:
     return await run_in_threadpool(lambda: hashlib.sha256(data).hexdigest())
 
 
-@router.get("/styles", summary="The style networks this server can apply")
+@router.get("/styles", summary="The styles this server can apply")
 async def list_styles(request: Request) -> dict[str, Any]:
+    """Every style of the multi-style network: painting, artist, year, copyright status, quality
+    status (`production` met the quality bar of the model card; `experimental` did not yet) and its
+    evaluation figures. Blend styles with `style=a,b` and `style_weights` in POST /stylize."""
     stylizer: Stylizer | None = getattr(request.app.state, "stylizer", None)
     if stylizer is None:
         return {"styles": []}
-    return {"styles": [stylizer.entry(name).public() for name in stylizer.names]}
+    return {"styles": stylizer.public_styles()}
+
+
+@router.get(
+    "/styles/{name}/thumbnail",
+    summary="A small picture of the style's painting (at most 256 px)",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "Unknown style or no thumbnail."}},
+)
+async def style_thumbnail(request: Request, name: str) -> Response:
+    stylizer: Stylizer | None = getattr(request.app.state, "stylizer", None)
+    entry = None
+    if stylizer is not None and name in stylizer.names:
+        entry = stylizer.entry(name)
+    if entry is None or not entry.thumbnail:
+        raise Problem(404, "not-found", f"No thumbnail for style '{name}'.", field="name")
+    path = styles_dir(request.app.state.settings.weights_dir) / entry.thumbnail
+    body = await run_in_threadpool(path.read_bytes)
+    return Response(body, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+
+
+def _parse_style(stylizer: Stylizer, style: str, style_weights: str | None) -> tuple[list[str], list[float]]:
+    """``a`` or ``a,b`` plus optional ``0.7,0.3``: validated names and weights, or a 422 naming the field."""
+    names = [n.strip() for n in style.split(",")]
+    unknown = [n for n in names if n not in stylizer.names]
+    if unknown or not 1 <= len(names) <= MAX_BLEND or len(set(names)) != len(names):
+        why = (
+            f"unknown style(s) {', '.join(repr(n) for n in unknown)}"
+            if unknown
+            else "a repeated or empty name"
+        )
+        if not 1 <= len(names) <= MAX_BLEND:
+            why = f"at most {MAX_BLEND} styles can be blended"
+        raise Problem(
+            422,
+            "unknown-style",
+            f"'style' must be one name from GET /styles or a comma-separated blend of up to {MAX_BLEND} "
+            f"({why}). Valid styles: {', '.join(stylizer.names)}.",
+            field="style",
+            valid_styles=stylizer.names,
+        )
+    if style_weights is None:
+        return names, [1.0] * len(names)
+    try:
+        weights = [float(w) for w in style_weights.split(",")]
+    except ValueError:
+        weights = []
+    if (
+        len(weights) != len(names)
+        or not all(math.isfinite(w) and w >= 0 for w in weights)
+        or sum(weights) <= 0
+    ):
+        raise Problem(
+            422,
+            "validation-error",
+            f"'style_weights' needs {len(names)} comma-separated finite, non-negative numbers with a "
+            f"positive sum, one per style in 'style'; got {style_weights!r}.",
+            field="style_weights",
+        )
+    return names, weights
 
 
 @router.post(
@@ -178,14 +254,29 @@ async def list_styles(request: Request) -> dict[str, Any]:
     summary="Stylize a photo with a named style network or any painting",
     description=STYLIZE_DESCRIPTION,
     response_class=Response,
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    responses={
+        200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}},
+        **problem_responses(400, 413, 415, 422, 503, 504),
+    },
 )
 async def stylize(
     request: Request,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="The photo (PNG, JPEG, WebP, GIF, BMP or TIFF).")],
     style: Annotated[
-        str | None, Form(description="A style name from GET /styles. Exactly one of style and style_image.")
+        str | None,
+        Form(
+            min_length=1,
+            description="A style name from GET /styles, or up to 4 comma-separated names to blend "
+            "(`starry_night,great_wave`). Exactly one of style and style_image.",
+        ),
+    ] = None,
+    style_weights: Annotated[
+        str | None,
+        Form(
+            description="With a blend: one weight per style in `style`, comma-separated (`0.7,0.3`); "
+            "normalized to sum 1. Default: equal.",
+        ),
     ] = None,
     style_image: Annotated[
         UploadFile | None,
@@ -227,31 +318,37 @@ async def stylize(
         return await _stylize_with_painting(
             request, settings, file, style_image, size, strength, preserve_color, format
         )
+    if style_weights is not None and style is None:
+        raise Problem(
+            422, "validation-error", "'style_weights' goes with 'style' (a blend).", field="style_weights"
+        )
     assert style is not None
     stylizer = _stylizer(request)
-    if style not in stylizer.styles:
-        raise Problem(
-            422,
-            "unknown-style",
-            f"Unknown style '{style}'. Valid styles: {', '.join(stylizer.names)}.",
-            field="style",
-            valid_styles=stylizer.names,
-        )
+    names, weights = _parse_style(stylizer, style, style_weights)
     start = time.perf_counter()
     image = await read_image(file, "file", settings.max_upload_bytes, settings.max_image_pixels)
     decode_ms = elapsed_ms(start)
-    result = await stylizer.stylize(
-        style, image, size=size, max_size=max_size, strength=strength, keep_colors=preserve_color, fmt=format
+    result = await model_gate(request, "stylize").run(  # 503 past the waiting line, 504 past the deadline
+        stylizer.stylize(
+            stylizer.style_weights(names, weights),
+            image,
+            size=size,
+            max_size=max_size,
+            strength=strength,
+            keep_colors=preserve_color,
+            fmt=format,
+        )
     )
     t = {"decode": decode_ms, **result.timings_ms}
     t["total"] += decode_ms
     headers = {
-        "X-Atelier-Style": style,
-        "X-Atelier-Model": stylizer.model_id(style),
+        "X-Atelier-Style": ",".join(names),
+        "X-Atelier-Style-Weights": ",".join(f"{w / sum(weights):.4g}" for w in weights),
+        "X-Atelier-Model": stylizer.model_id,
         "X-Atelier-Inference-Ms": f"{t['infer']:.1f}",
         "X-Atelier-Batch-Size": str(result.batch_size),
         "Server-Timing": ", ".join(f"{k};dur={v:.1f}" for k, v in t.items()),
-        "Content-Disposition": f'inline; filename="{style}.{format}"',
+        "Content-Disposition": f'inline; filename="{"+".join(names)}.{format}"',
     }
     return Response(result.body, media_type=result.media_type, headers=headers)
 
@@ -280,15 +377,17 @@ async def _stylize_with_painting(
             return finish_decode(header, "style_image")
         return await run_in_threadpool(finish_decode, header, "style_image")
 
-    result = await service.stylize(
-        image,
-        digest=digest,
-        load_painting=load_painting,
-        size=size,
-        max_size=settings.stylize_max_size,
-        strength=strength,
-        keep_colors=preserve_color,
-        fmt=fmt,
+    result = await model_gate(request, "stylize_image").run(
+        service.stylize(
+            image,
+            digest=digest,
+            load_painting=load_painting,
+            size=size,
+            max_size=settings.stylize_max_size,
+            strength=strength,
+            keep_colors=preserve_color,
+            fmt=fmt,
+        )
     )
     t = {"decode": decode_ms, **result.timings_ms}
     t["total"] += decode_ms

@@ -1,14 +1,15 @@
-"""The loaded style networks behind POST /stylize, shared by all requests through one MicroBatcher.
+"""The multi-style network behind POST /stylize, shared by all requests through one MicroBatcher.
 
-Every request is resized and converted to a tensor in a worker thread, submitted with the key
-(style, height, width) so only images that can be stacked share a forward pass, and blended,
-colour-corrected and encoded in a worker thread again: the batcher's single thread does nothing but
-run networks.
+One network serves every style (conditional instance norm): a request's style, or blend of styles,
+is a row of mixing weights fed to the network next to the image. So images of any styles share a
+forward pass as long as they have the same size: the batch key is (height, width). Every request is
+resized and converted in a worker thread, and blended, colour-corrected and encoded in a worker
+thread again: the batcher's single thread does nothing but run the network.
 
-Backends: on CPU the networks are exported to ONNX at load time and run by ONNX Runtime (measured
-~25-30 % faster than eager PyTorch for these nets, bit-for-bit fp32; bench/stylize.py); on CUDA
-they run in PyTorch (channels_last, inference mode). Both pad inputs to a multiple of 4 with
-reflection and crop the output, so every size comes back exactly as requested.
+Backends: on CPU the network is exported to ONNX (style weights as a second input) at load time and
+run by ONNX Runtime (measured ~25-30 % faster than eager PyTorch, fp32; bench/stylize.py); on CUDA it
+runs in PyTorch (channels_last, inference mode). Both pad inputs to a multiple of 4 with reflection
+and crop the output, so every size comes back exactly as requested.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from models.imaging import (
     resize_longest,
     tensor_to_pil,
 )
-from models.styles import LoadedStyle, StyleEntry, load_all
+from models.styles import LoadedNetwork, StyleEntry, load_network
 from models.transformer import export_onnx, pad_to_multiple, stylize
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ Backend = Literal["auto", "torch", "onnx"]
 
 
 class _Runner(Protocol):
-    def __call__(self, x: Tensor) -> Tensor: ...
+    def __call__(self, x: Tensor, style: Tensor) -> Tensor: ...
 
 
 class TorchRunner:
@@ -57,16 +58,16 @@ class TorchRunner:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(device=device, memory_format=fmt).eval()
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, style: Tensor) -> Tensor:
         with torch.inference_mode():
             x = x.to(self.device)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return stylize(self.model, x).float().cpu()
+            return stylize(self.model, x, style.to(self.device)).float().cpu()
 
 
 class OnnxRunner:
-    """ONNX Runtime on CPU; the graph has dynamic batch, height and width."""
+    """ONNX Runtime on CPU; the graph has dynamic batch, height and width, and a style-weights input."""
 
     def __init__(self, model: torch.nn.Module, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -75,22 +76,25 @@ class OnnxRunner:
         if threads:
             options.intra_op_num_threads = threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(export_onnx(model), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        graph = export_onnx(model, style_input=True)
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, style: Tensor) -> Tensor:
         padded, h, w = pad_to_multiple(x)
-        out = self.session.run(
-            None, {self.input_name: np.ascontiguousarray(padded.numpy(), dtype=np.float32)}
-        )[0]
+        feeds = {
+            "image": np.ascontiguousarray(padded.numpy(), dtype=np.float32),
+            "style": np.ascontiguousarray(style.numpy(), dtype=np.float32),
+        }
+        out = self.session.run(None, feeds)[0]
         return torch.from_numpy(out[..., :h, :w]).clamp_(0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class StyleJob:
-    """One image waiting for its style network (1×3×H×W in [0, 1])."""
+    """One image waiting for the network (1×3×H×W in [0, 1]) with its style weights (1×S)."""
 
     pixels: Tensor
+    style: Tensor
     submitted: float
 
 
@@ -113,12 +117,12 @@ class StylizeResult:
 
 
 class Stylizer:
-    """All loaded style networks plus the batcher that feeds them."""
+    """The loaded network plus the batcher that feeds it."""
 
     def __init__(
         self,
-        styles: dict[str, LoadedStyle],
-        errors: dict[str, str],
+        network: LoadedNetwork | None,
+        error: str,
         *,
         device: torch.device,
         backend: Backend = "auto",
@@ -130,20 +134,19 @@ class Stylizer:
             backend = "onnx" if device.type == "cpu" and _has_onnxruntime() else "torch"
         self.backend = backend
         self.device = device
-        self.styles = styles
-        self.errors = dict(errors)
-        self.runners: dict[str, _Runner] = {}
-        for name, loaded in list(styles.items()):
+        self.network = network
+        self.error = error
+        self.runner: _Runner | None = None
+        if network is not None:
             try:
-                self.runners[name] = (
-                    OnnxRunner(loaded.model, threads)
+                self.runner = (
+                    OnnxRunner(network.model, threads)
                     if backend == "onnx"
-                    else TorchRunner(loaded.model, device)
+                    else TorchRunner(network.model, device)
                 )
-            except Exception as exc:  # e.g. an export failure: drop this style, keep the others
-                log.exception("style %s could not be prepared for %s", name, backend)
-                self.errors[name] = f"{backend} backend: {exc}"
-                del self.styles[name]
+            except Exception as exc:  # e.g. an export failure: report it, keep the app up
+                log.exception("the style network could not be prepared for %s", backend)
+                self.error = f"{backend} backend: {exc}"
         self.batcher: MicroBatcher[StyleJob, StyleOutput] = MicroBatcher(
             self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s, name="stylize"
         )
@@ -159,14 +162,17 @@ class Stylizer:
         max_batch: int = 8,
         max_wait_s: float = 0.002,
     ) -> Stylizer:
-        """Load every style of the manifest (checksums verified); broken ones are listed in ``errors``."""
+        """Load the manifest's network (checksum verified); a failure is kept in ``error``."""
         torch_device = resolve_device(device)
-        styles, errors = load_all(weights_dir, torch_device)
-        for name, err in errors.items():
-            log.error("style %s not loaded: %s", name, err)
+        try:
+            network: LoadedNetwork | None = load_network(weights_dir, torch_device)
+            error = ""
+        except Exception as exc:  # the app must come up without style networks
+            log.error("style network not loaded: %s", exc)
+            network, error = None, str(exc)
         stylizer = cls(
-            styles,
-            errors,
+            network,
+            error,
             device=torch_device,
             backend=backend,
             threads=threads,
@@ -177,47 +183,65 @@ class Stylizer:
         return stylizer
 
     @property
+    def available(self) -> bool:
+        return self.network is not None and self.runner is not None
+
+    @property
     def names(self) -> list[str]:
-        return sorted(self.styles)
+        return self.network.names if self.network is not None else []
 
     @property
     def stats(self) -> BatchStats:
         return self.batcher.stats
 
     def entry(self, name: str) -> StyleEntry:
-        return self.styles[name].entry
+        assert self.network is not None
+        return self.network.manifest.entry(name)
 
-    def model_id(self, name: str) -> str:
+    @property
+    def model_id(self) -> str:
         """``<arch>/<sha256 prefix>``: which exact weights produced an image."""
-        entry = self.entry(name)
-        return f"{entry.arch}/{entry.version}"
+        assert self.network is not None
+        net = self.network.manifest.network
+        return f"{net.arch}/{net.version}"
+
+    def public_styles(self) -> list[dict[str, Any]]:
+        if self.network is None:
+            return []
+        version = self.network.manifest.network.version
+        return [entry.public(version) for entry in self.network.manifest.styles]
+
+    def style_weights(self, names: Sequence[str], weights: Sequence[float] | None = None) -> Tensor:
+        assert self.network is not None
+        return self.network.style_weights(names, weights)
 
     def ready(self) -> dict[str, Any]:
         check: dict[str, Any] = {
-            "ok": bool(self.styles),
+            "ok": self.available,
             "styles": self.names,
             "device": str(self.device),
             "backend": self.backend,
         }
-        if self.errors:
-            check["errors"] = self.errors
-        if not self.styles:
-            check["error"] = "no style network is loaded"
+        if self.error:
+            check["error"] = self.error
         return check
 
     def warm_up(self) -> None:
-        """One small forward per network so the first request does not pay for lazy initialisation."""
-        for name in self.runners:
-            self.run_sync(name, torch.rand(1, 3, 64, 64))
+        """One small forward so the first request does not pay for lazy initialisation."""
+        if self.available:
+            self.run_sync(torch.rand(1, 3, 64, 64), self.style_weights(self.names[:1]))
 
-    def run_sync(self, name: str, x: Tensor) -> Tensor:
+    def run_sync(self, x: Tensor, style: Tensor) -> Tensor:
         """Stylized N×3×H×W, bypassing the batcher (warm-up, benchmarks, evaluation)."""
-        return self.runners[name](x)
+        assert self.runner is not None
+        return self.runner(x, style.expand(x.shape[0], -1))
 
-    def _run_batch(self, key: tuple[str, int, int], items: Sequence[StyleJob]) -> list[StyleOutput]:
-        """Runs in the batcher thread: one forward pass for all same-style, same-size images."""
+    def _run_batch(self, key: tuple[int, int], items: Sequence[StyleJob]) -> list[StyleOutput]:
+        """Runs in the batcher thread: one forward pass for all same-size images, whatever their style."""
+        assert self.runner is not None
         start = time.perf_counter()
-        out = self.runners[key[0]](torch.cat([item.pixels for item in items]))
+        pixels = torch.cat([item.pixels for item in items])
+        out = self.runner(pixels, torch.cat([item.style for item in items]))
         infer_ms = elapsed_ms(start)
         return [
             StyleOutput(out[i : i + 1], infer_ms, round((start - item.submitted) * 1000, 2), len(items))
@@ -226,7 +250,7 @@ class Stylizer:
 
     async def stylize(
         self,
-        name: str,
+        style: Tensor,
         image: Image.Image,
         *,
         size: int | None,
@@ -245,8 +269,8 @@ class Stylizer:
 
         photo, pixels = await run_in_threadpool(prepare)
         prep_ms = elapsed_ms(t0)
-        key = (name, pixels.shape[2], pixels.shape[3])
-        result = await self.batcher.submit(StyleJob(pixels, time.perf_counter()), key=key)
+        key = (pixels.shape[2], pixels.shape[3])
+        result = await self.batcher.submit(StyleJob(pixels, style, time.perf_counter()), key=key)
 
         def finish() -> bytes:
             out = result.pixels
