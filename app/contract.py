@@ -35,11 +35,14 @@ from app.settings import Settings
 PROBLEM_REF = "#/components/schemas/Problem"
 BEARER_SCHEME = bearer_scheme.scheme_name
 
+# Marks operations that take file uploads, so contract tests can select them (tests/schemathesis.toml).
+UPLOADS_EXTENSION = "x-atelier-file-uploads"
 NOT_IMAGES_NOTE = (
-    "A generated file part is an arbitrary byte string, not an image: the API answers 415 "
-    "(not an image we accept) or 422 (empty or corrupt), as documented. So schema-valid data "
-    "is not necessarily accepted here: the schema cannot say 'a decodable PNG, JPEG, WebP, GIF, "
-    "BMP or TIFF'."
+    "Each file part must be a real, decodable image (or video, where one is asked for). OpenAPI "
+    "can only say 'binary', so data that is valid by this schema may still be refused: an "
+    "arbitrary byte string gets 415 (not a format we accept) or 422 (empty or corrupt), as "
+    "documented below. Generated-data testing of this operation therefore checks everything but "
+    "acceptance of schema-valid data."
 )
 
 
@@ -129,7 +132,7 @@ def _settings_bounds(settings: Settings) -> dict[tuple[str, str], dict[str, Any]
 
 
 def _not_null(prop: dict[str, Any]) -> dict[str, Any]:
-    """``anyOf: [X, null]`` -> X: a multipart field is present or absent, never null."""
+    """``anyOf: [X, null]`` -> X: a form field or query parameter is present or absent, never null."""
     options = prop.get("anyOf")
     if not options:
         return prop
@@ -211,11 +214,15 @@ def _finish(doc: dict[str, Any], app: FastAPI) -> None:
             responses = operation.setdefault("responses", {})
             form = _form_schema(doc, operation)
             if form is not None and _fix_form(form, path, bounds):
-                for status in (413, 415, 422):
+                operation[UPLOADS_EXTENSION] = True
+                for status in (400, 413, 415, 422):
                     responses.setdefault(str(status), problem_doc(status))
                 operation["description"] = (operation.get("description") or "").rstrip() + (
                     f"\n\n**Testing note.** {NOT_IMAGES_NOTE}"
                 )
+            for parameter in operation.get("parameters", []):  # a query string has no null either
+                if "schema" in parameter:
+                    parameter["schema"] = _not_null(parameter["schema"])
             if not keys_on:
                 operation.pop("security", None)
             elif any(BEARER_SCHEME in requirement for requirement in operation.get("security", [])):

@@ -131,8 +131,10 @@ def test_unknown_and_malformed_job_ids(client):
     assert missing.json()["field"] == "job_id"
     assert client.get(f"/jobs/{uuid.uuid4()}/result").status_code == 404
     assert client.delete(f"/jobs/{uuid.uuid4()}").status_code == 404
-    malformed = client.get("/jobs/not-a-uuid")
-    assert malformed.status_code == 422 and malformed.json()["field"] == "job_id"
+    malformed = client.get("/jobs/not-a-uuid")  # ids are UUIDs: any other names no resource
+    assert malformed.status_code == 404 and malformed.headers["content-type"] == PROBLEM
+    not_allowed = client.get("/jobs/optimize")  # that path exists, for POST only
+    assert not_allowed.status_code == 405 and not_allowed.headers["allow"] == "POST"
 
 
 @pytest.mark.parametrize(
