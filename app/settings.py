@@ -110,13 +110,20 @@ class Settings(BaseSettings):
     classify_backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="auto: ONNX Runtime int8 on the CPU (2x torch's speed, -0.2 pt), torch on a GPU."
     )
+    classify_tta: bool = Field(
+        False,
+        description="Mirror test-time augmentation: each image is scored with its mirror image and the "
+        "logits averaged (+0.7 pt top-1 for twice the model time per image).",
+    )
 
     # --- Fast style transfer -------------------------------------------------------------------
     stylize_max_size: int = Field(1024, gt=0, description="Largest longest side /stylize produces.")
     stylize_max_batch: int = Field(8, gt=0, description="Largest batch of same-style, same-size images.")
     stylize_batch_wait_ms: float = Field(2.0, ge=0, description="How long to wait to fill a batch.")
     stylize_style_cache_size: int = Field(
-        1024, ge=0, description="Style vectors of `style_image` paintings kept, by content hash (LRU); 0: none."
+        1024,
+        ge=0,
+        description="Style vectors of `style_image` paintings kept, by content hash (LRU); 0: none.",
     )
     arbitrary_model_dir: Path | None = Field(
         None,

@@ -180,8 +180,56 @@ def alternating_flip(x: Tensor, mask: Tensor, epoch: int) -> Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
+def cutout(x: Tensor, size: int, fill: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Paint one random ``size``x``size`` square per image with ``fill`` (per channel), fully inside it.
+
+    Cutout (DeVries & Taylor 2017) as airbench96 does it: corners uniform over the valid positions,
+    filled with zeros of the *normalized* input, i.e. the mean colour, which is what ``fill`` is here
+    (``x`` is uint8 or float NCHW, not yet normalized).
+    """
+    if size <= 0:
+        return x
+    n, _, h, w = x.shape
+    top = torch.randint(0, h - size + 1, (n,), generator=generator, device="cpu").to(x.device)
+    left = torch.randint(0, w - size + 1, (n,), generator=generator, device="cpu").to(x.device)
+    rows = torch.arange(h, device=x.device)[None, :] - top[:, None]
+    cols = torch.arange(w, device=x.device)[None, :] - left[:, None]
+    inside = ((rows >= 0) & (rows < size))[:, :, None] & ((cols >= 0) & (cols < size))[:, None, :]
+    return torch.where(inside[:, None], fill.to(x.device, x.dtype).view(1, -1, 1, 1), x)
+
+
+MEAN_PIXEL = torch.tensor([round(m * 255) for m in MEAN], dtype=torch.uint8)
+
+
 def augment_epoch(
-    images: Tensor, mask: Tensor, epoch: int, translate: int, generator: torch.Generator | None = None
+    images: Tensor,
+    mask: Tensor,
+    epoch: int,
+    translate: int,
+    generator: torch.Generator | None = None,
+    cutout_size: int = 0,
 ) -> Tensor:
-    """One epoch's view of the training set: alternating flip, then a random translate."""
-    return random_translate(alternating_flip(images, mask, epoch), translate, generator)
+    """One epoch's view of the training set: alternating flip, a random translate, then cutout."""
+    x = random_translate(alternating_flip(images, mask, epoch), translate, generator)
+    return cutout(x, cutout_size, MEAN_PIXEL, generator)
+
+
+def holdout_indices(labels: np.ndarray, count: int) -> np.ndarray:
+    """The held-out slice: the last ``count / 10`` training images of each class, in file order.
+
+    Deterministic and class-balanced, so every run that holds out ``count`` images holds out the same
+    ones, and a model trained without them can be calibrated on them honestly.
+    """
+    classes = len(CLASSES)
+    if count % classes:
+        raise ValueError(f"the held-out slice must be a multiple of {classes} images, got {count}")
+    per_class = count // classes
+    if per_class == 0:
+        return np.empty(0, dtype=np.int64)
+    picked = []
+    for c in range(classes):
+        of_class = np.flatnonzero(labels == c)
+        if len(of_class) < per_class:
+            raise ValueError(f"class {c} has {len(of_class)} images, cannot hold out {per_class}")
+        picked.append(of_class[-per_class:])
+    return np.sort(np.concatenate(picked))

@@ -28,6 +28,7 @@ from models.cifar import CLASSES, MEAN, STD
 
 INPUT_SIZE = 32
 DEFAULT_WIDTHS: tuple[int, int, int] = (64, 256, 256)
+DEFAULT_DEPTHS: tuple[int, int, int] = (2, 2, 2)  # convs per group; 3 = airbench96's residual group
 WHITEN_KERNEL = 2
 WHITEN_WIDTH = 2 * 3 * WHITEN_KERNEL**2  # eigenvectors and their negatives: GELU keeps both signs
 LOGIT_SCALE = 1 / 9
@@ -61,36 +62,59 @@ class Conv(nn.Conv2d):
 
 
 class ConvGroup(nn.Module):
-    """conv -> maxpool 2 -> BN -> GELU -> conv -> BN -> GELU; pooling early keeps the compute low."""
+    """conv -> maxpool 2 -> BN -> GELU -> conv -> BN -> GELU; pooling early keeps the compute low.
 
-    def __init__(self, channels_in: int, channels_out: int, bn_momentum: float = 0.6) -> None:
+    With ``depth=3`` (airbench96) a third conv follows, and the last two convs form a residual branch:
+    ``x1 = GELU(BN(pool(conv1 x)))``, output ``GELU(x1 + BN(conv3 GELU(BN(conv2 x1))))``.
+    """
+
+    def __init__(self, channels_in: int, channels_out: int, bn_momentum: float = 0.6, depth: int = 2) -> None:
         super().__init__()
+        if depth not in (2, 3):
+            raise ValueError(f"a conv group has 2 or 3 convs, got {depth}")
+        self.depth = depth
         self.conv1 = Conv(channels_in, channels_out)
         self.pool = nn.MaxPool2d(2)
         self.norm1 = BatchNorm(channels_out, bn_momentum)
         self.conv2 = Conv(channels_out, channels_out)
         self.norm2 = BatchNorm(channels_out, bn_momentum)
+        if depth == 3:
+            self.conv3 = Conv(channels_out, channels_out)
+            self.norm3 = BatchNorm(channels_out, bn_momentum)
         self.activ = nn.GELU()
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.activ(self.norm1(self.pool(self.conv1(x))))
-        return self.activ(self.norm2(self.conv2(x)))
+        if self.depth == 2:
+            return self.activ(self.norm2(self.conv2(x)))
+        branch = self.activ(self.norm2(self.conv2(x)))
+        return self.activ(x + self.norm3(self.conv3(branch)))
 
 
 class CifarNet(nn.Module):
     """Whitening stem + 3 conv groups + global max-pool + linear head, on normalized 32x32 RGB."""
 
-    def __init__(self, widths: Sequence[int] = DEFAULT_WIDTHS, num_classes: int = len(CLASSES)) -> None:
+    def __init__(
+        self,
+        widths: Sequence[int] = DEFAULT_WIDTHS,
+        num_classes: int = len(CLASSES),
+        depths: Sequence[int] = DEFAULT_DEPTHS,
+        bn_momentum: float = 0.6,
+    ) -> None:
         super().__init__()
         if len(widths) != 3 or min(widths) < 1:
             raise ValueError(f"widths must be three positive ints, got {tuple(widths)}")
+        if len(depths) != 3:
+            raise ValueError(f"depths must be three ints (2 or 3), got {tuple(depths)}")
         self.widths = tuple(int(w) for w in widths)
+        self.depths = tuple(int(d) for d in depths)
         self.whiten = nn.Conv2d(3, WHITEN_WIDTH, kernel_size=WHITEN_KERNEL, padding=0, bias=True)
         self.whiten.weight.requires_grad = False
         self.act = nn.GELU()
-        self.group1 = ConvGroup(WHITEN_WIDTH, self.widths[0])
-        self.group2 = ConvGroup(self.widths[0], self.widths[1])
-        self.group3 = ConvGroup(self.widths[1], self.widths[2])
+        ins = (WHITEN_WIDTH, *self.widths[:2])
+        self.group1, self.group2, self.group3 = (
+            ConvGroup(i, o, bn_momentum, d) for i, o, d in zip(ins, self.widths, self.depths, strict=True)
+        )
         self.head = nn.Linear(self.widths[2], num_classes, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -142,7 +166,9 @@ def fold_batchnorm(model: CifarNet) -> CifarNet:
     """
     model.eval()
     for group in (model.group1, model.group2, model.group3):
-        for conv_name, norm_name in (("conv1", "norm1"), ("conv2", "norm2")):
+        for conv_name, norm_name in (("conv1", "norm1"), ("conv2", "norm2"), ("conv3", "norm3")):
+            if not hasattr(group, conv_name):
+                continue
             conv, norm = getattr(group, conv_name), getattr(group, norm_name)
             if not isinstance(norm, nn.BatchNorm2d):
                 continue
@@ -211,6 +237,7 @@ def save_classifier(model: CifarNet, path: Path, metadata: dict[str, Any], half:
     meta = {
         "format": "atelier-cifar-classifier/1",
         "widths": json.dumps(list(model.widths)),
+        "depths": json.dumps(list(model.depths)),
         "classes": json.dumps(list(CLASSES)),
         "mean": json.dumps(list(MEAN)),
         "std": json.dumps(list(STD)),
@@ -243,7 +270,7 @@ def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tup
         raise ValueError(f"{path} is not an Atelier CIFAR classifier (format={metadata.get('format')!r})")
     if tuple(metadata.get("classes", ())) != CLASSES:
         raise ValueError(f"{path} was trained for classes {metadata.get('classes')}, expected {CLASSES}")
-    model = CifarNet(metadata["widths"])
+    model = CifarNet(metadata["widths"], depths=metadata.get("depths", DEFAULT_DEPTHS))
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]

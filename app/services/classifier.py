@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.batching import BatchStats, MicroBatcher
 from app.services.runtime import resolve_device
+from models.calibration import read_calibration
 from models.classifier import fold_batchnorm, load_classifier, normalize_pixels, to_pixels
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ WEIGHTS_FILE = "classifier.safetensors"
 ONNX_FILES = (("classifier.int8.onnx", "onnx-int8"), ("classifier.onnx", "onnx"))
 # Mirror TTA (averaging each image with its mirror) buys +0.7 pt test accuracy for 2x the model
 # cost, and the model is the largest CPU cost per request: measured on 2 cores it roughly halves
-# c=32 throughput (bench/results). So the service runs without it unless constructed with tta_flip=True.
+# c=32 throughput (bench/results). So it is off unless ATELIER_CLASSIFY_TTA turns it on.
 DEFAULT_TTA_FLIP = False
 INLINE_PREPROCESS_PIXELS = 64 * 64
 # An ONNX model is served only if its logits stay this close to the float model's on probe images
@@ -113,9 +114,15 @@ class ClassifierService:
         max_batch: int,
         max_wait_s: float,
         tta_flip: bool = DEFAULT_TTA_FLIP,
+        temperature: float = 1.0,
+        calibration: str = "none",
     ) -> None:
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
         self._runner = runner
         self.tta_flip = tta_flip
+        self.temperature = temperature  # logits / T before the softmax: calibrated probabilities
+        self.calibration = calibration
         self.classes = tuple(classes)
         self.name = MODEL_NAME
         self.version = version
@@ -142,7 +149,7 @@ class ClassifierService:
             logits = 0.5 * (both[:n] + both[n:])
         else:
             logits = self._runner(x)
-        probs = _softmax(logits)
+        probs = _softmax(logits / self.temperature)
         order = np.argsort(-probs, axis=1, kind="stable")
         return [Ranked(p, o) for p, o in zip(probs, order, strict=True)]
 
@@ -223,8 +230,13 @@ def load_service(
     threads: int = 0,
     max_batch: int = 64,
     max_wait_s: float = 0.0,
+    tta_flip: bool = DEFAULT_TTA_FLIP,
 ) -> ClassifierService:
-    """Load the committed classifier; raises FileNotFoundError/ValueError with a reason if it cannot."""
+    """Load the committed classifier; raises FileNotFoundError/ValueError with a reason if it cannot.
+
+    The temperature comes from ``calibration.json`` beside the weights (fitted for this version and
+    this TTA mode); it is applied to the logits of whichever backend runs, torch or ONNX.
+    """
     weights = weights_dir / WEIGHTS_FILE
     if not weights.exists():
         raise FileNotFoundError(f"classifier weights not found at {weights}")
@@ -246,14 +258,19 @@ def load_service(
         runner = _TorchRunner(fold_batchnorm(model), torch_device)
         dev = str(torch_device)
         backend_label = "torch"
+    version = str(metadata.get("version", "unknown"))
+    calibration = read_calibration(weights_dir, version)
     service = ClassifierService(
         runner,
         metadata["classes"],
-        version=str(metadata.get("version", "unknown")),
+        version=version,
         backend=backend_label,
         device=dev,
         max_batch=max_batch,
         max_wait_s=max_wait_s,
+        tta_flip=tta_flip,
+        temperature=calibration.for_tta(tta_flip),
+        calibration=calibration.source,
     )
     service.run_sync(np.zeros((1, 32, 32, 3), dtype=np.uint8))  # warm-up: first call allocates
     return service

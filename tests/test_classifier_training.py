@@ -1,0 +1,215 @@
+"""models.train_classifier on tiny synthetic runs: exact resume, loud stops, the recipe's pieces."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models import cifar
+from models.classifier import CifarNet, fold_batchnorm, load_classifier, save_classifier
+from models.precision import bf16_runnable
+from models.train_classifier import Recipe, StepInfo, Training, TrainingError, lr_factor
+
+CPU = torch.device("cpu")
+bf16_params = [False, pytest.param(True, marks=pytest.mark.skipif(not bf16_runnable(CPU), reason="no bf16"))]
+
+# 8 steps per epoch, 4 epochs: the lookahead EMA starts in epoch 2 (airbench94-style) or at step 0.
+TINY94 = Recipe(
+    width=(8, 16, 16),
+    epochs=3.5,
+    lr=11.5,
+    batch_size=32,
+    whiten_bias_epochs=2,
+    lookahead_start_epoch=1,
+)
+TINY96 = dataclasses.replace(
+    TINY94,
+    depth=(2, 3, 3),
+    translate=4,
+    cutout=8,
+    bn_momentum=0.9,
+    lookahead_start_epoch=0,
+    lookahead_epoch_reset=False,
+    warmup=0.1,
+    final_lr=0.0,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops on a loaded 2-core box: a second OpenMP thread makes them ~20x slower, not faster."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_data(n: int = 272, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Learnable synthetic images: class = which colour channel is brightest, plus noise."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 3, (n,), generator=gen)
+    images = torch.randint(0, 120, (n, 3, 32, 32), generator=gen, dtype=torch.uint8)
+    images[torch.arange(n), labels] += 100
+    return images, labels
+
+
+def run_steps(training: Training, **kwargs) -> tuple[bool, list[StepInfo]]:
+    steps: list[StepInfo] = []
+    finished = training.run(on_step=steps.append, log=lambda _line: None, **kwargs)
+    return finished, steps
+
+
+@pytest.mark.parametrize("recipe", [TINY94, TINY96], ids=["airbench94-style", "airbench96-style"])
+@pytest.mark.parametrize("amp", bf16_params, ids=lambda a: "bf16" if a else "fp32")
+def test_stop_and_resume_replays_the_uninterrupted_run_exactly(
+    tmp_path: Path, recipe: Recipe, amp: bool
+) -> None:
+    x, y = tiny_data()
+    straight = Training(recipe, x, y, CPU, amp, seed=3)
+    assert straight.steps_per_epoch == 8 and straight.total_steps == 28
+    finished, expected = run_steps(straight)
+    assert finished and [s.step for s in expected] == list(range(1, 29))
+
+    ckpt = tmp_path / "ckpt.safetensors"
+    first = Training(recipe, x, y, CPU, amp, seed=3)
+    finished, head = run_steps(first, checkpoint=ckpt, stop_after_steps=11)
+    assert not finished and ckpt.exists()
+    # stops at a step where the weights equal the lookahead EMA: mid-epoch 2 for both styles here
+    assert head[-1].step == first.step and 11 <= first.step <= 15 and first.epoch_step not in (0, 8)
+
+    resumed = Training(recipe, x, y, CPU, amp, seed=3)
+    resumed.load_checkpoint(ckpt)
+    finished, tail = run_steps(resumed, checkpoint=ckpt)
+    assert finished
+    assert [(s.step, s.loss, s.lr_factor) for s in head + tail] == [
+        (s.step, s.loss, s.lr_factor) for s in expected
+    ]
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in straight.history]
+
+
+def test_checkpoint_after_each_epoch_is_small_and_resumes_at_the_epoch_start(tmp_path: Path) -> None:
+    x, y = tiny_data()
+    ckpt = tmp_path / "ckpt.safetensors"
+    training = Training(TINY94, x, y, CPU, False, seed=1)
+    finished, _ = run_steps(training, checkpoint=ckpt, stop_after_steps=16)
+    assert not finished and training.step == 16 and training.epoch == 2 and training.epoch_step == 0
+    params = sum(p.numel() for p in training.model.parameters())
+    # fp32 weights + fp32 momentum (+ BN statistics, RNG, flip mask): no second copy for the EMA
+    assert ckpt.stat().st_size < 2 * params * 4 + 16_000  # three copies would be 3 * params * 4
+    again = Training(TINY94, x, y, CPU, False, seed=1)
+    again.load_checkpoint(ckpt)
+    assert again.step == 16 and again.lookahead is not None and again.lookahead.matches(again.model)
+
+
+def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path: Path) -> None:
+    x, y = tiny_data()
+    ckpt = tmp_path / "ckpt.safetensors"
+    run_steps(Training(TINY94, x, y, CPU, False, seed=1), checkpoint=ckpt, stop_after_steps=3)
+    other = Training(dataclasses.replace(TINY94, lr=5.0), x, y, CPU, False, seed=1)
+    with pytest.raises(ValueError, match=r"different run.*recipe"):
+        other.load_checkpoint(ckpt)
+    with pytest.raises(ValueError, match="seed"):
+        Training(TINY94, x, y, CPU, False, seed=2).load_checkpoint(ckpt)
+
+
+def test_non_finite_loss_stops_before_the_optimizer_step_and_writes_nothing(tmp_path: Path) -> None:
+    x, y = tiny_data()
+    training = Training(TINY94, x, y, CPU, False, seed=0)
+    with torch.no_grad():
+        training.model.head.weight[0, 0] = float("nan")
+    before = {k: v.clone() for k, v in training.model.state_dict().items()}
+    ckpt = tmp_path / "ckpt.safetensors"
+    with pytest.raises(TrainingError, match=r"step 1 .*loss nan"):
+        training.run(checkpoint=ckpt, log=lambda _line: None)
+    assert not ckpt.exists() and training.step == 0
+    conv = "group1.conv1.weight"
+    assert torch.equal(training.model.state_dict()[conv], before[conv])
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_is_caught_and_named() -> None:
+    x, y = tiny_data()
+    training = Training(TINY94, x, y, CPU, False, seed=0)
+    training.model.group2.conv1.weight.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(TrainingError, match=r"non-finite gradients in \['group2.conv1.weight'\]"):
+        training.run(log=lambda _line: None)
+
+
+@pytest.mark.skipif(not bf16_runnable(CPU), reason="bf16 convolutions do not run on this CPU")
+def test_bf16_forward_that_disagrees_with_fp32_stops_the_run() -> None:
+    class GarbageUnderAutocast(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = self.inner(x)
+            return out * 7 + 3 if torch.is_autocast_enabled("cpu") else out
+
+    x, y = tiny_data()
+    training = Training(TINY94, x, y, CPU, True, seed=0)
+    training._check_bf16(cifar.normalize(x[:8]))  # the real bf16 kernels agree with fp32
+    training.model.head = GarbageUnderAutocast(training.model.head)
+    with pytest.raises(TrainingError, match="bf16 logits differ from fp32"):
+        training.run(log=lambda _line: None)
+
+
+def test_lr_schedules_match_airbench() -> None:
+    total = 476  # airbench94: 48 steps x 9.9 epochs
+    assert lr_factor(0, total) == pytest.approx(0.2)
+    assert lr_factor(int(total * 0.23), total) == pytest.approx(1.0)
+    assert lr_factor(total, total) == pytest.approx(0.07)
+    assert lr_factor(total, total, warmup=0.1, final=0.0) == pytest.approx(0.0)  # airbench96
+    assert lr_factor(300, total, warmup=0.1, final=0.0) == pytest.approx((total - 300) / (total - 47))
+
+
+def test_cutout_paints_one_square_of_the_fill_per_image() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.full((16, 3, 32, 32), 7, dtype=torch.uint8)
+    fill = torch.tensor([1, 2, 3], dtype=torch.uint8)
+    out = cifar.cutout(x, 12, fill, gen)
+    for img in out:
+        painted = (img == fill.view(3, 1, 1)).all(0)
+        rows, cols = painted.any(1).nonzero(), painted.any(0).nonzero()
+        assert painted.sum() == 144 and len(rows) == 12 and len(cols) == 12
+        assert (img[:, ~painted] == 7).all()
+    assert torch.equal(cifar.cutout(x, 0, fill, gen), x)
+
+
+def test_holdout_is_the_last_images_of_each_class_and_balanced() -> None:
+    labels = np.repeat(np.arange(10), 30)[np.random.default_rng(0).permutation(300)]
+    held = cifar.holdout_indices(labels, 50)
+    assert len(held) == 50 and np.bincount(labels[held], minlength=10).tolist() == [5] * 10
+    for c in range(10):
+        of_class = np.flatnonzero(labels == c)
+        assert set(held[labels[held] == c]) == set(of_class[-5:])
+    assert len(cifar.holdout_indices(labels, 0)) == 0
+    with pytest.raises(ValueError, match="multiple of 10"):
+        cifar.holdout_indices(labels, 25)
+
+
+def test_depth3_groups_fold_save_and_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = CifarNet((8, 16, 16), depths=(3, 2, 3)).eval()
+    assert hasattr(net.group1, "conv3") and not hasattr(net.group2, "conv3")
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.2, 0.2)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = net(x)
+        path = tmp_path / "d.safetensors"
+        save_classifier(net, path, {"version": "d3"}, half=False)
+        loaded, meta = load_classifier(path)
+        assert meta["depths"] == [3, 2, 3] and torch.allclose(loaded(x), reference, atol=1e-5)
+        folded = fold_batchnorm(loaded)
+        assert torch.allclose(folded(x), reference, atol=1e-4)
