@@ -106,7 +106,7 @@ def bare_forwards(fast: torch.nn.Module, reference: torch.nn.Module, repeats: in
                 if bf16_runnable(torch.device("cpu")):  # AVX2-only CPUs refuse bf16 convolutions
                     with torch.autocast("cpu", dtype=torch.bfloat16):
                         row["torch_bf16"] = median_ms(lambda m=model, x=x: m(x), n)
-            style = model.style_weights(None, 1, torch.device("cpu"))
+            style = model.style_code(None).detach()
             row["onnx_fp32"] = median_ms(lambda r=backends["onnx_fp32"], x=x, w=style: r(x, w), n)
             out[f"{arch}@{size}"] = row
             print(arch, size, {k: v["median_ms"] for k, v in row.items()}, flush=True)

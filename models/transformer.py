@@ -77,8 +77,25 @@ class ConvLayer(nn.Sequential):
         )
 
 
-class ConditionalInstanceNorm2d(nn.Module):
-    """Instance norm whose scale and shift are ``style @ weight`` and ``style @ bias`` (S rows each).
+class _Coded(nn.Module):
+    """A module whose per-style parameters are one slice of the network's style code (see below)."""
+
+    offset = 0  # start of this module's slice in the code; set by TransformerNet
+
+    def code_rows(self) -> Tensor:
+        """S×width: this module's slice of every style's code."""
+        return torch.cat([self.weight.flatten(1), self.bias], dim=1)
+
+    @property
+    def code_width(self) -> int:
+        return self.weight[0].numel() + self.bias.shape[1]
+
+    def _slice(self, code: Tensor, start: int, width: int) -> Tensor:
+        return code[:, self.offset + start : self.offset + start + width]
+
+
+class ConditionalInstanceNorm2d(_Coded):
+    """Instance norm with a scale and a shift per style (S rows of ``weight`` and ``bias``).
 
     Parameters are named ``weight``/``bias`` like ``nn.InstanceNorm2d(affine=True)``'s, with a leading
     style dimension, so a single-style file of the affine network loads after an ``unsqueeze(0)``.
@@ -89,13 +106,14 @@ class ConditionalInstanceNorm2d(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_styles, channels))
         self.bias = nn.Parameter(torch.zeros(num_styles, channels))
 
-    def forward(self, x: Tensor, style: Tensor) -> Tensor:
-        scale = (style @ self.weight.to(style.dtype)).to(x.dtype)[:, :, None, None]
-        shift = (style @ self.bias.to(style.dtype)).to(x.dtype)[:, :, None, None]
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        c = self.weight.shape[1]
+        scale = self._slice(code, 0, c).to(x.dtype)[:, :, None, None]
+        shift = self._slice(code, c, c).to(x.dtype)[:, :, None, None]
         return F.instance_norm(x, eps=1e-5) * scale + shift
 
 
-class ColorSkip(nn.Module):
+class ColorSkip(_Coded):
     """``out = M·x + b`` per pixel, with ``M`` (3×3) and ``b`` mixed from per-style rows like the norms.
 
     Instance norm removes each image's per-channel mean and contrast at every layer, so a pure IN
@@ -111,10 +129,9 @@ class ColorSkip(nn.Module):
         self.weight = nn.Parameter(torch.eye(3).repeat(num_styles, 1, 1))
         self.bias = nn.Parameter(torch.zeros(num_styles, 3))
 
-    def forward(self, x: Tensor, style: Tensor) -> Tensor:
-        b = x.shape[0]
-        matrix = (style @ self.weight.flatten(1)).view(b, 3, 3).to(x.dtype)
-        shift = (style @ self.bias).to(x.dtype)[:, :, None, None]
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        matrix = self._slice(code, 0, 9).reshape(x.shape[0], 3, 3).to(x.dtype)
+        shift = self._slice(code, 9, 3).to(x.dtype)[:, :, None, None]
         return torch.bmm(matrix, x.flatten(2)).view_as(x) + shift
 
 
@@ -124,8 +141,8 @@ class ConvNormReLU(nn.Module):
         self.conv = ConvLayer(c_in, c_out, kernel, stride)
         self.norm = ConditionalInstanceNorm2d(c_out, num_styles)
 
-    def forward(self, x: Tensor, style: Tensor) -> Tensor:
-        return F.relu(self.norm(self.conv(x), style))
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        return F.relu(self.norm(self.conv(x), code))
 
 
 class SeparableConv(nn.Sequential):
@@ -149,9 +166,9 @@ class ResidualBlock(nn.Module):
         self.conv2 = conv()
         self.norm2 = ConditionalInstanceNorm2d(channels, num_styles)
 
-    def forward(self, x: Tensor, style: Tensor) -> Tensor:
-        h = F.relu(self.norm1(self.conv1(x), style))
-        return x + self.norm2(self.conv2(h), style)
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        h = F.relu(self.norm1(self.conv1(x), code))
+        return x + self.norm2(self.conv2(h), code)
 
 
 class UpsampleConv(nn.Module):
@@ -161,12 +178,18 @@ class UpsampleConv(nn.Module):
         super().__init__()
         self.conv = ConvNormReLU(c_in, c_out, 3, num_styles)
 
-    def forward(self, x: Tensor, style: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"), style)
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"), code)
 
 
 class TransformerNet(nn.Module):
-    """Feed-forward stylization network: encoder (÷4), residual blocks, decoder (×4)."""
+    """Feed-forward stylization network: encoder (÷4), residual blocks, decoder (×4).
+
+    Everything style-specific (the norms' scales and shifts, the colour skip) is read from one
+    *style code* per image, a B×P matrix: ``style_code(weights)`` mixes the trained styles' rows, and
+    ``forward_code`` runs on any code, so a style learned later (only its code fine-tuned, the
+    convolutions frozen) runs exactly like a built-in one.
+    """
 
     def __init__(self, config: TransformerConfig | None = None) -> None:
         super().__init__()
@@ -190,15 +213,36 @@ class TransformerNet(nn.Module):
             with torch.no_grad():
                 self.head[1].weight.mul_(0.1)
                 self.head[1].bias.zero_()
+        self.coded: list[_Coded] = [m for m in self.modules() if isinstance(m, _Coded)]
+        offset = 0
+        for module in self.coded:
+            module.offset = offset
+            offset += module.code_width
+        self.code_size = offset
+
+    def style_table(self) -> Tensor:
+        """S×P: every trained style's code."""
+        return torch.cat([m.code_rows() for m in self.coded], dim=1)
+
+    def style_code(self, style: Tensor | None, batch: int = 1) -> Tensor:
+        """B×P codes for B×S style weights (a convex mix of styles mixes their codes)."""
+        device = self.head[1].weight.device
+        return self.style_weights(style, batch, device) @ self.style_table()
 
     def forward(self, x: Tensor, style: Tensor | None = None) -> Tensor:
         """``style``: B×S (or 1×S, broadcast) non-negative weights; None means style 0."""
-        style = self.style_weights(style, x.shape[0], x.device)
+        return self.forward_code(x, self.style_code(style, x.shape[0]))
+
+    def forward_code(self, x: Tensor, code: Tensor) -> Tensor:
+        """Stylize with explicit B×P style codes."""
+        if code.dim() != 2 or code.shape[1] != self.code_size:
+            raise ValueError(f"style codes must be B×{self.code_size}, got {tuple(code.shape)}")
+        code = code.float().expand(x.shape[0], -1) if code.shape[0] == 1 else code.float()
         h = x
         for layer in (*self.encoder, *self.residuals, *self.upsample):
-            h = layer(h, style)
+            h = layer(h, code)
         out = self.head(h)
-        return out if self.skip is None else out + self.skip(x, style)
+        return out if self.skip is None else out + self.skip(x, code)
 
     def style_weights(self, style: Tensor | None, batch: int, device: torch.device) -> Tensor:
         n = self.config.num_styles
@@ -330,6 +374,17 @@ def _from_single_style_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+class _CodeInput(nn.Module):
+    """The network as an (image, style code) -> image graph."""
+
+    def __init__(self, model: TransformerNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        return self.model.forward_code(x, code)
+
+
 class _FixedStyle(nn.Module):
     """The network with its style weights baked in: an image-in, image-out graph per style."""
 
@@ -347,11 +402,11 @@ def export_onnx(
 ) -> bytes:
     """ONNX bytes with dynamic batch/height/width (ONNX Runtime runs it ~25% faster than eager on CPU).
 
-    ``style_input``: the graph takes a second input ``style`` (B×S mixing weights), so one session
-    serves every style, blends, and batches that mix styles. Otherwise ``style`` (1×S, default style 0)
-    is baked in as a constant. Uses the TorchScript-based exporter: no extra packages, and it handles
-    this plain conv net. Export happens at load time from the verified safetensors, so no second
-    weights file can drift.
+    ``style_input``: the graph takes a second input ``style_code`` (B×P, see
+    :meth:`TransformerNet.style_code`), so one session serves every style, every blend, styles learned
+    later, and batches that mix them. Otherwise ``style`` (1×S weights, default style 0) is baked in.
+    Uses the TorchScript-based exporter: no extra packages, and it handles this plain conv net.
+    Export happens at load time from the verified safetensors, so no second weights file can drift.
     """
     import io
     import warnings
@@ -363,10 +418,10 @@ def export_onnx(
     example = torch.zeros(1, 3, 64, 64, device=device)
     axes = {"image": {0: "batch", 2: "height", 3: "width"}, "stylized": {0: "batch", 2: "height", 3: "width"}}
     if style_input:
-        module: nn.Module = model
-        inputs: tuple[Tensor, ...] = (example, model.style_weights(None, 1, device))
-        names = ["image", "style"]
-        axes["style"] = {0: "batch"}
+        module: nn.Module = _CodeInput(model)
+        inputs: tuple[Tensor, ...] = (example, model.style_code(None).detach())
+        names = ["image", "style_code"]
+        axes["style_code"] = {0: "batch"}
     else:
         module, inputs, names = _FixedStyle(model, style), (example,), ["image"]
     with warnings.catch_warnings(), torch.no_grad():

@@ -167,7 +167,7 @@ class LiveSession:
             try:
                 image = await run_in_threadpool(decode_image, data, "frame", self.settings.max_image_pixels)
                 result = await self.stylizer.stylize(
-                    self.stylizer.style_weights([options.style]),
+                    self.stylizer.style_code([options.style]),
                     image,
                     size=None,
                     max_size=self.settings.live_max_side,

@@ -330,7 +330,7 @@ async def stylize(
     decode_ms = elapsed_ms(start)
     result = await model_gate(request, "stylize").run(  # 503 past the waiting line, 504 past the deadline
         stylizer.stylize(
-            stylizer.style_weights(names, weights),
+            stylizer.style_code(names, weights),
             image,
             size=size,
             max_size=max_size,

@@ -38,7 +38,7 @@ from models.imaging import (
     tensor_to_pil,
 )
 from models.styles import LoadedNetwork, StyleEntry, load_network
-from models.transformer import export_onnx, pad_to_multiple, stylize
+from models.transformer import export_onnx, pad_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,13 @@ class TorchRunner:
             x = x.to(self.device)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return stylize(self.model, x, style.to(self.device)).float().cpu()
+            padded, h, w = pad_to_multiple(x)
+            out = self.model.forward_code(padded, style.to(self.device))
+            return out[..., :h, :w].clamp(0.0, 1.0).float().cpu()
 
 
 class OnnxRunner:
-    """ONNX Runtime on CPU; the graph has dynamic batch, height and width, and a style-weights input."""
+    """ONNX Runtime on CPU; the graph has dynamic batch, height and width, and a style-code input."""
 
     def __init__(self, model: torch.nn.Module, threads: int = 0) -> None:
         import onnxruntime as ort
@@ -83,7 +85,7 @@ class OnnxRunner:
         padded, h, w = pad_to_multiple(x)
         feeds = {
             "image": np.ascontiguousarray(padded.numpy(), dtype=np.float32),
-            "style": np.ascontiguousarray(style.numpy(), dtype=np.float32),
+            "style_code": np.ascontiguousarray(style.detach().numpy(), dtype=np.float32),
         }
         out = self.session.run(None, feeds)[0]
         return torch.from_numpy(out[..., :h, :w]).clamp_(0.0, 1.0)
@@ -91,7 +93,7 @@ class OnnxRunner:
 
 @dataclass(frozen=True)
 class StyleJob:
-    """One image waiting for the network (1×3×H×W in [0, 1]) with its style weights (1×S)."""
+    """One image waiting for the network (1×3×H×W in [0, 1]) with its style code (1×P)."""
 
     pixels: Tensor
     style: Tensor
@@ -211,9 +213,11 @@ class Stylizer:
         version = self.network.manifest.network.version
         return [entry.public(version) for entry in self.network.manifest.styles]
 
-    def style_weights(self, names: Sequence[str], weights: Sequence[float] | None = None) -> Tensor:
+    def style_code(self, names: Sequence[str], weights: Sequence[float] | None = None) -> Tensor:
+        """1×P code of one trained style or a blend (see ``TransformerNet.style_code``)."""
         assert self.network is not None
-        return self.network.style_weights(names, weights)
+        with torch.no_grad():
+            return self.network.model.style_code(self.network.style_weights(names, weights)).cpu()
 
     def ready(self) -> dict[str, Any]:
         check: dict[str, Any] = {
@@ -229,7 +233,7 @@ class Stylizer:
     def warm_up(self) -> None:
         """One small forward so the first request does not pay for lazy initialisation."""
         if self.available:
-            self.run_sync(torch.rand(1, 3, 64, 64), self.style_weights(self.names[:1]))
+            self.run_sync(torch.rand(1, 3, 64, 64), self.style_code(self.names[:1]))
 
     def run_sync(self, x: Tensor, style: Tensor) -> Tensor:
         """Stylized N×3×H×W, bypassing the batcher (warm-up, benchmarks, evaluation)."""
