@@ -195,6 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(web.router)
     web.mount_static(app)
     install_contract(app)
+    video_jobs.document_limits(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app

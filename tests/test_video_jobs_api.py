@@ -186,3 +186,22 @@ def test_both_style_and_style_image_is_one_problem(client, style_name):
     resp = post_video(client, make_clip(frames=4), painting=encode(stripes(32, 32)), style=style_name)
     body = assert_problem(resp, 422, "validation-error", "style")
     assert {e["field"] for e in body["errors"]} == {"style", "style_image"}
+
+
+def test_docs_show_codec_limits_and_bounds(client):
+    doc = client.get("/openapi.json").json()
+    operation = doc["paths"]["/jobs/stylize-video"]["post"]
+    settings = client.app.state.settings
+    assert "H.264" in operation["description"]
+    for shown in (
+        f"{settings.video_max_bytes:,} bytes",
+        f"{settings.video_max_frames:,} frames",
+        "pixels per frame",
+    ):
+        assert shown in operation["description"]
+    ref = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    form = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert form["properties"]["size"]["maximum"] == settings.video_max_size
+    assert set(form["required"]) == {"file"}
+    result = doc["paths"]["/jobs/{job_id}/result"]["get"]["responses"]["200"]["content"]
+    assert {"video/mp4", "image/gif", "image/png"} <= set(result)

@@ -12,7 +12,7 @@ import uuid
 from fractions import Fraction
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFile
 from rq.job import Job
 from starlette.concurrency import run_in_threadpool
 
@@ -56,6 +56,33 @@ encoder), or a GIF (`image/gif`) for a GIF, or when `format=gif`. Frame count, f
 aspect ratio are kept; audio is copied through unchanged (re-encoded to AAC only when MP4 cannot
 carry its codec; a GIF has none).
 """
+
+
+LIMITS_HEADING = "**Limits of this server**"
+
+
+def limits_text(settings: Settings) -> str:
+    """The configured limits, as /docs shows them under the operation."""
+    return (
+        f"\n\n{LIMITS_HEADING} (`ATELIER_VIDEO_*` settings): at most {settings.video_max_bytes:,} bytes, "
+        f"{settings.video_max_seconds:g} s, {settings.video_max_frames:,} frames and "
+        f"{settings.video_max_pixels:,} pixels per frame; output longest side at most "
+        f"{settings.video_max_size} px."
+    )
+
+
+def document_limits(app: FastAPI) -> None:
+    """Append this server's limits to the operation's description in /openapi.json (and /docs)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = build()
+        operation = doc.get("paths", {}).get("/jobs/stylize-video", {}).get("post")
+        if operation is not None and LIMITS_HEADING not in operation.get("description", ""):
+            operation["description"] = operation.get("description", "") + limits_text(app.state.settings)
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def video_limits(settings: Settings) -> VideoLimits:
