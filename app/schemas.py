@@ -39,3 +39,8 @@ class JobStatus(BaseModel):
     options: dict[str, object] = Field(default_factory=dict)
     links: JobLinks
     result_url: str | None = Field(None, description="Set once the job has finished.")
+    result_info: dict[str, object] | None = Field(
+        None,
+        description="What a finished video job reports: frames, size, frames/s, codec, what happened "
+        "to each audio track, and flicker (input, raw network, output).",
+    )

@@ -143,6 +143,8 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
                 on_progress=_progress_reporter(job, redis, keys),
             )
             body = destination.read_bytes()
+        info = report.public() | {"bytes": len(body), "device": runtime.resolve_device(settings.device).type}
+        job.meta["result_info"] = info
         job.meta["progress"] = {
             "step": report.frames,
             "total_steps": report.frames,
@@ -156,7 +158,7 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
             pipe.set(keys.result(job.id), body, ex=settings.result_ttl_s)
             record_job_duration(pipe, keys, "finished", time.monotonic() - started)
             pipe.execute()
-        return report.public() | {"bytes": len(body), "device": runtime.resolve_device(settings.device).type}
+        return info
     except BaseException as exc:
         record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
         raise

@@ -181,6 +181,7 @@ def status_of(request: Request, job: Job, keys: JobKeys) -> JobStatus:
         options=meta.get("options", {}),
         links=links,
         result_url=links.result if state == "finished" else None,
+        result_info=meta.get("result_info") if state == "finished" else None,
     )
 
 
