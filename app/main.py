@@ -32,7 +32,7 @@ from app.metrics import (
 )
 from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
 from app.redis_conn import connect
-from app.routers import classify, health, job_events, jobs, live, stylize, video_jobs, web
+from app.routers import classify, custom_styles, health, job_events, jobs, live, stylize, video_jobs, web
 from app.settings import Settings, get_settings
 from worker.main import make_queue
 from worker.store import JobKeys
@@ -45,6 +45,9 @@ Neural style transfer and CIFAR-10 classification over HTTP.
 * **POST /stylize** – fast feed-forward style transfer, synchronous: a named style network (Johnson et
   al. 2016) or any painting sent as `style_image` (Ghiasi et al. 2017 arbitrary-style model).
 * **POST /classify** – CIFAR-10 top-k classification, synchronous.
+* **POST /styles** – train a new fast style from a painting (a queued job that learns one style
+  code of the network); it is then served by **POST /stylize** like the others, listed by
+  **GET /styles** (status `custom`), and removed with **DELETE /styles/{name}**.
 * **POST /jobs/optimize** – slow, high-quality Gatys et al. optimization, run by queue workers; poll
   **GET /jobs/{id}** (or watch **GET /jobs/{id}/events**, server-sent events) and download
   **GET /jobs/{id}/result**.
@@ -132,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             torch.set_num_threads(settings.torch_threads)
         await classify.startup(app)
         await stylize.startup(app)
+        await custom_styles.startup(app)
         reaper = asyncio.create_task(_reap_abandoned_jobs(app))
         _tune_interpreter(settings)
         try:
@@ -140,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             reaper.cancel()
             await classify.shutdown(app)
             await stylize.shutdown(app)
+            await custom_styles.shutdown(app)
             app.state.redis.close()
 
     app = FastAPI(
@@ -191,6 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_events.router)
     app.include_router(classify.router, dependencies=keyed)
     app.include_router(stylize.router, dependencies=keyed)
+    app.include_router(custom_styles.router, dependencies=keyed)
     app.include_router(live.router)
     app.include_router(web.router)
     web.mount_static(app)

