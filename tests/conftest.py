@@ -100,7 +100,7 @@ def one_torch_thread() -> Iterator[None]:
 class WorkerProcess:
     """A real ``atelier worker`` in its own process group (so a test can SIGKILL it and its horse)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, extra_env: dict[str, str] | None = None) -> None:
         env = os.environ.copy()
         env.update(
             {
@@ -110,6 +110,7 @@ class WorkerProcess:
                 "ATELIER_WORKER_MONITOR_INTERVAL_S": str(settings.worker_monitor_interval_s),
                 "ATELIER_HEARTBEAT_GRACE_S": str(settings.heartbeat_grace_s),
                 "ATELIER_TORCH_THREADS": "2",
+                **(extra_env or {}),
             }
         )
         self.settings = settings
