@@ -71,6 +71,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return float("nan")
+
+
 def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -89,7 +97,7 @@ def bare_forwards(fast: torch.nn.Module, reference: torch.nn.Module, repeats: in
     out: dict[str, Any] = {}
     runners = {
         "reference": {"torch_fp32": reference, "onnx_fp32": OnnxRunner(reference)},
-        "fast": {"torch_fp32": fast, "onnx_fp32": OnnxRunner(fast)},
+        "served": {"torch_fp32": fast, "onnx_fp32": OnnxRunner(fast)},
     }
     for arch, backends in runners.items():
         for size in SIZES:
@@ -129,7 +137,9 @@ def start_server(port: int, weights_dir: Path) -> subprocess.Popen:
     def styles_loaded(p: int) -> bool:
         return bool(httpx.get(f"http://{HOST}:{p}/styles", timeout=2).json()["styles"])
 
-    return start_api(port, {"ATELIER_WEIGHTS_DIR": str(weights_dir)}, styles_loaded, timeout_s=180)
+    # Latency is measured here, not load shedding: no request deadline on an oversubscribed machine.
+    env = {"ATELIER_WEIGHTS_DIR": str(weights_dir), "ATELIER_REQUEST_DEADLINE_S": "600"}
+    return start_api(port, env, styles_loaded, timeout_s=180)
 
 
 def jpeg(img: Image.Image) -> bytes:
@@ -239,6 +249,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"* ratio **{h['ratio']}** (target ≤ {h['target_ratio']}: {'met' if h['met'] else 'NOT met'}), "
         f"{h['pairs']} pairs",
         "",
+        f"Server: {result['styles_loaded']} styles in one network; start-up (process start to `/styles` "
+        f"answering) {result['startup_s']} s; resident memory {result['rss_mb_after_start']} MB after "
+        f"start-up, {result['rss_mb_after_load']} MB after the HTTP runs.",
+        "",
         "## Architectures",
         "",
         "| arch | params | conv GFLOP @512² |",
@@ -261,7 +275,7 @@ def markdown(result: dict[str, Any]) -> str:
     if bf:
         lines += [
             "",
-            f"bf16 vs fp32 (fast net, trained weights, real photo 512²): PSNR {bf['psnr_db']} dB, "
+            f"bf16 vs fp32 (served net, its weights, real photo 512²): PSNR {bf['psnr_db']} dB, "
             f"max error {bf['max_abs_levels']} grey levels.",
         ]
     lines += [
@@ -291,6 +305,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=6)
     p.add_argument("--pairs", type=int, default=10)
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
+    p.add_argument("--tag", default="", help="suffix of the result files, e.g. -multistyle")
     a = p.parse_args()
 
     weights_dir = Path(a.weights_dir)
@@ -313,10 +328,13 @@ def main() -> None:
     }
     result["archs"] = {
         name: {"params": count_params(m), "gflop_512": round(2 * conv_macs(m, 512, 512) / 1e9, 1)}
-        for name, m in (("reference", reference), ("fast", fast))
+        for name, m in (("reference", reference), ("served", fast))
     }
     port = free_port()
+    started = time.perf_counter()
     server = start_server(port, weights_dir)
+    result["startup_s"] = round(time.perf_counter() - started, 1)  # process start to styles served
+    result["rss_mb_after_start"] = rss_mb(server.pid)
     url = f"http://{HOST}:{port}/stylize"
     try:
         result["serving_backend"] = httpx.get(f"http://{HOST}:{port}/readyz").json()["checks"]["stylizer"][
@@ -325,6 +343,7 @@ def main() -> None:
         result["headline"] = headline(url, style, reference, a.pairs)
         print(result["headline"], flush=True)
         result["http"] = http_runs(url, style, a.repeats)
+        result["rss_mb_after_load"] = rss_mb(server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -332,7 +351,7 @@ def main() -> None:
     result["uptime_after"] = uptime()
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = out_dir / f"stylize-cpu-{datetime.now(UTC).strftime('%Y-%m-%d')}"
+    stem = out_dir / f"stylize-cpu-{datetime.now(UTC).strftime('%Y-%m-%d')}{a.tag}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     stem.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))
