@@ -81,6 +81,7 @@ class StepReport:
     step: int
     total: int
     losses: dict[str, float]
+    code: Tensor | None = None  # the code after this step (a live view: clone it to keep it)
 
 
 @dataclass
@@ -218,7 +219,7 @@ def finetune_code(
             optimizer.step()
             history.append(row)
             if on_step is not None:
-                on_step(StepReport(step, cfg.iterations, {k: row[k] for k in terms}))
+                on_step(StepReport(step, cfg.iterations, {k: row[k] for k in terms}, code.detach()))
     finally:
         for p, flag in frozen:
             p.requires_grad_(flag)
