@@ -176,8 +176,12 @@ def readiness(port: int) -> dict[str, Any]:
         conn.close()
 
 
-def start_server(port: int, backend: str, threads: int) -> subprocess.Popen[bytes]:
-    env = {"ATELIER_CLASSIFY_BACKEND": backend, "ATELIER_TORCH_THREADS": str(threads)}
+def start_server(port: int, backend: str, threads: int, tta: bool = False) -> subprocess.Popen[bytes]:
+    env = {
+        "ATELIER_CLASSIFY_BACKEND": backend,
+        "ATELIER_TORCH_THREADS": str(threads),
+        "ATELIER_CLASSIFY_TTA": "1" if tta else "0",
+    }
     return start_api(port, env, lambda p: readiness(p)["checks"]["classifier"]["ok"])
 
 
@@ -287,7 +291,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for srv in report["servers"]:
         lines += [
-            f"## Over HTTP, backend `{srv['backend']}` (load after: `{srv['uptime_after']}`)",
+            f"## Over HTTP, backend `{srv['backend']}`, mirror TTA {'on' if srv.get('tta') else 'off'} "
+            f"(load after: `{srv['uptime_after']}`)",
             "",
             "| phase | concurrency | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -313,10 +318,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def server_bench(backend: str, image: bytes, args: argparse.Namespace) -> dict[str, Any]:
+def server_bench(backend: str, image: bytes, args: argparse.Namespace, tta: bool = False) -> dict[str, Any]:
     """One server process with ``backend``: the HTTP phases, target verdicts, its batching counters."""
     port = free_port()
-    server = start_server(port, backend, args.threads)
+    server = start_server(port, backend, args.threads, tta)
     try:
         http = asyncio.run(http_bench(port, image, args))
         check = readiness(port)["checks"]["classifier"]
@@ -325,6 +330,8 @@ def server_bench(backend: str, image: bytes, args: argparse.Namespace) -> dict[s
         server.wait(timeout=30)
     return {
         "backend": check.get("backend", backend),
+        "tta": check.get("tta_flip", tta),
+        "temperature": check.get("temperature"),
         "uptime_after": uptime(),
         "http": http,
         "targets": verdicts(http),
@@ -345,13 +352,19 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="server's ATELIER_TORCH_THREADS (1: a 2-core box is shared with the load generator)",
     )
+    p.add_argument(
+        "--tta", choices=["off", "on", "both"], default="off", help="ATELIER_CLASSIFY_TTA of the servers"
+    )
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--tag", default="", help="suffix for the result file names")
     args = p.parse_args(argv)
 
     before = uptime()
     image = bench_image()
-    servers = [server_bench(backend, image, args) for backend in args.backends.split(",")]
+    tta_modes = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
+    servers = [
+        server_bench(backend, image, args, tta) for backend in args.backends.split(",") for tta in tta_modes
+    ]
     model = model_bench(args.model_seconds, args.threads)
     report = {
         "machine": machine(),

@@ -406,16 +406,18 @@ class Training:
                 synced = self._lookahead_step()
                 if on_step is not None:
                     on_step(info)
+                if self.epoch_step == self.steps_per_epoch:
+                    break  # the epoch end below takes over
                 stop = should_stop() or (stop_after_steps is not None and self.step >= stop_after_steps)
-                if synced and (save_due or stop) and self.epoch_step < self.steps_per_epoch:
+                if checkpoint is not None and synced and (save_due or stop):
                     self._elapse(start)
                     start = time.perf_counter()
-                    if checkpoint is not None:
-                        self.save_checkpoint(checkpoint)
-                        save_due = False
-                    if stop:
-                        log(f"stopped at step {self.step}/{self.total_steps} (checkpoint: {checkpoint})")
-                        return False
+                    self.save_checkpoint(checkpoint)
+                    save_due = False
+                if stop and (synced or checkpoint is None):  # with nothing to write, stop anywhere
+                    self._elapse(start)
+                    log(f"stopped at step {self.step}/{self.total_steps} (checkpoint: {checkpoint})")
+                    return False
             if self.lookahead is not None and (self.finished or r.lookahead_epoch_reset):
                 self.lookahead.update(self.model, decay=1.0)  # weights := EMA
             self._elapse(start)
