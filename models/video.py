@@ -4,9 +4,9 @@ Only one batch of decoded frames (plus the previous frame, for the temporal blen
 memory, whatever the length of the clip. Every frame is resized to the same size and goes through
 the same padding and normalisation (the frame stylizer's), so nothing changes between frames but
 the picture. Timestamps are the input's: frame count, frame rate (even a variable one) and
-duration are kept. Audio packets are copied into the output untouched when its container can
-carry their codec, and re-encoded to AAC otherwise. GIF in, GIF out (one fixed palette, no
-dithering, so the palette itself does not flicker).
+duration are kept, and so is a phone's rotation flag (MP4/WebM out). Audio packets are copied
+into the output untouched when its container can carry their codec, and re-encoded to AAC
+otherwise. GIF in, GIF out (one fixed palette, no dithering, so the palette does not flicker).
 
 Output video: H.264 in MP4 when the bundled FFmpeg has libx264 (PyAV's wheels do), VP9 in WebM
 otherwise; both play in every current browser.
@@ -250,6 +250,14 @@ def expected_frames(frames: int, duration_s: float, fps: Fraction | None, source
     return max(1, min(frames, round(duration_s * float(fps))))
 
 
+def display_rotation(source: str | Path) -> int:
+    """Degrees a player turns the picture (phones store portrait clips as landscape plus this flag)."""
+    with av.open(str(source), mode="r") as container:
+        for frame in container.decode(video=0):
+            return int(frame.rotation or 0)
+    return 0
+
+
 class _Renderer:
     """One run of the pipeline: owns the containers, the batch and the metrics."""
 
@@ -262,6 +270,7 @@ class _Renderer:
         encoder: VideoEncoder,
         total: int,
         on_progress: ProgressCallback | None,
+        rotation: int = 0,
     ) -> None:
         self.src, self.out, self.stylize, self.options = src, out, stylize, options
         self.total, self.on_progress = total, on_progress
@@ -272,6 +281,8 @@ class _Renderer:
         )
         self.clock = _Timestamps(self.video_in, options.fps)
         self.video_out = self._add_video_stream(encoder)
+        if rotation and encoder is not GIF:  # the same display flag: players turn it the same way
+            self.video_out.set_display_rotation(rotation)
         self.audio = self._add_audio_streams(encoder)
         self.palette = _GifPalette() if encoder is GIF else None
         self.blend = TemporalBlend(options.smoothing)
@@ -382,13 +393,14 @@ def render_stylized_video(
     if encoder.even_sides and (options.width % 2 or options.height % 2):
         raise ValueError(f"{encoder.codec} needs even sides, got {options.width}x{options.height}")
     muxer_options = {"movflags": "+faststart"} if encoder.container == "mp4" else {}
+    rotation = display_rotation(source) if isinstance(source, str | Path) else 0
     with (
         av.open(source, mode="r") as src,
         av.open(destination, mode="w", format=encoder.container, options=muxer_options) as out,
     ):
         if not src.streams.video:
             raise ValueError("the input has no video stream")
-        renderer = _Renderer(src, out, stylize, options, encoder, total_frames, on_progress)
+        renderer = _Renderer(src, out, stylize, options, encoder, total_frames, on_progress, rotation)
         report = renderer.run()
     if report.frames == 0:
         raise ValueError("the input has no decodable frame")

@@ -128,6 +128,11 @@ def test_gif_round_trip_and_webm_to_mp4(network_frames, tmp_path):
     assert out["audio_codec"] == "opus" and report["audio"] == ["opus: copied"]
 
 
+def test_a_phone_rotation_flag_is_kept(network_frames, tmp_path):
+    _, out = render(make_clip(frames=6, rotation=90), network_frames, tmp_path)
+    assert out["rotations"] == {90} and out["sizes"] == {(64, 44)}
+
+
 def test_lower_fps_drops_frames_on_a_grid(network_frames, tmp_path):
     report, out = render(make_clip(frames=24, fps=12), network_frames, tmp_path, fps=Fraction(6))
     assert out["frames"] == report["frames"] == 12

@@ -55,6 +55,7 @@ def make_clip(
     *,
     audio: bool = True,
     container: str = "mp4",
+    rotation: int = 0,
 ) -> bytes:
     """An encoded clip: H.264/AAC in MP4 (or ``mov``), VP9/Opus in WebM, or a GIF (no audio)."""
     codec, pix_fmt = {
@@ -69,6 +70,8 @@ def make_clip(
         video.width, video.height, video.pix_fmt = width, height, pix_fmt
         if codec == "libx264":
             video.options = {"preset": "ultrafast"}
+        if rotation:
+            video.set_display_rotation(rotation)  # how phones store portrait clips
         tone = None
         if audio and container != "gif":
             webm = container == "webm"
@@ -107,7 +110,7 @@ def streams(data: bytes) -> dict[str, object]:
     with av.open(io.BytesIO(data)) as container:
         video = container.streams.video[0]
         codec, time_base = video.codec_context.name, video.time_base
-        frames = [(f.width, f.height, f.pts) for f in container.decode(video)]
+        frames = [(f.width, f.height, f.pts, f.rotation) for f in container.decode(video)]
     with av.open(io.BytesIO(data)) as container:
         audio = container.streams.audio[0] if container.streams.audio else None
         audio_packets = [bytes(p) for p in container.demux(audio) if p.size] if audio is not None else []
@@ -117,8 +120,9 @@ def streams(data: bytes) -> dict[str, object]:
         "format": fmt,
         "codec": codec,
         "frames": len(frames),
-        "sizes": {(w, h) for w, h, _ in frames},
-        "pts": [pts for _, _, pts in frames],
+        "sizes": {(w, h) for w, h, _, _ in frames},
+        "pts": [pts for _, _, pts, _ in frames],
+        "rotations": {rotation for _, _, _, rotation in frames},
         "time_base": time_base,
         "audio_codec": audio_codec,
         "audio_packets": audio_packets,
