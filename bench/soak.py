@@ -105,10 +105,11 @@ def children(pid: int) -> list[int]:
 
 
 def worker_pids(supervisor: int) -> list[int]:
+    """The supervisor's `atelier worker` children (not the API, whose command line says --workers)."""
     found = []
     for pid in children(supervisor):
         with contextlib.suppress(OSError):
-            if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if "worker" in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0"):
                 found.append(pid)
     return found
 
@@ -340,9 +341,12 @@ def report(tally: Tally, args: argparse.Namespace, before: str) -> dict[str, Any
         "connection_errors": dict(tally.connection_errors),
         "server_errors": {
             "total": len(five),
+            "api_endpoints": sum(1 for e in five if e["endpoint"] != "GET /readyz"),
             "by_status": dict(Counter(str(e["status"]) for e in five)),
             "by_type": dict(Counter(str(e["type"]) for e in five)),
-            "without_retry_after": sum(1 for e in five if not e["retry_after"]),
+            "without_retry_after": sum(
+                1 for e in five if not e["retry_after"] and e["endpoint"] != "GET /readyz"
+            ),
             "first": five[:20],
         },
         "jobs": {"submitted": len(tally.jobs), **dict(states)},
@@ -367,8 +371,10 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"* requests: **{r['requests']}**; connection errors: {sum(r['connection_errors'].values())} "
         f"{r['connection_errors'] or ''}",
-        f"* 5xx: **{r['server_errors']['total']}** {r['server_errors']['by_status']} by type "
-        f"{r['server_errors']['by_type']}; without Retry-After: {r['server_errors']['without_retry_after']}",
+        f"* 5xx: **{r['server_errors']['total']}** {r['server_errors']['by_status']}, of which "
+        f"{r['server_errors']['api_endpoints']} from API endpoints and the rest `/readyz` saying 'not ready' "
+        f"(no Retry-After there, by design); by type {r['server_errors']['by_type']}; API 5xx without "
+        f"Retry-After: {r['server_errors']['without_retry_after']}",
         f"* jobs: {r['jobs']}; failures: {r['job_failures']}",
         f"* finished results lost: **{r['finished_results_lost']}**",
         "",
@@ -397,11 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--job-every-s", type=float, default=6.0)
-    parser.add_argument("--job-steps", type=int, default=20)
-    parser.add_argument("--job-size", type=int, default=64)
+    parser.add_argument("--job-every-s", type=float, default=12.0)
+    parser.add_argument("--job-steps", type=int, default=10)
+    parser.add_argument("--job-size", type=int, default=48)
     parser.add_argument("--drain-s", type=float, default=180.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--keep-log", type=Path, default=None, help="Copy the atelier up log here.")
     args = parser.parse_args(argv)
 
     before = uptime()
@@ -458,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             redis.stop()
             log.close()
             supervisor_log = (Path(tmp) / "atelier-up.log").read_text(errors="replace")
+            if args.keep_log is not None:
+                args.keep_log.write_text(supervisor_log)
     result = report(tally, args, before)
     result["atelier_up_exit"] = up.returncode
     result["supervisor_log_tail"] = [

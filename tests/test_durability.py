@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -151,5 +152,29 @@ def test_a_redis_restart_loses_no_finished_result_and_no_queued_job(own_redis: R
         worker = WorkerProcess(settings)
         try:
             assert _wait_state(client, queued, {"finished", "failed"})["state"] == "finished"
+        finally:
+            worker.stop()
+
+
+def test_a_job_running_through_a_redis_restart_still_finishes(own_redis: RedisServer):
+    """The worker skips heartbeats and the job retries its Redis calls while Redis is down."""
+    settings = make_settings(own_redis.url, "blip", heartbeat_grace_s=10)
+    with TestClient(create_app(settings)) as client:
+        worker = WorkerProcess(settings)
+        try:
+            job = _submit(client, steps=120)
+            deadline = time.monotonic() + 120
+            while _get(client, f"/jobs/{job}").json()["progress"]["step"] < 1:
+                assert time.monotonic() < deadline, "the job never started"
+                time.sleep(0.2)
+            outage_began = datetime.now(UTC)
+            own_redis.stop()
+            time.sleep(2)  # the job keeps computing; its Redis calls wait
+            own_redis.start()
+            done = _wait_state(client, job, {"finished", "failed"}, timeout_s=600)
+            assert done["state"] == "finished", done
+            ended = datetime.fromisoformat(done["ended_at"])
+            assert (ended if ended.tzinfo else ended.replace(tzinfo=UTC)) > outage_began  # it ran through it
+            assert worker.proc.poll() is None  # and the worker did not die of the outage
         finally:
             worker.stop()

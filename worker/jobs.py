@@ -19,6 +19,7 @@ from app.settings import get_settings
 from models.gatys import GatysOptions, StepReport, run_gatys
 from models.imaging import encode_image
 from worker import runtime
+from worker.patience import patiently
 from worker.store import JobKeys, cancel_requested, record_job_duration
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def options_to_dict(options: GatysOptions) -> dict[str, Any]:
 
 
 def _load_image(redis: Redis, key: str, what: str, max_pixels: int) -> Image.Image:
-    data = redis.get(key)
+    data = patiently(lambda: redis.get(key), f"the {what} image")
     if data is None:
         raise ValueError(f"the {what} image expired before the job ran; submit the job again")
     img = Image.open(io.BytesIO(data))
@@ -59,7 +60,7 @@ def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> Callable[[StepR
 
     def on_step(report: StepReport) -> None:
         nonlocal last_save
-        if cancel_requested(redis, keys, job.id):
+        if patiently(lambda: cancel_requested(redis, keys, job.id), "cancel check"):
             raise JobCanceled("canceled by the client")
         now = time.monotonic()
         if now - last_save >= PROGRESS_MIN_INTERVAL_S or report.step >= report.total:
@@ -69,7 +70,7 @@ def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> Callable[[StepR
                 "percent": round(100.0 * report.step / max(report.total, 1), 1),
                 "losses": {k: float(v) for k, v in report.losses.items()},
             }
-            job.save_meta()
+            patiently(job.save_meta, "progress")
             last_save = now
 
     return on_step
@@ -108,10 +109,14 @@ def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
             vgg, content, styles, opts, device=device, on_step=_progress_reporter(job, redis, keys)
         )
         png = encode_image(result, "png")
-        with redis.pipeline() as pipe:
-            pipe.set(keys.result(job.id), png, ex=settings.result_ttl_s)
-            record_job_duration(pipe, keys, "finished", time.monotonic() - started)
-            pipe.execute()
+
+        def store_result() -> None:
+            with redis.pipeline() as pipe:
+                pipe.set(keys.result(job.id), png, ex=settings.result_ttl_s)
+                record_job_duration(pipe, keys, "finished", time.monotonic() - started)
+                pipe.execute()
+
+        patiently(store_result, "result")
         return {"width": result.width, "height": result.height, "bytes": len(png), "device": device.type}
     except BaseException as exc:
         record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)

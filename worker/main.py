@@ -27,6 +27,7 @@ from app.exit_codes import ExitCode
 from app.redis_conn import connect
 from app.settings import Settings, get_settings
 from worker import runtime
+from worker.patience import TRANSIENT
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,18 @@ class AtelierWorker(Worker):
                 "Worker %s: its supervisor (pid %s) is gone; stopping", self.name, self.supervisor_pid
             )
             self._begin_stop()
+
+    def maintain_heartbeats(self, job: Job, execution: Execution) -> None:
+        """Skip a beat while Redis is briefly unreachable (a restart) rather than quit mid-job.
+
+        RQ lets the error escape the horse monitor, which kills the worker and fails its job; the
+        next beat, a monitor interval later, goes through. An outage longer than the heartbeat
+        grace still ends with the sweep failing the job, as when a worker dies.
+        """
+        try:
+            super().maintain_heartbeats(job, execution)
+        except TRANSIENT as exc:
+            self.log.warning("Worker %s: heartbeat skipped, Redis unavailable (%s)", self.name, exc)
 
     def _supervisor_gone(self) -> bool:
         """Only the worker itself asks: a work horse's parent is the worker, not the supervisor."""
