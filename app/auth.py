@@ -131,7 +131,9 @@ def identify(connection: HTTPConnection, token: str | None) -> Principal | None:
     if not keys.enabled:
         return None
     if token is None:
-        raise unauthorized("This server needs an API key: send 'Authorization: Bearer <key>'.")
+        raise unauthorized(
+            "This server needs an API key. Send a valid API key as 'Authorization: Bearer <key>'."
+        )
     principal = keys.check(token)
     if principal is None:
         connection.state.api_key_id = "invalid"

@@ -300,7 +300,8 @@ def test_the_page_made_no_request_to_another_origin(browser, live_server):
 
 
 def test_the_page_asks_for_an_api_key_keeps_it_and_sends_it(browser, settings, tmp_path, shots, images):
-    """Against the API behind a key check (tests/keyed_api.py), as ATELIER_API_KEYS will answer."""
+    """Against the API with ATELIER_API_KEYS on (tests/keyed_api.py): the dialog, the key remembered,
+    and the live view, whose WebSocket carries the key as a subprotocol."""
     key = f"key-{uuid.uuid4().hex}"
     server = LiveServer(
         settings, tmp_path / "keyed.log", factory="tests.keyed_api:create_keyed_app", ATELIER_TEST_API_KEY=key
@@ -340,5 +341,12 @@ def test_the_page_asks_for_an_api_key_keeps_it_and_sends_it(browser, settings, t
         assert not q(browser, "#api-key-button").get_attribute("hidden")
         unexpected = [m for m in console_errors(browser) if "status of 401" not in m]
         assert unexpected == []
+
+        q(browser, "#tab-live").click()
+        q(browser, "#live-start").click()
+        frames_back = "Number(document.querySelector('#live-frames').textContent)"
+        wait_for(browser, f"{frames_back} >= 2", 90, "no frames came back over the keyed WebSocket")
+        shots("live-with-key")
+        q(browser, "#live-stop").click()
     finally:
         server.stop()
