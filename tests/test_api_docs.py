@@ -17,6 +17,8 @@ def test_openapi_lists_every_endpoint_and_docs_render(client):
         ("/classify", "post"),
         ("/stylize", "post"),
         ("/styles", "get"),
+        ("/styles", "post"),
+        ("/styles/{name}", "delete"),
     ]:
         assert method in paths.get(path, {}), f"{method.upper()} {path} missing from OpenAPI"
     form = paths["/jobs/optimize"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
