@@ -478,3 +478,34 @@ def test_the_docs_describe_the_new_endpoints(idle: TestClient) -> None:
     assert "normalization parameters" in post["description"]
     delete = doc["paths"]["/styles/{name}"]["delete"]
     assert {"204", "404", "409"} <= set(delete["responses"])
+
+
+COMMITTED_WEIGHTS = Path(__file__).resolve().parent.parent / "models" / "weights"
+
+
+@pytest.mark.skipif(
+    not (styles_dir(COMMITTED_WEIGHTS) / "manifest.json").is_file(), reason="no style network committed"
+)
+def test_the_committed_network_learns_and_serves_a_style(redis_url: str, data_dir: Path) -> None:
+    """The real network: its stored objective, its P-number code through the served ONNX graph."""
+    s = style_settings(redis_url, "custom-styles-real", COMMITTED_WEIGHTS, data_dir)
+    worker = WorkerProcess(s, extra_env=worker_env(s))
+    try:
+        with TestClient(create_app(s)) as client:
+            job = post_style(client, name="real_one", iterations=2).json()
+            done = job_state(client, job["id"], {"finished", "failed"}, 180)
+            assert done["state"] == "finished", done
+            network = load_network(COMMITTED_WEIGHTS)
+            stored = style_store.load_styles(redis_of(s), StyleKeys(s.key_prefix))["real_one"]
+            assert stored.code.shape == (1, network.model.code_size)
+            assert stored.meta.network_sha256 == network.manifest.network.sha256
+            entry = wait_for(lambda: listed(client, "real_one"), 10, "the style to be listed")
+            assert entry["status"] == "custom"
+            photo = photo_like(64, 48, seed=3)
+            served = pixels(stylize_request(client, photo, style="real_one"))
+            with torch.inference_mode():
+                expected = stylize_locally(network, stored.code, photo)
+            assert np.abs(served - expected).max() <= 2.0
+    finally:
+        worker.stop()
+        _purge(s)
