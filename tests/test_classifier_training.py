@@ -213,3 +213,26 @@ def test_depth3_groups_fold_save_and_load(tmp_path: Path) -> None:
         assert meta["depths"] == [3, 2, 3] and torch.allclose(loaded(x), reference, atol=1e-5)
         folded = fold_batchnorm(loaded)
         assert torch.allclose(folded(x), reference, atol=1e-4)
+
+
+def test_seed_report_gives_mean_and_sample_std_per_tta_level() -> None:
+    from models.seed_report import markdown, summarize
+
+    runs = [
+        {
+            "seed": s,
+            "recipe": {"width": [64, 256, 256]},
+            "test_accuracy": a,
+            "test_accuracy_tta_flip": a + 0.005,
+            "test_accuracy_tta_flip_translate": a + 0.01,
+            "train_seconds": 100.0,
+        }
+        for s, a in ((0, 0.93), (1, 0.94), (2, 0.95))
+    ]
+    summary = summarize(runs)
+    plain = summary["columns"]["test_accuracy"]
+    assert plain["mean"] == pytest.approx(94.0) and plain["std"] == pytest.approx(1.0)
+    assert summary["columns"]["test_accuracy_tta_flip_translate"]["mean"] == pytest.approx(95.0)
+    assert "**94.00 ± 1.00%**" in markdown(summary)
+    with pytest.raises(ValueError, match="different recipes"):
+        summarize([*runs, {**runs[0], "recipe": {"width": [8, 8, 8]}}])
