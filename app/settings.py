@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     queue_name: str = Field("atelier", description="RQ queue shared by the API and every worker.")
     key_prefix: str = Field("atelier:", description="Prefix of Atelier's own Redis keys (images, flags).")
     redis_timeout_s: float = Field(2.0, gt=0, description="Socket timeout so no request hangs on Redis.")
+    redis_retry_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a refused or dropped Redis connection is retried (a Redis restart) before "
+        "the call fails and the API answers 503.",
+    )
     job_timeout_s: int = Field(3600, gt=0, description="A job running longer than this is killed.")
     result_ttl_s: int = Field(86400, gt=0, description="How long finished jobs and result images are kept.")
     worker_monitor_interval_s: int = Field(5, gt=0, description="How often a worker heartbeats its job.")

@@ -62,6 +62,7 @@ def make_settings(redis_url: str, name: str = "main", **overrides) -> Settings:
         "heartbeat_grace_s": 2,
         "reaper_interval_s": 1.0,
         "redis_timeout_s": 1.0,
+        "redis_retry_s": 0.5,  # tests of a dead Redis need not wait for it
         "gatys_default_size": 64,
     }
     base.update(overrides)

@@ -137,6 +137,28 @@ def test_classify_sheds_load_past_its_pending_bound_with_503(settings):
         assert client.post("/classify", files=files).status_code == 200  # and it recovers at once
 
 
+def test_stylize_sheds_load_past_its_pending_bound_with_503(settings):
+    shedding = make_settings(settings.redis_url, "shed-stylize", stylize_max_pending=1)
+    with TestClient(create_app(shedding)) as client:
+        style = client.get("/styles").json()["styles"][0]["name"]
+        photo = encode(photo_like(192, 144))
+
+        def post(_: int):
+            return client.post(
+                "/stylize",
+                files={"file": ("p.png", photo, "image/png")},
+                data={"style": style, "size": "192"},
+            )
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            responses = list(pool.map(post, range(12)))
+        counts = Counter(r.status_code for r in responses)
+        assert set(counts) <= {200, 503} and counts[200] >= 1 and counts[503] >= 1, counts
+        shed = next(r for r in responses if r.status_code == 503)
+        assert shed.json()["type"] == "/problems/overloaded" and _retry_after(shed) >= 1
+        assert client.app.state.model_gates["stylize"].pending == 0
+
+
 def test_a_request_past_its_deadline_gets_504_not_a_long_wait(settings):
     hurried = make_settings(settings.redis_url, "deadline", request_deadline_s=0.001)
     with TestClient(create_app(hurried)) as client:

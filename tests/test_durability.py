@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -178,3 +179,18 @@ def test_a_job_running_through_a_redis_restart_still_finishes(own_redis: RedisSe
             assert worker.proc.poll() is None  # and the worker did not die of the outage
         finally:
             worker.stop()
+
+
+def test_the_api_rides_out_a_short_redis_restart_without_a_503(own_redis: RedisServer):
+    """A refused connection is retried for ATELIER_REDIS_RETRY_S: a poll during a restart just waits."""
+    settings = make_settings(own_redis.url, "ride", redis_retry_s=5.0)
+    with TestClient(create_app(settings)) as client:
+        job = _submit(client, steps=3)  # no worker: it stays queued
+        own_redis.stop()
+        restart = threading.Timer(1.5, own_redis.start)
+        restart.start()
+        try:
+            during = client.get(f"/jobs/{job}")
+        finally:
+            restart.join()
+        assert during.status_code == 200 and during.json()["state"] == "queued", during.text
