@@ -236,7 +236,7 @@ def test_metrics_and_readiness(client, worker):
     assert ready["checks"]["redis"]["ok"] is True and ready["checks"]["workers"]["alive"] >= 1
     text = client.get("/metrics").text
     assert "atelier_workers_alive" in text
-    assert 'atelier_http_requests_total{method="GET",route="/healthz",status="200"}' in text
+    assert 'atelier_http_requests_total{key="none",method="GET",route="/healthz",status="200"}' in text
     assert "atelier_queue_depth" in text
     assert "atelier_job_duration_seconds" in text
 
