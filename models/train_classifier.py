@@ -151,6 +151,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, help="resumable state (default: OUT/checkpoint.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint exactly")
     p.add_argument(
+        "--allow-inexact-resume",
+        action="store_true",
+        help="resume even with another --threads/--precision than the checkpoint's (not bit-exact)",
+    )
+    p.add_argument(
         "--stop-after-steps",
         type=int,
         help="checkpoint and stop at the first resumable step from this one on (partial runs, tests)",
@@ -490,6 +495,7 @@ class Training:
             "train_seconds": repr(self.train_seconds),
             "history": json.dumps(self.history),
             "torch_threads": str(torch.get_num_threads()),
+            "cpu": json.dumps(cpu_identity()),
             "torch": torch.__version__,
             "saved": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         }
@@ -499,30 +505,51 @@ class Training:
         tmp.chmod(0o644)
         os.replace(tmp, path)
 
-    def load_checkpoint(self, path: Path) -> None:
-        """Restore a :meth:`save_checkpoint` state; refuses one from another recipe/seed/data/precision."""
+    def load_checkpoint(self, path: Path, allow_inexact: bool = False) -> list[str]:
+        """Restore a :meth:`save_checkpoint` state; returns warnings (e.g. another CPU model).
+
+        Refuses a checkpoint of another recipe, seed or data. A different thread count or precision
+        would continue the run, but not bit-exactly (CPU kernels sum in a thread-dependent order), so
+        that needs ``allow_inexact``.
+        """
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a classifier training checkpoint")
         expected = {
-            "recipe": asdict(self.recipe),
+            "recipe": json.loads(json.dumps(asdict(self.recipe))),  # tuples -> lists, as stored
             "seed": self.seed,
-            "amp_bf16": self.amp,
             "train_images": len(self.train_y),
         }
         found = {
             "recipe": json.loads(meta["recipe"]),
             "seed": int(meta["seed"]),
-            "amp_bf16": json.loads(meta["amp_bf16"]),
             "train_images": int(meta["train_images"]),
         }
-        expected["recipe"] = json.loads(json.dumps(expected["recipe"]))  # tuples -> lists, as stored
         diff = {k: (found[k], expected[k]) for k in expected if found[k] != expected[k]}
         if diff:
             raise ValueError(
                 f"{path} belongs to a different run; (checkpoint, this command) differ in: {diff}. "
                 "Resume with the command that started it."
+            )
+        inexact = {
+            k: (a, b)
+            for k, a, b in (
+                ("bf16 autocast", json.loads(meta["amp_bf16"]), self.amp),
+                ("torch threads", int(meta["torch_threads"]), torch.get_num_threads()),
+            )
+            if a != b
+        }
+        if inexact and not allow_inexact:
+            raise ValueError(
+                f"{path}: (checkpoint, now) differ in {inexact}: the run would continue, but not "
+                "bit-exactly. Use the same --threads/--precision, or pass --allow-inexact-resume."
+            )
+        warnings = [f"resuming with {k} {b} instead of {a}: not bit-exact" for k, (a, b) in inexact.items()]
+        if "cpu" in meta and json.loads(meta["cpu"]) != cpu_identity():
+            warnings.append(
+                f"checkpoint written on {json.loads(meta['cpu'])}, resuming on {cpu_identity()}: "
+                "kernels may round differently, so the continuation may not be bit-exact"
             )
         tensors = load_file(str(path))
         state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
@@ -540,6 +567,7 @@ class Training:
         self.epoch_stats = EpochStats(**json.loads(meta["epoch_stats"]))
         self.train_seconds = float(meta["train_seconds"])
         self.history = json.loads(meta["history"])
+        return warnings
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -583,6 +611,18 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def cpu_identity() -> dict[str, Any]:
+    """CPU model and the SIMD features that decide which kernels (and roundings) run."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"model": platform.processor()}
+    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = set(fields.get("Flags", "").split())
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags]
+    return {"model": fields.get("Model name", "").strip(), "simd": simd}
 
 
 def hardware(device: torch.device) -> dict[str, Any]:
@@ -662,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
 
     training = Training(recipe, train_x, train_y, device, amp, args.seed, args.check_every)
     if args.resume:
-        training.load_checkpoint(checkpoint)
+        for warning in training.load_checkpoint(checkpoint, args.allow_inexact_resume):
+            print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     print(
         f"data: {len(train_y)} train / {len(holdout_y)} held out / {len(test_y)} test images in "
         f"{load_s:.1f}s; recipe {recipe}; device {device}, bf16 autocast {amp}, threads "

@@ -118,6 +118,21 @@ def test_resume_refuses_a_checkpoint_of_another_recipe(tmp_path: Path) -> None:
         other.load_checkpoint(ckpt)
     with pytest.raises(ValueError, match="seed"):
         Training(TINY94, x, y, CPU, False, seed=2).load_checkpoint(ckpt)
+    with pytest.raises(ValueError, match="bf16 autocast"):
+        Training(TINY94, x, y, CPU, True, seed=1).load_checkpoint(ckpt)
+
+
+def test_resume_with_another_thread_count_needs_consent(tmp_path: Path) -> None:
+    """Thread count changes CPU summation order (measured: the loss sequence then differs)."""
+    x, y = tiny_data()
+    ckpt = tmp_path / "ckpt.safetensors"
+    run_steps(Training(TINY94, x, y, CPU, False, seed=1), checkpoint=ckpt, stop_after_steps=3)
+    torch.set_num_threads(2)
+    again = Training(TINY94, x, y, CPU, False, seed=1)
+    with pytest.raises(ValueError, match=r"torch threads.*--allow-inexact-resume"):
+        again.load_checkpoint(ckpt)
+    warnings = again.load_checkpoint(ckpt, allow_inexact=True)
+    assert again.step == 3 and any("not bit-exact" in w for w in warnings)
 
 
 def test_non_finite_loss_stops_before_the_optimizer_step_and_writes_nothing(tmp_path: Path) -> None:
