@@ -56,6 +56,26 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     return calibration_error(probabilities.max(axis=1), probabilities.argmax(axis=1) == labels, bins)
 
 
+def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, Any]]:
+    """Per non-empty confidence bin: its range, image count, accuracy and mean confidence."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    which = np.clip(np.ceil(confidence * bins).astype(np.int64) - 1, 0, bins - 1)
+    rows = []
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            rows.append(
+                {
+                    "bin": [round(b / bins, 4), round((b + 1) / bins, 4)],
+                    "images": int(inside.sum()),
+                    "accuracy": round(float(correct[inside].mean()), 4),
+                    "confidence": round(float(confidence[inside].mean()), 4),
+                }
+            )
+    return rows
+
+
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean -log p(label) under ``softmax(logits / temperature)``."""
     z = np.asarray(logits, dtype=np.float64) / temperature
@@ -103,6 +123,8 @@ def summary(
         "nll_after": round(negative_log_likelihood(logits, labels, temperature), 5),
         f"ece{bins}_before": round(expected_calibration_error(before, labels, bins), 5),
         f"ece{bins}_after": round(expected_calibration_error(after, labels, bins), 5),
+        "reliability_before": reliability(before, labels, bins),
+        "reliability_after": reliability(after, labels, bins),
     }
 
 

@@ -574,22 +574,26 @@ class Training:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: Tensor, batch: int = 1000) -> dict[int, Tensor]:
-    """fp32 logits per image at TTA levels 0 (none), 1 (mirror), 2 (mirror + 1-px translations).
+def evaluate(model: nn.Module, images: Tensor, levels: int = 2, batch: int = 1000) -> dict[int, Tensor]:
+    """fp32 logits per image at TTA levels 0 (none), 1 (mirror), 2 (mirror + 1-px translations), up to
+    ``levels``.
 
     The six views of level 2 are computed once and combined, which is what
     :func:`models.classifier.predict_logits` does per level, at a third of the cost of calling it thrice.
     """
     model.eval()
-    out: dict[int, list[Tensor]] = {0: [], 1: [], 2: []}
+    out: dict[int, list[Tensor]] = {level: [] for level in range(levels + 1)}
     for i in range(0, len(images), batch):
         x = cifar.normalize(images[i : i + batch]).contiguous(memory_format=torch.channels_last)
-        plain = model(x)
-        mirror = 0.5 * plain + 0.5 * model(x.flip(-1))
-        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        shifted = [padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
-        translated = torch.stack([0.5 * model(s) + 0.5 * model(s.flip(-1)) for s in shifted]).mean(0)
-        for level, logits in ((0, plain), (1, mirror), (2, 0.5 * mirror + 0.5 * translated)):
+        views = [model(x)]
+        if levels >= 1:
+            views.append(0.5 * views[0] + 0.5 * model(x.flip(-1)))
+        if levels >= 2:
+            padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+            shifted = [padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]]
+            translated = torch.stack([0.5 * model(s) + 0.5 * model(s.flip(-1)) for s in shifted]).mean(0)
+            views.append(0.5 * views[1] + 0.5 * translated)
+        for level, logits in enumerate(views):
             out[level].append(logits.float().cpu())
     return {level: torch.cat(parts) for level, parts in out.items()}
 
@@ -645,9 +649,9 @@ def hardware(device: torch.device) -> dict[str, Any]:
 
 
 def load_and_evaluate(weights: Path, images: Tensor) -> dict[int, Tensor]:
-    """:func:`evaluate` of the weights file as written (what the service loads), on the CPU."""
+    """Plain and mirror-TTA logits of the weights file as written (what the service loads), on the CPU."""
     model, _ = load_classifier(weights, "cpu")
-    return evaluate(model.to(memory_format=torch.channels_last), images.cpu())
+    return evaluate(model.to(memory_format=torch.channels_last), images.cpu(), levels=1)
 
 
 def split_holdout(labels: np.ndarray, holdout: int) -> tuple[np.ndarray, np.ndarray]:
@@ -759,20 +763,18 @@ def main(argv: list[str] | None = None) -> int:
     fp16_acc = None
     if half:
         save_classifier(model.cpu(), weights, meta, half=True)
-        fp16_acc = round(
-            (load_and_evaluate(weights, test_x)[0].argmax(1) == test_y).double().mean().item(), 5
-        )
+        stored_test = load_and_evaluate(weights, test_x)
+        fp16_acc = round((stored_test[0].argmax(1) == test_y).double().mean().item(), 5)
         if fp16_acc < results["tta0"]["accuracy"] - 0.001:
             print(f"fp16 weights lose accuracy ({fp16_acc}); storing fp32", flush=True)
             half, fp16_acc = False, None
     if not half:
         save_classifier(model.cpu(), weights, meta, half=False)
+        stored_test = {level: test_logits[level] for level in (0, 1)}
 
     calib: dict[str, Any] | None = None
     if len(holdout_y):  # calibrate the weights as stored (fp16), not as trained
-        calib = fit_calibration(
-            load_and_evaluate(weights, holdout_x), holdout_y, load_and_evaluate(weights, test_x), test_y
-        )
+        calib = fit_calibration(load_and_evaluate(weights, holdout_x), holdout_y, stored_test, test_y)
         calibration.write_calibration(
             args.out,
             version,

@@ -38,6 +38,15 @@ def test_ece_weights_bins_by_their_share_and_uses_15_equal_bins() -> None:
     assert calibration.calibration_error(np.array([1.0, 0.0]), np.array([1.0, 0.0])) == 0
 
 
+def test_reliability_table_lists_each_occupied_bin() -> None:
+    probs = np.full((10, 10), 0.15 / 9)
+    probs[:, 0] = 0.85  # class 0 at 85% for every image; 6 of 10 labels agree
+    labels = np.r_[np.zeros(6, int), np.ones(4, int)]
+    assert calibration.reliability(probs, labels) == [
+        {"bin": [0.8, 0.8667], "images": 10, "accuracy": 0.6, "confidence": 0.85}
+    ]
+
+
 def test_ece_of_perfectly_calibrated_samples_is_near_zero() -> None:
     rng = np.random.default_rng(0)
     confidence = rng.uniform(0.1, 1.0, 200_000)
