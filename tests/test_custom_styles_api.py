@@ -79,8 +79,9 @@ def style_settings(redis_url: str, name: str, weights_dir: Path, data_dir: Path,
     return make_settings(redis_url, name=name, **{**base, **overrides})
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
+def worker_env(settings: Settings, init: str = "mean") -> dict[str, str]:
     return {
+        "ATELIER_CUSTOM_STYLE_INIT": init,
         "ATELIER_WEIGHTS_DIR": str(settings.weights_dir),
         "ATELIER_DATA_DIR": str(settings.data_dir),
         "ATELIER_CUSTOM_STYLE_CROP": str(settings.custom_style_crop),
@@ -111,7 +112,7 @@ def app_b(settings: Settings) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def style_worker(settings: Settings) -> Iterator[WorkerProcess]:
-    w = WorkerProcess(settings, extra_env=worker_env(settings))
+    w = WorkerProcess(settings, extra_env=worker_env(settings, init="nearest"))
     yield w
     w.stop()
 
@@ -234,6 +235,7 @@ def test_a_trained_style_is_served_by_every_api_process_without_a_restart(
     stored = style_store.load_styles(redis, keys)["stripes"]
     meta = stored.meta
     assert (meta.title, meta.artist, meta.iterations) == ("Stripes", "A. Test", 4)
+    assert meta.init == "row 0"  # nearest: starry_night is the only trained style with a thumbnail
     assert meta.painting_sha256 == hashlib.sha256(painting).hexdigest()
     assert meta.network_sha256 == network.manifest.network.sha256 and meta.created_at.endswith("Z")
     assert len(redis.hget(keys.style("stripes"), "code")) == 4 * network.model.code_size
@@ -499,6 +501,7 @@ def test_the_committed_network_learns_and_serves_a_style(redis_url: str, data_di
             stored = style_store.load_styles(redis_of(s), StyleKeys(s.key_prefix))["real_one"]
             assert stored.code.shape == (1, network.model.code_size)
             assert stored.meta.network_sha256 == network.manifest.network.sha256
+            assert stored.meta.init == "mean"
             entry = wait_for(lambda: listed(client, "real_one"), 10, "the style to be listed")
             assert entry["status"] == "custom"
             photo = photo_like(64, 48, seed=3)
