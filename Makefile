@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench browser
+.PHONY: install run test lint bench browser redis-server
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ run: install
 lint: install
 	$(BIN)/ruff check .
 
-test: lint browser
+test: lint browser redis-server
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Headless Chromium and its driver for the web page tests (Debian's packages; nothing else is
@@ -35,3 +35,12 @@ browser:
 		echo "installing $(CHROMIUM_PACKAGES) for the browser tests"; \
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CHROMIUM_PACKAGES); \
 	else echo "no apt-get: the browser tests will be skipped"; fi
+
+# redis-server itself (Debian's package): the durability tests start their own, with append-only
+# persistence on a free port, and restart it. Installed with apt-get when missing.
+redis-server:
+	@if command -v redis-server >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		echo "installing redis-server for the durability tests"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; \
+	else echo "no apt-get and no redis-server: the durability tests will fail"; fi
