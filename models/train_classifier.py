@@ -448,13 +448,12 @@ class Training:
             save_due = True
             synced = self.lookahead is None or self.lookahead.matches(self.model)
             stop = should_stop() or (stop_after_steps is not None and self.step >= stop_after_steps)
-            if synced:
-                if checkpoint is not None:
-                    self.save_checkpoint(checkpoint)
+            if synced and checkpoint is not None:
+                self.save_checkpoint(checkpoint)
                 save_due = False
-                if stop and not self.finished:
-                    log(f"stopped at step {self.step}/{self.total_steps} (checkpoint: {checkpoint})")
-                    return False
+            if stop and not self.finished and (synced or checkpoint is None):
+                log(f"stopped at step {self.step}/{self.total_steps} (checkpoint: {checkpoint})")
+                return False
         return True
 
     def _elapse(self, since: float) -> None:
