@@ -50,6 +50,7 @@ from torch import Tensor
 from models.imaging import pil_to_tensor, resize_longest, tensor_to_pil
 from models.precision import use_bf16
 from models.style_objective import StyleObjective, stack_grams
+from models.styles import sha256_file
 from models.transformer import (
     ARCHS,
     TransformerConfig,
@@ -220,14 +221,6 @@ def batch_at(
     imgs = [random_crop(photos[rng.randrange(len(photos))], crop, rng) for _ in range(cfg.batch_size)]
     styles = [(iteration * cfg.batch_size + i) % num_styles for i in range(cfg.batch_size)]
     return torch.cat([pil_to_tensor(img) for img in imgs]), styles
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- checkpoints ----------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ multiples of :data:`DOWNSAMPLE` so the output has exactly the input's size (see 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -98,7 +97,7 @@ class ConditionalInstanceNorm2d(_Coded):
     """Instance norm with a scale and a shift per style (S rows of ``weight`` and ``bias``).
 
     Parameters are named ``weight``/``bias`` like ``nn.InstanceNorm2d(affine=True)``'s, with a leading
-    style dimension, so a single-style file of the affine network loads after an ``unsqueeze(0)``.
+    style dimension.
     """
 
     def __init__(self, channels: int, num_styles: int) -> None:
@@ -344,34 +343,8 @@ def load_transformer(path: Path, device: torch.device | str = "cpu") -> tuple[Tr
         raise ValueError(f"{path} has no '{METADATA_ARCH_KEY}' metadata; not an Atelier style network")
     model = TransformerNet(TransformerConfig.from_json(metadata[METADATA_ARCH_KEY]))
     state = {k: v.float() for k, v in load_file(str(path)).items()}
-    model.load_state_dict(_from_single_style_layout(state))
+    model.load_state_dict(state)
     return model.to(device).eval().requires_grad_(False), metadata
-
-
-_LEGACY_KEYS = (  # the single-style network's nn.Sequential names -> the conditional network's
-    (re.compile(r"^encoder\.(\d)\.0\."), r"encoder.\1.conv."),
-    (re.compile(r"^encoder\.(\d)\.1\."), r"encoder.\1.norm."),
-    (re.compile(r"^residuals\.(\d+)\.body\.0\."), r"residuals.\1.conv1."),
-    (re.compile(r"^residuals\.(\d+)\.body\.1\."), r"residuals.\1.norm1."),
-    (re.compile(r"^residuals\.(\d+)\.body\.3\."), r"residuals.\1.conv2."),
-    (re.compile(r"^residuals\.(\d+)\.body\.4\."), r"residuals.\1.norm2."),
-    (re.compile(r"^decoder\.([01])\.conv\.0\."), r"upsample.\1.conv.conv."),
-    (re.compile(r"^decoder\.([01])\.conv\.1\."), r"upsample.\1.conv.norm."),
-    (re.compile(r"^decoder\.2\."), r"head."),
-)
-
-
-def _from_single_style_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Files of the earlier single-style network (affine IN, Sequential names) load unchanged."""
-    if not any(k.startswith("decoder.") for k in state):
-        return state
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        for pattern, repl in _LEGACY_KEYS:
-            key = pattern.sub(repl, key)
-        is_norm = key.rsplit(".", 2)[-2].startswith("norm") and value.dim() == 1
-        out[key] = value.unsqueeze(0) if is_norm else value
-    return out
 
 
 class _CodeInput(nn.Module):
