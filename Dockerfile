@@ -22,6 +22,7 @@ RUN pip install --index-url ${TORCH_INDEX} "torch>=2.4,<2.15" "torchvision>=0.19
  && pip install . && pip uninstall -y atelier
 
 COPY app ./app
+COPY core ./core
 COPY worker ./worker
 COPY models ./models
 RUN pip install --no-deps . \

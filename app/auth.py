@@ -28,7 +28,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from app.problems import Problem
-from app.settings import Settings
+from core.settings import Settings
 
 KEY_ID_CHARS = 8
 REALM = "atelier"

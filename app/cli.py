@@ -9,9 +9,9 @@ import signal
 import sys
 from typing import NoReturn
 
-from app.exit_codes import ExitCode
-from app.parent_death import die_with_parent, take_supervisor_pid
-from app.settings import get_settings
+from core.exit_codes import ExitCode
+from core.parent_death import die_with_parent, take_supervisor_pid
+from core.settings import get_settings
 
 log = logging.getLogger("atelier")
 

@@ -30,7 +30,7 @@ from starlette.routing import Match
 
 from app.auth import bearer_scheme
 from app.problems import PROBLEM_MEDIA_TYPE
-from app.settings import Settings
+from core.settings import Settings
 
 PROBLEM_REF = "#/components/schemas/Problem"
 BEARER_SCHEME = bearer_scheme.scheme_name

@@ -8,8 +8,8 @@ from fastapi import Depends, Request
 from redis import Redis
 from rq import Queue
 
-from app.settings import Settings
-from worker.store import JobKeys
+from core.settings import Settings
+from core.store import JobKeys
 
 
 def get_app_settings(request: Request) -> Settings:

@@ -21,8 +21,8 @@ from redis import Redis
 from rq.utils import utcparse
 from rq.worker_registration import REDIS_WORKER_KEYS, WORKERS_BY_QUEUE_KEY
 
-from app.settings import Settings
-from worker.store import JobKeys
+from core.settings import Settings
+from core.store import JobKeys
 
 RQ_WORKER_KEY_PREFIX = "rq:worker:"
 

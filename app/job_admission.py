@@ -25,7 +25,7 @@ from rq.job import Job
 
 from app.auth import Principal
 from app.problems import Problem
-from app.settings import Settings
+from core.settings import Settings
 
 UNFINISHED = frozenset({"queued", "started", "deferred", "scheduled", "created"})
 LOCK_TIMEOUT_S = 10  # longer than any enqueue; a crashed holder frees the lock after this

@@ -31,11 +31,11 @@ from app.metrics import (
     job_duration_family,
 )
 from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
-from app.redis_conn import connect
 from app.routers import classify, custom_styles, health, job_events, jobs, live, stylize, video_jobs, web
-from app.settings import Settings, get_settings
-from worker.main import make_queue
-from worker.store import JobKeys
+from core.queue import make_queue
+from core.redis_conn import connect
+from core.settings import Settings, get_settings
+from core.store import JobKeys
 
 log = logging.getLogger(__name__)
 

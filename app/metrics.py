@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.admission import ModelGate
 from app.fleet import FleetStatus
-from worker.store import JOB_DURATION_BUCKETS
+from core.store import JOB_DURATION_BUCKETS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -75,7 +75,7 @@ def ensure_redis(url: str) -> LaunchedRedis:
         log.info("starting %s on %s:%s (in memory, nothing saved)", server, host, port)
         server_cmd = [server, "--bind", host, "--port", str(port), "--save", "", "--appendonly", "no"]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "app.parent_death", str(os.getpid()), "--", *server_cmd],
+            [sys.executable, "-m", "core.parent_death", str(os.getpid()), "--", *server_cmd],
             stdout=subprocess.DEVNULL,
             process_group=0,
         )

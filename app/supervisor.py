@@ -7,7 +7,7 @@ dead children at once, restarts dead workers with capped exponential backoff, an
 * Children sit in their own process groups, so Ctrl-C in a terminal reaches only the supervisor, which
   stops the children in order (workers and API first, Redis last, once jobs are recorded).
 * Children die with the supervisor even if it is SIGKILLed: each asks the kernel for SIGTERM on its
-  parent's death (``app.parent_death``) and exits at once if the supervisor is already gone.
+  parent's death (``core.parent_death``) and exits at once if the supervisor is already gone.
 * A worker that keeps dying soon after each start is *crash-looping*; the counts are published in
   Redis for /readyz and /metrics.
 """
@@ -29,12 +29,12 @@ from types import FrameType
 from redis import Redis
 from redis.exceptions import RedisError
 
-from app.exit_codes import ExitCode
 from app.fleet import SupervisorReport, forget_worker, heartbeat_window_s, publish_report, withdraw_report
-from app.parent_death import SUPERVISOR_PID_ENV
 from app.redis_launcher import LaunchedRedis, ensure_redis
-from app.settings import Settings
-from worker.store import JobKeys
+from core.exit_codes import ExitCode
+from core.parent_death import SUPERVISOR_PID_ENV
+from core.settings import Settings
+from core.store import JobKeys
 
 log = logging.getLogger("atelier.supervisor")
 

@@ -204,7 +204,7 @@ def model_bench(seconds: float, threads: int) -> dict[str, Any]:
     """Images/s of the model alone at batch 1 and 256, for each runtime that has a file."""
     import torch
 
-    from app.settings import Settings
+    from core.settings import Settings
     from models.classifier import fold_batchnorm, load_classifier
     from models.export_onnx import latency, onnx_runner, torch_runner
 
@@ -226,7 +226,7 @@ def model_bench(seconds: float, threads: int) -> dict[str, Any]:
 def machine() -> dict[str, Any]:
     import torch
 
-    from app.settings import Settings
+    from core.settings import Settings
 
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)

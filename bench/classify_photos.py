@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tag", default="")
     args = p.parse_args(argv)
 
-    from app.settings import Settings
+    from core.settings import Settings
 
     load_before = uptime()
     service = load_service(Settings().weights_dir / "classifier", backend=args.backend, threads=args.threads)

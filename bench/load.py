@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.levels = [int(c) for c in args.levels.split(",")]
 
-    from app.settings import Settings
+    from core.settings import Settings
 
     settings = Settings()
     port = free_port()

@@ -37,8 +37,8 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from app.settings import get_settings  # noqa: E402
 from bench.serve import HOST, free_port, start_api  # noqa: E402
+from core.settings import get_settings  # noqa: E402
 from models.frame_stylizer import named_style_frames  # noqa: E402
 from models.styles import load_network  # noqa: E402
 from models.video import RenderOptions, output_size, render_stylized_video  # noqa: E402

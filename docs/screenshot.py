@@ -18,8 +18,8 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from app.settings import Settings  # noqa: E402
 from bench.webcam import scene  # noqa: E402
+from core.settings import Settings  # noqa: E402
 from tests.browser import LiveServer, start_chromium, wait_for  # noqa: E402
 
 OUT = ROOT / "docs" / "web-page.png"

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.settings import Settings
+from core.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("ATELIER_TEST_CHROMIUM", "/usr/bin/chromium"))

@@ -21,8 +21,8 @@ from redis.exceptions import RedisError
 from rq import Worker
 
 from app.main import create_app
-from app.settings import Settings
-from worker.main import make_queue
+from core.queue import make_queue
+from core.settings import Settings
 
 REDIS_URL = os.environ.get("ATELIER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

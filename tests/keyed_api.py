@@ -11,7 +11,7 @@ import os
 from fastapi import FastAPI
 
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 
 
 def create_keyed_app() -> FastAPI:

@@ -14,7 +14,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from app.auth import ApiKeys, Principal, digest_of
 from app.main import create_app
-from app.settings import Settings
+from core.settings import Settings
 from tests.conftest import make_settings
 from tests.images import encode, photo_like, stripes
 from tests.test_jobs_api import wait_for

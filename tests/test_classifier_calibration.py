@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.services.classifier import ClassifierService, load_service
-from app.settings import WEIGHTS_DIR, Settings
 from bench.classify_photos import STORE_ROTATED, make_photo, png, served_preprocess
+from core.settings import WEIGHTS_DIR, Settings
 from models import calibration, cifar
 from models.classifier import read_metadata
 

@@ -17,7 +17,7 @@ from PIL import Image
 from app.batching import BatchStats
 from app.main import create_app
 from app.services.classifier import ClassifierService
-from app.settings import Settings
+from core.settings import Settings
 from models import cifar
 
 PROBLEM_JSON = "application/problem+json"
@@ -282,7 +282,7 @@ def test_an_onnx_model_that_disagrees_with_the_float_model_is_not_served(tmp_pat
     import torch
 
     from app.services.classifier import load_service
-    from app.settings import WEIGHTS_DIR
+    from core.settings import WEIGHTS_DIR
     from models.classifier import fold_batchnorm, load_classifier
     from models.export_onnx import export_fp32
 

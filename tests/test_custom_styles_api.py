@@ -24,7 +24,9 @@ from redis import Redis
 
 from app.auth import digest_of
 from app.main import create_app
-from app.settings import Settings
+from core import style_store
+from core.settings import Settings
+from core.style_store import CustomStyleMeta, StyleKeys
 from models.finetune_style import network_with_code
 from models.imaging import pil_to_tensor
 from models.style_objective import StyleObjective
@@ -33,8 +35,6 @@ from models.train_style import split_photos
 from models.transformer import build, save_transformer, stylize
 from tests.conftest import WorkerProcess, _purge, make_settings
 from tests.images import encode, photo_like, stripes
-from worker import style_store
-from worker.style_store import CustomStyleMeta, StyleKeys
 
 PROBLEM = "application/problem+json"
 BUILTIN = ("starry_night", "great_wave")

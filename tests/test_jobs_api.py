@@ -14,9 +14,9 @@ from PIL import Image
 from redis import Redis
 
 from app.main import create_app
+from core.store import JobKeys
 from tests.conftest import WorkerProcess, make_settings
 from tests.images import encode, photo_like, stripes
-from worker.store import JobKeys
 
 PROBLEM = "application/problem+json"
 

@@ -27,12 +27,12 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from app.exit_codes import ExitCode
 from app.fleet import registered_workers
 from app.main import create_app
 from app.routers.jobs import job_state
-from app.settings import Settings
 from app.supervisor import Backoff, describe_exit
+from core.exit_codes import ExitCode
+from core.settings import Settings
 from tests.conftest import PROJECT_ROOT, WorkerProcess, _purge, make_settings
 from tests.images import encode, photo_like, stripes
 from tests.test_jobs_api import _free_port, submit, wait_for

@@ -6,7 +6,6 @@ import io
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields
 from typing import Any
 
 from PIL import Image
@@ -15,12 +14,13 @@ from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
-from app.settings import get_settings
-from models.gatys import GatysOptions, StepReport, run_gatys
+from core.job_options import options_from_dict
+from core.settings import get_settings
+from core.store import JobKeys, cancel_requested, record_job_duration
+from models.gatys import StepReport, run_gatys
 from models.imaging import encode_image
 from worker import runtime
 from worker.patience import patiently
-from worker.store import JobKeys, cancel_requested, record_job_duration
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +29,6 @@ PROGRESS_MIN_INTERVAL_S = 0.5
 
 class JobCanceled(Exception):
     """Raised at a step boundary when a client asked to cancel a running job."""
-
-
-def options_from_dict(raw: dict[str, Any]) -> GatysOptions:
-    """Rebuild options from the JSON payload; tuples arrive as lists, unknown keys are refused."""
-    known = {f.name for f in fields(GatysOptions)}
-    unknown = set(raw) - known
-    if unknown:
-        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
-    return GatysOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-
-
-def options_to_dict(options: GatysOptions) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
 
 
 def _load_image(redis: Redis, key: str, what: str, max_pixels: int) -> Image.Image:

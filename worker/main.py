@@ -23,9 +23,10 @@ from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import WorkerStatus
 
-from app.exit_codes import ExitCode
-from app.redis_conn import connect
-from app.settings import Settings, get_settings
+from core.exit_codes import ExitCode
+from core.queue import make_queue
+from core.redis_conn import connect
+from core.settings import Settings, get_settings
 from worker import runtime
 from worker.patience import TRANSIENT
 
@@ -221,10 +222,6 @@ class AtelierWorker(Worker):
             requeues,
             self.shutdown_max_requeues,
         )
-
-
-def make_queue(settings: Settings, connection=None) -> Queue:
-    return Queue(settings.queue_name, connection=connection or connect(settings), serializer=JSONSerializer)
 
 
 def run_worker(

@@ -13,7 +13,7 @@ import signal
 
 import torch
 
-from app.parent_death import die_with_parent
+from core.parent_death import die_with_parent
 from models.vgg import VGG19Features, load_vgg19
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ objective the network was trained with from its metadata, and fine-tunes only th
 (step, losses, percent) goes to the job's meta like a Gatys job's; a cancel request stops it at the
 next step.
 
-Only a finished job writes the style (code, metadata, thumbnail: :mod:`worker.style_store`), in one
+Only a finished job writes the style (code, metadata, thumbnail: :mod:`core.style_store`), in one
 transaction; a failed or canceled one deletes its painting and gives its name back, so no half-made
 style is ever left behind. The job's result image is a held-out photo painted in the new style.
 """
@@ -27,7 +27,9 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import get_current_job
 
-from app.settings import Settings, get_settings
+from core.settings import Settings, get_settings
+from core.store import JobKeys, cancel_requested, record_job_duration
+from core.style_store import CustomStyleMeta, StyleKeys, release, save_style
 from models.finetune_style import FinetuneConfig, finetune_code, initial_code, network_with_code
 from models.imaging import encode_image, pil_to_tensor, resize_longest, tensor_to_pil
 from models.style_objective import StyleObjective
@@ -37,8 +39,6 @@ from models.transformer import stylize
 from models.vgg import VGG19Features
 from worker import runtime
 from worker.jobs import JobCanceled, _load_image, _progress_reporter, record_job_failure
-from worker.store import JobKeys, cancel_requested, record_job_duration
-from worker.style_store import CustomStyleMeta, StyleKeys, release, save_style
 
 PREVIEW_SIDE = 256
 THUMBNAIL_QUALITY = 85

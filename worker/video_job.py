@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import tempfile
 import time
-from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -21,45 +19,13 @@ from redis import Redis
 from rq import get_current_job
 from rq.job import Job
 
-from app.settings import Settings, get_settings
+from core.job_options import VideoJobOptions
+from core.settings import Settings, get_settings
+from core.store import JobKeys, cancel_requested, record_job_duration
 from models.frame_stylizer import ArbitraryFrames, named_style_frames
-from models.video import FrameStylizer, OutputFormat, ProgressCallback, RenderOptions, render_stylized_video
+from models.video import FrameStylizer, ProgressCallback, RenderOptions, render_stylized_video
 from worker import runtime
 from worker.jobs import PROGRESS_MIN_INTERVAL_S, JobCanceled, record_job_failure
-from worker.store import JobKeys, cancel_requested, record_job_duration
-
-
-@dataclass(frozen=True)
-class VideoJobOptions:
-    """The JSON payload of a video job (what the API decided from the request and the probe)."""
-
-    width: int
-    height: int
-    output: OutputFormat
-    total_frames: int
-    style: str | None = None  # a named style of the network
-    style_image: bool = False  # or the painting stored under the job's style key
-    fps: tuple[int, int] | None = None  # numerator, denominator
-    smoothing: float = 0.5
-    batch_frames: int = 4
-
-    def to_dict(self) -> dict[str, Any]:
-        raw = asdict(self)
-        raw["fps"] = list(self.fps) if self.fps else None
-        return raw
-
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> VideoJobOptions:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
-        fps = raw.get("fps")
-        return cls(**{**raw, "fps": tuple(fps) if fps else None})
-
-    @property
-    def frame_rate(self) -> Fraction | None:
-        return Fraction(*self.fps) if self.fps else None
 
 
 def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> ProgressCallback:

@@ -33,10 +33,10 @@ from app.schemas import JobStatus
 from app.services.custom_styles import CustomStyleRegistry
 from app.services.stylizer import Stylizer
 from app.uploads import finish_decode, open_image, read_upload, reject_unknown_fields
+from core import style_store
+from core.store import STYLE_JOB_FUNC
+from core.style_store import StyleKeys
 from models.imaging import encode_image, resize_longest
-from worker import style_store
-from worker.store import STYLE_JOB_FUNC
-from worker.style_store import StyleKeys
 
 router = APIRouter(tags=["styles"])
 

@@ -25,14 +25,14 @@ from app.dependencies import KeysDep, QueueDep, RedisDep, SettingsDep
 from app.job_admission import admit_and_enqueue
 from app.problems import Problem
 from app.schemas import JobLinks, JobProgress, JobState, JobStatus
-from app.settings import Settings
 from app.uploads import read_image, reject_unknown_fields
+from core.job_options import options_to_dict
+from core.settings import Settings
+from core.store import JOB_FUNC, JobKeys, request_cancel
 from models.gatys import GatysOptions
 from models.imaging import MEDIA_TYPES, encode_image, resize_longest
 from models.vgg import LAYER_NAMES
 from models.video import VIDEO_MEDIA_TYPES
-from worker.jobs import options_to_dict
-from worker.store import JOB_FUNC, JobKeys, request_cancel
 
 # Job ids are `{job_id:uuid}`: only a UUID matches, so `GET /jobs/optimize` is a 405 (that path takes
 # POST only) rather than a 422 about a malformed id, and any other non-UUID is a plain 404.

@@ -33,8 +33,8 @@ from app.auth import authenticate_websocket, websocket_subprotocol
 from app.frame_mailbox import FrameMailbox
 from app.problems import Problem
 from app.services.stylizer import Stylizer
-from app.settings import Settings
 from app.uploads import decode_image
+from core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,6 @@ from app.services.arbitrary import ArbitraryStylizer
 from app.services.custom_styles import CustomStyleRegistry, mixed_code
 from app.services.runtime import elapsed_ms
 from app.services.stylizer import Stylizer
-from app.settings import Settings
 from app.uploads import (
     INLINE_DECODE_PIXELS,
     finish_decode,
@@ -37,10 +36,11 @@ from app.uploads import (
     read_upload,
     reject_unknown_fields,
 )
+from core import style_store
+from core.settings import Settings
 from models.arbitrary import DISTRIBUTION, PINNED_VERSION
 from models.styles import styles_dir
 from models.transformer import MIN_SIDE
-from worker import style_store
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,13 @@ from app.job_admission import admit_and_enqueue
 from app.problems import Problem
 from app.routers.jobs import status_of
 from app.schemas import JobStatus
-from app.settings import Settings
 from app.uploads import read_image, read_upload, reject_unknown_fields
+from core.job_options import VideoJobOptions
+from core.settings import Settings
+from core.store import VIDEO_JOB_FUNC
 from models.imaging import encode_image, resize_longest
 from models.video import encoder_for, expected_frames, output_size
 from models.video_probe import ACCEPTED_DESCRIPTION, VideoInfo, VideoLimits, VideoRejected, probe_video
-from worker.store import VIDEO_JOB_FUNC
-from worker.video_job import VideoJobOptions
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

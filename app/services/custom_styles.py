@@ -25,8 +25,8 @@ from redis.exceptions import RedisError
 from starlette.concurrency import run_in_threadpool
 from torch import Tensor
 
-from worker import style_store
-from worker.style_store import CustomStyleMeta, StyleKeys
+from core import style_store
+from core.style_store import CustomStyleMeta, StyleKeys
 
 log = logging.getLogger(__name__)
 

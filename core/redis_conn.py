@@ -12,7 +12,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
-from app.settings import Settings
+from core.settings import Settings
 
 BACKOFF_BASE_S = 0.1
 BACKOFF_CAP_S = 1.0

@@ -1,7 +1,7 @@
 """Children that die with their parent, so a SIGKILLed supervisor never leaves orphans behind.
 
 Linux delivers a chosen signal to a process when the thread that created it exits
-(``prctl(PR_SET_PDEATHSIG)``). The request survives ``exec``, so ``python -m app.parent_death PID
+(``prctl(PR_SET_PDEATHSIG)``). The request survives ``exec``, so ``python -m core.parent_death PID
 -- CMD ...`` arms it and then becomes CMD: that is how ``atelier up`` starts a program it did not
 write (redis-server) without running Python code between ``fork`` and ``exec``.
 """
@@ -47,9 +47,9 @@ def take_supervisor_pid() -> int | None:
 
 
 def _exec_with_parent_death(argv: list[str]) -> None:
-    """``python -m app.parent_death PARENT_PID -- CMD ARGS``: arm SIGTERM-on-parent-death, then exec CMD."""
+    """``python -m core.parent_death PARENT_PID -- CMD ARGS``: arm SIGTERM-on-parent-death, then exec CMD."""
     if len(argv) < 3 or argv[1] != "--" or not argv[0].isdigit():
-        raise SystemExit("usage: python -m app.parent_death PARENT_PID -- CMD [ARGS...]")
+        raise SystemExit("usage: python -m core.parent_death PARENT_PID -- CMD [ARGS...]")
     die_with_parent(signal.SIGTERM, expected_parent=int(argv[0]))
     os.execvp(argv[2], argv[2:])
 

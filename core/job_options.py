@@ -1,0 +1,59 @@
+"""The JSON payloads of queued jobs: what the API writes into a job and the worker reads back.
+
+One definition both sides import, so the payload a route builds is the one the job accepts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from fractions import Fraction
+from typing import Any
+
+from models.gatys import GatysOptions
+from models.video import OutputFormat
+
+
+def options_from_dict(raw: dict[str, Any]) -> GatysOptions:
+    """Rebuild options from the JSON payload; tuples arrive as lists, unknown keys are refused."""
+    known = {f.name for f in fields(GatysOptions)}
+    unknown = set(raw) - known
+    if unknown:
+        raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    return GatysOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def options_to_dict(options: GatysOptions) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(options).items()}
+
+
+@dataclass(frozen=True)
+class VideoJobOptions:
+    """The JSON payload of a video job (what the API decided from the request and the probe)."""
+
+    width: int
+    height: int
+    output: OutputFormat
+    total_frames: int
+    style: str | None = None  # a named style of the network
+    style_image: bool = False  # or the painting stored under the job's style key
+    fps: tuple[int, int] | None = None  # numerator, denominator
+    smoothing: float = 0.5
+    batch_frames: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        raw["fps"] = list(self.fps) if self.fps else None
+        return raw
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> VideoJobOptions:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        fps = raw.get("fps")
+        return cls(**{**raw, "fps": tuple(fps) if fps else None})
+
+    @property
+    def frame_rate(self) -> Fraction | None:
+        return Fraction(*self.fps) if self.fps else None
