@@ -259,3 +259,7 @@ def _subset(net: TransformerNet, names: Sequence[str], chosen: Sequence[str]) ->
     state = {k: v[rows] if v.dim() == 2 else v for k, v in net.state_dict().items()}
     sub.load_state_dict(state)
     return sub.eval().requires_grad_(False)
+
+
+if __name__ == "__main__":
+    main()
