@@ -8,11 +8,12 @@ requests that need it answer 503 instead of failing at import time.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFile
@@ -78,54 +79,54 @@ style, `arbitrary-ghiasi2017/<digest of both files>` for a painting.
 
 
 async def startup(app: FastAPI) -> None:
-    """Load every style network once; register a readiness check either way."""
+    """Load both style models once; each failure is logged and reported by /readyz, not fatal."""
     settings = app.state.settings
-    try:
-        stylizer: Stylizer | None = await run_in_threadpool(
+    await _load_or_report(
+        app,
+        "stylizer",
+        functools.partial(
             Stylizer.load,
             settings.weights_dir,
             device=settings.device,
             threads=settings.torch_threads,
             max_batch=settings.stylize_max_batch,
             max_wait_s=settings.stylize_batch_wait_ms / 1000,
-        )
-        failure = ""
-    except Exception as exc:  # the app must come up without style networks
-        log.exception("style networks could not be loaded")
-        stylizer, failure = None, str(exc)
-    app.state.stylizer = stylizer
-
-    def check() -> dict[str, Any]:
-        if stylizer is None:
-            return {"ok": False, "styles": [], "device": settings.device, "error": failure}
-        return stylizer.ready()
-
-    app.state.ready_checks["stylizer"] = check
-    await _load_arbitrary(app)
-
-
-async def _load_arbitrary(app: FastAPI) -> None:
-    """Load the any-painting model (sha256-verified); register its readiness check either way."""
-    settings = app.state.settings
-    try:
-        service: ArbitraryStylizer | None = await run_in_threadpool(
+        ),
+        # the app must come up without style networks
+        when_missing={"styles": [], "device": settings.device},
+    )
+    await _load_or_report(
+        app,
+        "arbitrary_stylizer",
+        functools.partial(
             ArbitraryStylizer.load,
             settings.arbitrary_model_dir,
             threads=settings.torch_threads,
             cache_size=settings.stylize_style_cache_size,
-        )
+        ),
+        # the named styles must keep working without it
+        when_missing={},
+    )
+
+
+async def _load_or_report(
+    app: FastAPI, name: str, load: Callable[[], Any], when_missing: dict[str, Any]
+) -> None:
+    """``app.state.<name>`` = ``load()`` (None if it raised); a /readyz check of the same name."""
+    try:
+        service = await run_in_threadpool(load)
         failure = ""
-    except Exception as exc:  # the named styles must keep working without it
-        log.exception("the arbitrary-style model could not be loaded")
+    except Exception as exc:
+        log.exception("%s could not be loaded", name)
         service, failure = None, str(exc)
-    app.state.arbitrary_stylizer = service
+    setattr(app.state, name, service)
 
     def check() -> dict[str, Any]:
         if service is None:
-            return {"ok": False, "error": failure}
+            return {"ok": False, **when_missing, "error": failure}
         return service.ready()
 
-    app.state.ready_checks["arbitrary_stylizer"] = check
+    app.state.ready_checks[name] = check
 
 
 async def shutdown(app: FastAPI) -> None:
