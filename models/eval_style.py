@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     photos = held[: a.n_photos] if a.n_photos else held
     paintings = {n: Image.open(Path(a.paintings) / f"{n}.jpg").convert("RGB") for n in chosen}
     vgg = load_vgg19("relu5_1")
-    sub = _subset(net, names, chosen)
+    sub = subset_of_styles(net, names, chosen)
     results = evaluate(vgg, sub, chosen, objective, paintings, photos, a.size, a.max_steps)
     statuses = {n: status_of(r, a.looked_at) for n, r in results.items()}
     if a.sheet:
@@ -249,14 +249,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(markdown_table(results, statuses))
 
 
-def _subset(net: TransformerNet, names: Sequence[str], chosen: Sequence[str]) -> TransformerNet:
+def subset_of_styles(net: TransformerNet, names: Sequence[str], chosen: Sequence[str]) -> TransformerNet:
     """The same network restricted to ``chosen`` styles, so style index i means chosen[i]."""
     if list(chosen) == list(names):
         return net
     rows = torch.tensor([names.index(n) for n in chosen])
     sub = TransformerNet(replace(net.config, num_styles=len(chosen)))
-    # Only the conditional norms' parameters are 2-D (styles × channels); convolutions are 1-D or 4-D.
-    state = {k: v[rows] if v.dim() == 2 else v for k, v in net.state_dict().items()}
+    # Per-style parameters (norm rows, colour skip) have a leading style dimension; the rest is shared.
+    prefixes = {id(m): n for n, m in net.named_modules()}
+    coded = {f"{prefixes[id(m)]}.{p}" for m in net.coded for p in ("weight", "bias")}
+    state = {k: v[rows] if k in coded else v for k, v in net.state_dict().items()}
     sub.load_state_dict(state)
     return sub.eval().requires_grad_(False)
 

@@ -24,6 +24,7 @@ from models.transformer import (
     count_params,
     export_onnx,
     load_transformer,
+    one_hot_styles,
     pad_to_multiple,
     save_transformer,
     stylize,
@@ -313,3 +314,20 @@ def test_evaluation_of_a_tiny_network_reports_every_style(tmp_path: Path) -> Non
         assert status_of(r, looked_at=False) == "experimental"
     contact_sheet(net, ["s0", "s1"], some, 48, tmp_path / "sheet.jpg")
     assert Image.open(tmp_path / "sheet.jpg").size[0] >= 3 * 48
+
+
+def test_a_subset_of_styles_paints_like_the_full_network() -> None:
+    """Evaluating some styles of a network keeps every per-style tensor (norm rows and colour skip)."""
+    from models.eval_style import subset_of_styles
+
+    torch.manual_seed(0)
+    net = build("medium", num_styles=3).eval().requires_grad_(False)
+    with torch.no_grad():
+        for module in net.coded:  # make the styles differ, colour skip included
+            module.weight.add_(0.1 * torch.randn_like(module.weight))
+            module.bias.add_(0.1 * torch.randn_like(module.bias))
+    sub = subset_of_styles(net, ["a", "b", "c"], ["c", "a"])
+    x = torch.rand(1, 3, 32, 32)
+    for sub_index, full_index in ((0, 2), (1, 0)):
+        got = stylize(sub, x, one_hot_styles([sub_index], 2))
+        torch.testing.assert_close(got, stylize(net, x, one_hot_styles([full_index], 3)))
