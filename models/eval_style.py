@@ -27,14 +27,16 @@ import argparse
 import json
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
+from models.arbitrary import ArbitraryStyleModel, center_square
 from models.gatys import GatysOptions, StepReport, run_gatys
 from models.imaging import pil_to_tensor, resize_longest, tensor_to_pil
 from models.losses import gram_matrix, style_loss
@@ -104,9 +106,35 @@ def gatys_job_style_loss(vgg: VGG19Features, image: Tensor, painting_grams: dict
         return float(style_loss(vgg(caffe_preprocess(image), DEFAULT_STYLE_LAYERS), painting_grams))
 
 
+Painter = Callable[[str, Tensor], Tensor]
+"""(style name, 1×3×H×W photo in [0, 1]) -> the stylized photo, same shape: any model under test."""
+
+
+def network_painter(net: TransformerNet, names: Sequence[str]) -> Painter:
+    """Style ``names[i]`` is row ``i`` of the multi-style network."""
+
+    def paint(name: str, x: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return stylize(net, x, one_hot_styles([list(names).index(name)], net.config.num_styles))
+
+    return paint
+
+
+def arbitrary_painter(model: ArbitraryStyleModel, paintings: dict[str, Image.Image]) -> Painter:
+    """Ghiasi et al.'s any-painting model at full strength (``style_image`` with strength 1)."""
+    vectors = {name: model.style_vector(center_square(img)) for name, img in paintings.items()}
+
+    def paint(name: str, x: Tensor) -> Tensor:
+        photo = x[0].permute(1, 2, 0).contiguous().numpy().astype(np.float32)
+        out = model.stylize(photo, vectors[name])
+        return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1)[None].float()
+
+    return paint
+
+
 def evaluate(
     vgg: VGG19Features,
-    net: TransformerNet,
+    net: TransformerNet | Painter,
     names: Sequence[str],
     objective: StyleObjective,
     paintings: dict[str, Image.Image],
@@ -114,10 +142,14 @@ def evaluate(
     size: int,
     max_steps: int,
 ) -> dict[str, object]:
-    """Per-style, per-photo figures and the per-style summary (see the module docstring)."""
+    """Per-style, per-photo figures and the per-style summary (see the module docstring).
+
+    ``net``: the multi-style network (style ``names[i]`` is its row ``i``) or any :data:`Painter`.
+    """
+    paint = network_painter(net, names) if isinstance(net, TransformerNet) else net
     job_defaults = GatysOptions()
     results: dict[str, object] = {}
-    for index, name in enumerate(names):
+    for name in names:
         painting = paintings[name]
         grams = objective.painting_grams(vgg, painting)
         job_img = pil_to_tensor(resize_longest(painting.convert("RGB"), job_defaults.size))
@@ -129,8 +161,7 @@ def evaluate(
         for path in photos:
             photo = resize_longest(Image.open(path).convert("RGB"), size)
             x = pil_to_tensor(photo)
-            with torch.inference_mode():
-                out = stylize(net, x, one_hot_styles([index], net.config.num_styles))
+            out = paint(name, x)
             net_terms = objective_loss(vgg, objective, out, x, grams)
             start = time.perf_counter()
             steps, curve = gatys_equivalent_steps(
@@ -172,18 +203,18 @@ def status_of(summary: dict[str, object], looked_at: bool) -> str:
 
 
 def contact_sheet(
-    net: TransformerNet, names: Sequence[str], photos: Sequence[Path], size: int, path: Path
+    net: TransformerNet | Painter, names: Sequence[str], photos: Sequence[Path], size: int, path: Path
 ) -> None:
     """Held-out photos down the side, one column per style (the photo itself first)."""
+    paint = network_painter(net, names) if isinstance(net, TransformerNet) else net
     images = [resize_longest(Image.open(p).convert("RGB"), size) for p in photos]
     cell_w, cell_h = max(i.width for i in images), max(i.height for i in images)
     sheet = Image.new("RGB", (cell_w * (len(names) + 1), cell_h * len(images)), "white")
     for r, img in enumerate(images):
         sheet.paste(img, (0, r * cell_h))
         x = pil_to_tensor(img)
-        for c in range(len(names)):
-            with torch.inference_mode():
-                out = stylize(net, x, one_hot_styles([c], net.config.num_styles))
+        for c, name in enumerate(names):
+            out = paint(name, x)
             sheet.paste(tensor_to_pil(out), ((c + 1) * cell_w, r * cell_h))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, quality=88)
@@ -215,6 +246,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--n-photos", type=int, default=6, help="first N held-out photos (0: all)")
     p.add_argument("--size", type=int, default=256, help="longest side of every output")
     p.add_argument("--max-steps", type=int, default=300, help="Gatys cap per photo")
+    p.add_argument(
+        "--model",
+        choices=("network", "arbitrary"),
+        default="network",
+        help="the network of --weights, or the any-painting model (style_image) on the same paintings",
+    )
     p.add_argument("--looked-at", action="store_true", help="a person checked the 512/1024 px outputs")
     p.add_argument("--json", default="", help="write the results here")
     p.add_argument("--sheet", default="", help="write a contact sheet (held-out photos x styles) here")
@@ -228,13 +265,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     photos = held[: a.n_photos] if a.n_photos else held
     paintings = {n: Image.open(Path(a.paintings) / f"{n}.jpg").convert("RGB") for n in chosen}
     vgg = load_vgg19("relu5_1")
-    sub = subset_of_styles(net, names, chosen)
-    results = evaluate(vgg, sub, chosen, objective, paintings, photos, a.size, a.max_steps)
+    if a.model == "arbitrary":  # judged under the network's objective, so the figures compare
+        model: TransformerNet | Painter = arbitrary_painter(ArbitraryStyleModel.load(), paintings)
+    else:
+        model = subset_of_styles(net, names, chosen)
+    results = evaluate(vgg, model, chosen, objective, paintings, photos, a.size, a.max_steps)
     statuses = {n: status_of(r, a.looked_at) for n, r in results.items()}
     if a.sheet:
-        contact_sheet(sub, chosen, photos, a.size, Path(a.sheet))
+        contact_sheet(model, chosen, photos, a.size, Path(a.sheet))
     if a.json:
         body = {
+            "model": a.model,
             "weights": Path(a.weights).name,
             "objective": json.loads(objective.to_json()),
             "size": a.size,

@@ -331,3 +331,23 @@ def test_a_subset_of_styles_paints_like_the_full_network() -> None:
     for sub_index, full_index in ((0, 2), (1, 0)):
         got = stylize(sub, x, one_hot_styles([sub_index], 2))
         torch.testing.assert_close(got, stylize(net, x, one_hot_styles([full_index], 3)))
+
+
+def test_the_any_painting_model_is_evaluated_like_the_network(tmp_path: Path) -> None:
+    """``--model arbitrary``: the same figures for Ghiasi et al.'s model, on the same paintings."""
+    from models.arbitrary import ArbitraryStyleModel
+    from models.eval_style import arbitrary_painter, evaluate
+    from models.style_objective import StyleObjective
+
+    photos, paintings = _tiny_data(tmp_path)
+    imgs = {f"s{i}": Image.open(p).convert("RGB") for i, p in enumerate(paintings)}
+    paint = arbitrary_painter(ArbitraryStyleModel.load(), imgs)
+    photo = pil_to_tensor(Image.open(sorted(photos.iterdir())[0]).convert("RGB"))
+    out = paint("s0", photo)
+    assert out.shape == photo.shape and out.min() >= 0.0 and out.max() <= 1.0
+    assert (out - paint("s1", photo)).abs().mean() > 0.01  # the painting matters
+    some = sorted(photos.iterdir())[:2]
+    vgg = load_vgg19("relu5_1")
+    results = evaluate(vgg, paint, ["s0", "s1"], StyleObjective(style_size=48), imgs, some, 48, max_steps=3)
+    assert {len(r["rows"]) for r in results.values()} == {2}
+    assert all(row["job_style_ratio"] > 0 for r in results.values() for row in r["rows"])
