@@ -26,8 +26,12 @@ from app.main import create_app
 from tests.browser import free_port
 from tests.conftest import PROJECT_ROOT, WorkerProcess, make_settings
 from tests.images import encode, photo_like, stripes
+from tests.videos import make_clip
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
+# The connection pool retries a refused connection for ATELIER_REDIS_RETRY_S (5 s by default), which
+# would hide a short outage from the job: cut it, so that the job's own patience is what is tested.
+SHORT_CONNECTION_RETRY = {"ATELIER_REDIS_RETRY_S": "0.5"}
 
 
 def compose_redis_options() -> list[str]:
@@ -161,7 +165,7 @@ def test_a_job_running_through_a_redis_restart_still_finishes(own_redis: RedisSe
     """The worker skips heartbeats and the job retries its Redis calls while Redis is down."""
     settings = make_settings(own_redis.url, "blip", heartbeat_grace_s=10)
     with TestClient(create_app(settings)) as client:
-        worker = WorkerProcess(settings)
+        worker = WorkerProcess(settings, extra_env=SHORT_CONNECTION_RETRY)
         try:
             job = _submit(client, steps=120)
             deadline = time.monotonic() + 120
@@ -177,6 +181,37 @@ def test_a_job_running_through_a_redis_restart_still_finishes(own_redis: RedisSe
             ended = datetime.fromisoformat(done["ended_at"])
             assert (ended if ended.tzinfo else ended.replace(tzinfo=UTC)) > outage_began  # it ran through it
             assert worker.proc.poll() is None  # and the worker did not die of the outage
+        finally:
+            worker.stop()
+
+
+def test_a_video_job_running_through_a_redis_restart_still_finishes(own_redis: RedisServer):
+    """Like the Gatys job: the video job's progress, cancel checks and result wait for Redis."""
+    settings = make_settings(own_redis.url, "blip-video", heartbeat_grace_s=10)
+    frames = 360
+    clip = make_clip(frames=frames, width=96, height=64, fps=30, audio=False)
+    with TestClient(create_app(settings)) as client:
+        style = client.get("/styles").json()["styles"][0]["name"]
+        worker = WorkerProcess(settings, extra_env=SHORT_CONNECTION_RETRY)
+        try:
+            files = {"file": ("clip.mp4", clip, "video/mp4")}
+            resp = client.post("/jobs/stylize-video", files=files, data={"style": style, "size": "256"})
+            assert resp.status_code == 202, resp.text
+            job = resp.json()["id"]
+            deadline = time.monotonic() + 120
+            while (_get(client, f"/jobs/{job}").json()["progress"] or {}).get("frames", 0) < 1:
+                assert time.monotonic() < deadline, "the job never started"
+                time.sleep(0.1)
+            outage_began = datetime.now(UTC)
+            own_redis.stop()
+            time.sleep(5)  # longer than a batch of frames: the job's calls meet the outage
+            own_redis.start()
+            done = _wait_state(client, job, {"finished", "failed"}, timeout_s=600)
+            assert done["state"] == "finished", done
+            ended = datetime.fromisoformat(done["ended_at"])
+            assert (ended if ended.tzinfo else ended.replace(tzinfo=UTC)) > outage_began
+            assert done["progress"]["frames"] == frames
+            assert worker.proc.poll() is None
         finally:
             worker.stop()
 

@@ -39,6 +39,7 @@ from models.transformer import stylize
 from models.vgg import VGG19Features
 from worker import runtime
 from worker.jobs import JobCanceled, _load_image, _progress_reporter, record_job_failure
+from worker.patience import patiently
 
 PREVIEW_SIDE = 256
 THUMBNAIL_QUALITY = 85
@@ -135,7 +136,7 @@ def train_style_job(
             device=device,
             on_step=_progress_reporter(job, redis, keys),
         )
-        if cancel_requested(redis, keys, job.id):  # asked for during the last step
+        if patiently(lambda: cancel_requested(redis, keys, job.id), "cancel check"):  # during the last step
             raise JobCanceled("canceled by the client")
         meta = CustomStyleMeta(
             name=name,
@@ -158,15 +159,23 @@ def train_style_job(
             "percent": 100.0,
             "losses": meta.losses,
         }
-        job.save_meta()
-        save_style(
-            redis, style_keys, meta, result.code, _jpeg(thumbnail(painting)), settings.custom_style_ttl_s
+        patiently(job.save_meta, "progress")
+        thumbnail_jpeg = _jpeg(thumbnail(painting))
+        patiently(
+            lambda: save_style(
+                redis, style_keys, meta, result.code, thumbnail_jpeg, settings.custom_style_ttl_s
+            ),
+            "the custom style",
         )
-        with redis.pipeline() as pipe:
-            pipe.set(keys.result(job.id), preview, ex=settings.result_ttl_s)
-            pipe.delete(keys.style(job.id, 0))
-            record_job_duration(pipe, keys, "finished", time.monotonic() - started)
-            pipe.execute()
+
+        def store_result() -> None:
+            with redis.pipeline() as pipe:
+                pipe.set(keys.result(job.id), preview, ex=settings.result_ttl_s)
+                pipe.delete(keys.style(job.id, 0))
+                record_job_duration(pipe, keys, "finished", time.monotonic() - started)
+                pipe.execute()
+
+        patiently(store_result, "result")
         return {
             "style": name,
             "iterations": result.iterations,

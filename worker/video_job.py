@@ -26,6 +26,7 @@ from models.frame_stylizer import ArbitraryFrames, named_style_frames
 from models.video import FrameStylizer, ProgressCallback, RenderOptions, render_stylized_video
 from worker import runtime
 from worker.jobs import PROGRESS_MIN_INTERVAL_S, JobCanceled, record_job_failure
+from worker.patience import patiently
 
 
 def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> ProgressCallback:
@@ -33,7 +34,7 @@ def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> ProgressCallbac
 
     def on_batch(done: int, total: int, frames_per_s: float) -> None:
         nonlocal last_save
-        if cancel_requested(redis, keys, job.id):
+        if patiently(lambda: cancel_requested(redis, keys, job.id), "cancel check"):
             raise JobCanceled("canceled by the client")
         now = time.monotonic()
         if now - last_save >= PROGRESS_MIN_INTERVAL_S or done >= total:
@@ -45,7 +46,7 @@ def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> ProgressCallbac
                 "total_frames": total,
                 "frames_per_s": round(frames_per_s, 2),
             }
-            job.save_meta()
+            patiently(job.save_meta, "progress")
             last_save = now
 
     return on_batch
@@ -57,7 +58,7 @@ def _frame_stylizer(options: VideoJobOptions, settings: Settings, redis: Redis, 
     if options.style_image:
         from models.arbitrary import ArbitraryStyleModel, center_square
 
-        data = redis.get(keys.style(job_id, 0))
+        data = patiently(lambda: redis.get(keys.style(job_id, 0)), "the style image")
         if data is None:
             raise ValueError("the style image expired before the job ran; submit the job again")
         model = ArbitraryStyleModel.load(settings.arbitrary_model_dir, threads=settings.torch_threads)
@@ -85,7 +86,7 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
     try:
         opts = VideoJobOptions.from_dict(options)
         stylize: FrameStylizer = _frame_stylizer(opts, settings, redis, keys, job.id)
-        video = redis.get(keys.video(job.id))
+        video = patiently(lambda: redis.get(keys.video(job.id)), "the video")
         if video is None:
             raise ValueError("the video expired before the job ran; submit the job again")
         render = RenderOptions(
@@ -119,11 +120,15 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
             "total_frames": report.frames,
             "frames_per_s": round(report.frames_per_s, 2),
         }
-        job.save_meta()
-        with redis.pipeline() as pipe:
-            pipe.set(keys.result(job.id), body, ex=settings.result_ttl_s)
-            record_job_duration(pipe, keys, "finished", time.monotonic() - started)
-            pipe.execute()
+        patiently(job.save_meta, "progress")
+
+        def store_result() -> None:
+            with redis.pipeline() as pipe:
+                pipe.set(keys.result(job.id), body, ex=settings.result_ttl_s)
+                record_job_duration(pipe, keys, "finished", time.monotonic() - started)
+                pipe.execute()
+
+        patiently(store_result, "result")
         return info
     except BaseException as exc:
         record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
