@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from models import cifar  # noqa: E402
 from models.precision import use_bf16  # noqa: E402
-from models.train_classifier import PRESETS, Recipe, StepInfo, Training  # noqa: E402
+from models.training.train_classifier import PRESETS, Recipe, StepInfo, Training  # noqa: E402
 
 DEFAULT_CONFIGS = (
     "airbench94:fp32:1,airbench94:bf16:1,airbench94:fp32:2,airbench94:bf16:2,"

@@ -206,7 +206,7 @@ def model_bench(seconds: float, threads: int) -> dict[str, Any]:
 
     from core.settings import Settings
     from models.classifier import fold_batchnorm, load_classifier
-    from models.export_onnx import latency, onnx_runner, torch_runner
+    from models.training.export_onnx import latency, onnx_runner, torch_runner
 
     wdir = Settings().weights_dir / "classifier"  # the same files the server loads
     torch.set_num_threads(threads)

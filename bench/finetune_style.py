@@ -6,7 +6,7 @@ Fine-tunes one style code for a painting the network was not trained on, exactly
 ``POST /styles`` job does (:func:`models.finetune_style.finetune_code`, the worker's default recipe:
 crops, batch, learning rate, bf16 where native), for at most ``--minutes`` of wall time. The code is
 snapshotted at each checkpoint iteration; afterwards every snapshot is scored on held-out photos
-with :mod:`models.eval_style` (Gatys-equivalent steps under the network's own objective, capped at
+with :mod:`models.training.eval_style` (Gatys-equivalent steps under the network's own objective, capped at
 ``--max-steps``; the bar is a median >= 50) and the style ratio under the Gatys job's objective. For
 context, one of the network's own trained styles is scored on the same photos.
 
@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from models.eval_style import GES_BAR, evaluate  # noqa: E402
 from models.finetune_style import FinetuneConfig, finetune_code, mean_code, network_with_code  # noqa: E402
+from models.photos import DATA_DIR, list_photos, split_photos  # noqa: E402
 from models.style_objective import StyleObjective  # noqa: E402
 from models.styles import DEFAULT_WEIGHTS_DIR, load_network  # noqa: E402
-from models.train_style import DATA_DIR, list_photos, split_photos  # noqa: E402
+from models.training.eval_style import GES_BAR, evaluate  # noqa: E402
 from models.vgg import load_vgg19  # noqa: E402
 
 BUDGET_MINUTES = 20  # the target: a custom style within 20 minutes on 2 cores

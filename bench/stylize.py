@@ -35,9 +35,9 @@ from PIL import Image  # noqa: E402
 
 from app.services.stylizer import OnnxRunner  # noqa: E402
 from bench.serve import HOST, free_port, start_api  # noqa: E402
+from models.photos import DATA_DIR, list_photos, split_photos  # noqa: E402
 from models.precision import bf16_runnable  # noqa: E402
 from models.styles import load_network  # noqa: E402
-from models.train_style import DATA_DIR, list_photos, split_photos  # noqa: E402
 from models.transformer import build, conv_macs, count_params, load_transformer, stylize  # noqa: E402
 
 SIZES = (256, 512, 1024)

@@ -12,17 +12,16 @@ the shipped network) with every convolution frozen. This module is that loop, pu
   metadata) against the new painting's Grams; only the code receives gradients;
 * bf16 autocast and a bf16 loss network where bf16 is native (:mod:`models.precision`);
 * every step checks the loss terms, the code's gradient and the output are finite and stops with
-  the step and the offending term otherwise (as :mod:`models.train_style` does);
+  the step and the offending term otherwise (:mod:`models.numerics`, as the training script does);
 * the batch of step *t* is a pure function of (seed, t), so a run is reproducible.
 
 The result is a 1×P code that :meth:`TransformerNet.forward_code` (or the served ONNX graph's
 ``style_code`` input) runs exactly like a built-in style. :func:`network_with_code` wraps it as a
-one-style network for :mod:`models.eval_style`.
+one-style network for :mod:`models.training.eval_style`.
 """
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,9 +33,10 @@ from PIL import Image
 from torch import Tensor
 
 from models.imaging import pil_to_tensor, resize_longest
+from models.numerics import finite_or_raise
+from models.photos import random_crop
 from models.precision import use_bf16
 from models.style_objective import StyleObjective
-from models.train_style import NonFiniteError, random_crop
 from models.transformer import DOWNSAMPLE, TransformerNet, stylize
 from models.vgg import VGG19Features, caffe_preprocess
 
@@ -143,16 +143,6 @@ def batch_at(photos: Sequence[Path | Image.Image], cfg: FinetuneConfig, step: in
     return torch.cat([pil_to_tensor(c) for c in crops])
 
 
-def _finite_or_raise(step: int, values: Mapping[str, Tensor]) -> dict[str, float]:
-    """One host sync for every check; names the offending term when one is not finite."""
-    floats = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()
-    named = dict(zip(values, floats, strict=True))
-    bad = [k for k, v in named.items() if not math.isfinite(v)]
-    if bad:
-        raise NonFiniteError(f"step {step}: non-finite {', '.join(bad)} ({named})")
-    return named
-
-
 def finetune_code(
     model: TransformerNet,
     objective: StyleObjective,
@@ -169,7 +159,7 @@ def finetune_code(
 
     ``vgg`` is the fp32 loss network (deep enough for the objective); a bf16 channels_last copy is
     made where bf16 is native. ``on_step`` runs after every step and may raise to stop the run
-    (the worker's cancellation). Raises :class:`NonFiniteError` naming the step and the term.
+    (the worker's cancellation). Raises :class:`models.numerics.NonFiniteError` naming the step and the term.
     """
     if not photos:
         raise ValueError("no training photos")
@@ -212,8 +202,8 @@ def finetune_code(
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             assert code.grad is not None
-            row = _finite_or_raise(
-                step,
+            row = finite_or_raise(
+                f"step {step}",
                 {**terms, "grad_norm": code.grad.norm(), "output": y.detach().abs().amax()},
             )
             optimizer.step()
@@ -264,7 +254,7 @@ def network_with_code(model: TransformerNet, code: Tensor) -> TransformerNet:
     """A one-style copy of ``model`` whose only style is ``code`` (shared convolutions copied).
 
     ``net(x)`` then equals ``model.forward_code(x, code)``, so code that takes style indices
-    (:func:`models.eval_style.evaluate`, :func:`models.transformer.stylize`) runs a learned code.
+    (:func:`models.training.eval_style.evaluate`, :func:`models.transformer.stylize`) runs a learned code.
     """
     code = code.detach().reshape(-1).float().cpu()
     if code.numel() != model.code_size:

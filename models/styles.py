@@ -10,7 +10,7 @@
 A style's row in the network's conditional norms is found by name in the weights' own
 ``atelier.styles`` metadata, so the manifest may list a subset (styles below the bar can be left
 out). Loading verifies the sha256 first. ``status`` keeps a weak style from passing for a finished
-one: ``production`` only when it met the bar of :mod:`models.eval_style`.
+one: ``production`` only when it met the bar of :mod:`models.training.eval_style`.
 
     python -m models.styles publish --source runs/train_style/multistyle.safetensors --status experimental
     python -m models.styles verify

@@ -1,4 +1,4 @@
-"""models.train_classifier on tiny synthetic runs: exact resume, loud stops, the recipe's pieces."""
+"""models.training.train_classifier on tiny synthetic runs: exact resume, loud stops, the recipe's pieces."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from models import cifar
 from models.classifier import CifarNet, fold_batchnorm, load_classifier, save_classifier
 from models.precision import bf16_runnable
-from models.train_classifier import Recipe, StepInfo, Training, TrainingError, lr_factor
+from models.training.train_classifier import Recipe, StepInfo, Training, TrainingError, lr_factor
 
 CPU = torch.device("cpu")
 bf16_params = [False, pytest.param(True, marks=pytest.mark.skipif(not bf16_runnable(CPU), reason="no bf16"))]
@@ -231,7 +231,7 @@ def test_depth3_groups_fold_save_and_load(tmp_path: Path) -> None:
 
 
 def test_seed_report_gives_mean_and_sample_std_per_tta_level() -> None:
-    from models.seed_report import markdown, summarize
+    from models.training.seed_report import markdown, summarize
 
     runs = [
         {

@@ -284,7 +284,7 @@ def test_an_onnx_model_that_disagrees_with_the_float_model_is_not_served(tmp_pat
     from app.services.classifier import load_service
     from core.settings import WEIGHTS_DIR
     from models.classifier import fold_batchnorm, load_classifier
-    from models.export_onnx import export_fp32
+    from models.training.export_onnx import export_fp32
 
     weights = WEIGHTS_DIR / "classifier" / "classifier.safetensors"
     (tmp_path / weights.name).write_bytes(weights.read_bytes())

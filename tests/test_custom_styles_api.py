@@ -29,9 +29,9 @@ from core.settings import Settings
 from core.style_store import CustomStyleMeta, StyleKeys
 from models.finetune_style import network_with_code
 from models.imaging import pil_to_tensor
+from models.photos import split_photos
 from models.style_objective import StyleObjective
 from models.styles import load_network, publish, styles_dir
-from models.train_style import split_photos
 from models.transformer import build, save_transformer, stylize
 from tests.conftest import WorkerProcess, _purge, make_settings
 from tests.images import encode, photo_like, stripes

@@ -15,8 +15,8 @@ from models.finetune_style import (
     network_with_code,
     objective_terms,
 )
+from models.numerics import NonFiniteError
 from models.style_objective import StyleObjective
-from models.train_style import NonFiniteError
 from models.transformer import build, one_hot_styles
 from models.vgg import load_vgg19
 from tests.images import photo_like, stripes

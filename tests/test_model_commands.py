@@ -1,6 +1,6 @@
-"""Every documented ``python -m models.<script>`` command runs its ``main`` (answers ``--help``).
+"""Every documented ``python -m models.[training.]<script>`` command runs its ``main`` (answers ``--help``).
 
-``models.eval_style`` once had a ``main`` but no ``__main__`` guard: the documented evaluation
+``models.training.eval_style`` once had a ``main`` but no ``__main__`` guard: the documented evaluation
 command exited 0 having done nothing.
 """
 
@@ -15,22 +15,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(
-    p.stem for p in (ROOT / "models").glob("*.py") if re.search(r"^def main\(", p.read_text(), re.M)
+    ".".join(p.relative_to(ROOT).with_suffix("").parts)
+    for p in (ROOT / "models").rglob("*.py")
+    if re.search(r"^def main\(", p.read_text(), re.M)
 )
 
 
 def test_the_scripts_are_found() -> None:
-    assert {"eval_style", "train_style", "train_classifier", "styles"} <= set(SCRIPTS)
+    expected = {"models.training.eval_style", "models.training.train_style", "models.styles"}
+    assert expected | {"models.training.train_classifier"} <= set(SCRIPTS)
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_script_runs_its_main(script: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", f"models.{script}", "--help"],
+        [sys.executable, "-m", script, "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
-    assert "usage:" in done.stdout, f"models.{script} --help printed no usage: its main never ran"
+    assert "usage:" in done.stdout, f"{script} --help printed no usage: its main never ran"

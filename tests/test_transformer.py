@@ -16,7 +16,9 @@ from PIL import Image, ImageDraw
 from models import styles as style_manifest
 from models.imaging import pil_to_tensor, resize_longest
 from models.losses import gram_matrix, style_loss
-from models.train_style import NonFiniteError, is_held_out, newest_checkpoint, parse_args, split_photos, train
+from models.numerics import NonFiniteError
+from models.photos import is_held_out, split_photos
+from models.training.train_style import newest_checkpoint, parse_args, train
 from models.transformer import (
     ARCHS,
     build,
@@ -282,8 +284,8 @@ def test_production_styles_move_a_photo_far_towards_their_painting(entry: style_
 
 
 def test_gatys_equivalent_steps_counts_updates_until_gatys_beats_the_network() -> None:
-    from models.eval_style import gatys_equivalent_steps, gatys_options
     from models.style_objective import StyleObjective
+    from models.training.eval_style import gatys_equivalent_steps, gatys_options
 
     vgg = load_vgg19("relu4_1")
     options = gatys_options(StyleObjective(style_size=48), 48, max_steps=4)
@@ -298,8 +300,8 @@ def test_gatys_equivalent_steps_counts_updates_until_gatys_beats_the_network() -
 
 
 def test_evaluation_of_a_tiny_network_reports_every_style(tmp_path: Path) -> None:
-    from models.eval_style import contact_sheet, evaluate, status_of
     from models.style_objective import StyleObjective
+    from models.training.eval_style import contact_sheet, evaluate, status_of
 
     photos, paintings = _tiny_data(tmp_path)
     net = build("fast", num_styles=2).eval().requires_grad_(False)
@@ -318,7 +320,7 @@ def test_evaluation_of_a_tiny_network_reports_every_style(tmp_path: Path) -> Non
 
 def test_a_subset_of_styles_paints_like_the_full_network() -> None:
     """Evaluating some styles of a network keeps every per-style tensor (norm rows and colour skip)."""
-    from models.eval_style import subset_of_styles
+    from models.training.eval_style import subset_of_styles
 
     torch.manual_seed(0)
     net = build("medium", num_styles=3).eval().requires_grad_(False)
@@ -336,8 +338,8 @@ def test_a_subset_of_styles_paints_like_the_full_network() -> None:
 def test_the_any_painting_model_is_evaluated_like_the_network(tmp_path: Path) -> None:
     """``--model arbitrary``: the same figures for Ghiasi et al.'s model, on the same paintings."""
     from models.arbitrary import ArbitraryStyleModel
-    from models.eval_style import arbitrary_painter, evaluate
     from models.style_objective import StyleObjective
+    from models.training.eval_style import arbitrary_painter, evaluate
 
     photos, paintings = _tiny_data(tmp_path)
     imgs = {f"s{i}": Image.open(p).convert("RGB") for i, p in enumerate(paintings)}

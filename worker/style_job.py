@@ -3,7 +3,7 @@
 Runs in a work horse. Loads the network from ``ATELIER_WEIGHTS_DIR`` (sha256-verified), reads the
 objective the network was trained with from its metadata, and fine-tunes only the style code
 (:mod:`models.finetune_style`) on the *training* split of ``<ATELIER_DATA_DIR>/photos`` (the split of
-:mod:`models.train_style`; the held-out photos are kept for evaluation and the preview). Progress
+:mod:`models.training.train_style`; the held-out photos are kept for evaluation and the preview). Progress
 (step, losses, percent) goes to the job's meta like a Gatys job's; a cancel request stops it at the
 next step.
 
@@ -32,9 +32,9 @@ from core.store import JobKeys, cancel_requested, record_job_duration
 from core.style_store import CustomStyleMeta, StyleKeys, release, save_style
 from models.finetune_style import FinetuneConfig, finetune_code, initial_code, network_with_code
 from models.imaging import encode_image, pil_to_tensor, resize_longest, tensor_to_pil
+from models.photos import list_photos, split_photos
 from models.style_objective import StyleObjective
 from models.styles import LoadedNetwork, load_network, styles_dir, thumbnail
-from models.train_style import list_photos, split_photos
 from models.transformer import stylize
 from models.vgg import VGG19Features
 from worker import runtime

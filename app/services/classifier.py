@@ -246,7 +246,9 @@ def load_service(
     if backend == "onnx":
         found = [(weights_dir / f, label) for f, label in ONNX_FILES if (weights_dir / f).exists()]
         if not found:
-            raise FileNotFoundError(f"no ONNX classifier in {weights_dir} (run python -m models.export_onnx)")
+            raise FileNotFoundError(
+                f"no ONNX classifier in {weights_dir} (run python -m models.training.export_onnx)"
+            )
         model, metadata = load_classifier(weights, "cpu")
         runner, backend_label = _first_faithful_onnx(
             found, _TorchRunner(fold_batchnorm(model), torch.device("cpu")), threads

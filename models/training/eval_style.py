@@ -1,6 +1,6 @@
 """Held-out evaluation of the multi-style network against Gatys, under the network's own objective.
 
-For every style and held-out photo (the split of :mod:`models.train_style`, never trained on):
+For every style and held-out photo (the split of :mod:`models.training.train_style`, never trained on):
 
 * **Gatys-equivalent steps.** Gatys (L-BFGS, initialised from the photo) minimizes exactly the
   objective the network was trained with (:class:`models.style_objective.StyleObjective`, read from
@@ -17,7 +17,7 @@ A style is ``production`` when its median Gatys-equivalent steps is at least 50,
 most 0.25 and a person has looked at its outputs at 512 and 1024 px (``--looked-at``); otherwise
 ``experimental``. A contact sheet (held-out photos x styles) is written for that look.
 
-    python -m models.eval_style --json models/weights/styles/eval.json --n-photos 6 \\
+    python -m models.training.eval_style --json models/weights/styles/eval.json --n-photos 6 \\
         --sheet models/weights/styles/contact-sheet.jpg
 """
 
@@ -40,8 +40,9 @@ from models.arbitrary import ArbitraryStyleModel, center_square
 from models.gatys import GatysOptions, StepReport, run_gatys
 from models.imaging import pil_to_tensor, resize_longest, tensor_to_pil
 from models.losses import gram_matrix, style_loss
+from models.photos import DATA_DIR, list_photos, split_photos
 from models.style_objective import StyleObjective
-from models.train_style import DATA_DIR, DEFAULT_OUT, list_photos, split_photos
+from models.training.train_style import DEFAULT_OUT
 from models.transformer import TransformerNet, load_transformer, one_hot_styles, stylize
 from models.vgg import DEFAULT_STYLE_LAYERS, VGG19Features, caffe_preprocess, load_vgg19
 

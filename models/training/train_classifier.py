@@ -1,7 +1,7 @@
 """Train the CIFAR-10 classifier; write classifier.safetensors, metrics.json and calibration.json.
 
-    python -m models.train_classifier --preset airbench94 --holdout 0 --seed 0 --out runs/ab94-s0
-    python -m models.train_classifier --preset long --seed 0 --out runs/long-s0 \\
+    python -m models.training.train_classifier --preset airbench94 --holdout 0 --seed 0 --out runs/ab94-s0
+    python -m models.training.train_classifier --preset long --seed 0 --out runs/long-s0 \\
         --checkpoint models/checkpoints/classifier-long.safetensors [--resume]
 
 The recipe is airbench (Keller Jordan, arXiv:2404.00498), the best known accuracy per unit of
@@ -818,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch_version": torch.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
-        "command": shlex.join(["python", "-m", "models.train_classifier", *(argv or sys.argv[1:])]),
+        "command": shlex.join(["python", "-m", "models.training.train_classifier", *(argv or sys.argv[1:])]),
     }
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     print(f"wrote {weights} ({metrics['weights_bytes']} bytes) and {args.out / 'metrics.json'}", flush=True)

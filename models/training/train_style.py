@@ -1,8 +1,8 @@
 """Train one multi-style network (conditional instance norm) for many paintings, on the CPU.
 
-    nice -n 19 python -m models.train_style --styles starry_night,great_wave,the_scream \\
+    nice -n 19 python -m models.training.train_style --styles starry_night,great_wave,the_scream \\
         --out models/weights/styles/multistyle.safetensors > runs/train_style.log 2>&1 &
-    python -m models.train_style --resume     # continues the run recorded in the checkpoint
+    python -m models.training.train_style --resume     # continues the run recorded in the checkpoint
 
 The recipe is built for two CPU cores (details and measurements in models/weights/styles/README.md):
 
@@ -23,16 +23,14 @@ The recipe is built for two CPU cores (details and measurements in models/weight
   every ``--checkpoint-minutes``. ``--resume`` prefers the fp32 one when it is at least as recent.
 
 The held-out photos (see :func:`is_held_out`) never enter training; they feed the previews and
-:mod:`models.eval_style`.
+:mod:`models.training.eval_style`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
 import platform
 import random
 import signal
@@ -48,6 +46,8 @@ from safetensors.torch import load_file, safe_open, save_file
 from torch import Tensor
 
 from models.imaging import pil_to_tensor, resize_longest, tensor_to_pil
+from models.numerics import finite_or_raise
+from models.photos import DATA_DIR, HOLDOUT_PERCENT, list_photos, random_crop, split_photos
 from models.precision import use_bf16
 from models.style_objective import StyleObjective, stack_grams
 from models.styles import sha256_file
@@ -62,38 +62,11 @@ from models.transformer import (
 )
 from models.vgg import caffe_preprocess, load_vgg19
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(os.environ.get("ATELIER_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-HOLDOUT_PERCENT = 5
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The network written at every checkpoint: a candidate. Serving reads models/weights/styles/, where
 # ``python -m models.styles publish --source ...`` copies it together with a matching manifest.
 DEFAULT_OUT = PROJECT_ROOT / "runs" / "train_style" / "multistyle.safetensors"
 DEFAULT_CHECKPOINT = PROJECT_ROOT / "models" / "weights" / "styles" / "multistyle.train-state.safetensors"
-
-
-def is_held_out(name: str, percent: int = HOLDOUT_PERCENT) -> bool:
-    """Held out iff the first 32 bits of sha256(file name) mod 100 < percent.
-
-    The file *name* (not its bytes or the list order) decides, so the split is the same for every
-    style, machine and re-encoding of the photo set, and new photos do not move old ones.
-    """
-    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 100 < percent
-
-
-def list_photos(photos_dir: Path) -> list[Path]:
-    return sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def split_photos(photos: Sequence[Path], percent: int = HOLDOUT_PERCENT) -> tuple[list[Path], list[Path]]:
-    """(train, held_out), both sorted by name."""
-    held = [p for p in photos if is_held_out(p.name, percent)]
-    train = [p for p in photos if not is_held_out(p.name, percent)]
-    return train, held
-
-
-class NonFiniteError(RuntimeError):
-    """A loss term, the gradient or the output went NaN/inf: training stops instead of going on."""
 
 
 @dataclass
@@ -196,22 +169,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def random_crop(img: Image.Image, crop: int, rng: random.Random) -> Image.Image:
-    """Scale the shorter side to a random size in [crop, 1.5·crop] (capped by the photo), crop, flip.
-
-    The random scale shows the network strokes-vs-object sizes it will meet at several resolutions.
-    """
-    shorter = min(img.size)
-    target = rng.randint(crop, max(crop, min(shorter, round(1.5 * crop))))
-    scale = target / shorter
-    size = (max(crop, round(img.width * scale)), max(crop, round(img.height * scale)))
-    img = img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
-    left = rng.randint(0, img.width - crop)
-    top = rng.randint(0, img.height - crop)
-    img = img.crop((left, top, left + crop, top + crop))
-    return img.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else img
-
-
 def batch_at(
     photos: Sequence[Image.Image], cfg: TrainConfig, iteration: int, num_styles: int
 ) -> tuple[Tensor, list[int]]:
@@ -299,16 +256,6 @@ def run_dir(cfg: TrainConfig) -> Path:
 
 
 # --- training -------------------------------------------------------------------------------------
-
-
-def _finite_or_raise(iteration: int, values: dict[str, Tensor]) -> dict[str, float]:
-    """One host sync for every check; names the offending term when one is not finite."""
-    floats = torch.stack([v.detach().float().reshape(()) for v in values.values()]).tolist()
-    named = dict(zip(values, floats, strict=True))
-    bad = [k for k, v in named.items() if not math.isfinite(v)]
-    if bad:
-        raise NonFiniteError(f"iteration {iteration}: non-finite {', '.join(bad)} ({named})")
-    return named
 
 
 def save_preview(
@@ -454,8 +401,8 @@ def train(cfg: TrainConfig, resume_from: Path | None = None) -> dict[str, object
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or math.inf)
-        row = _finite_or_raise(
-            iteration, {**terms, "grad_norm": grad_norm, "output": y.detach().abs().amax()}
+        row = finite_or_raise(
+            f"iteration {iteration}", {**terms, "grad_norm": grad_norm, "output": y.detach().abs().amax()}
         )
         optimizer.step()
 

@@ -1,6 +1,6 @@
 """Fit the served temperature of a trained classifier and measure calibration per backend.
 
-    python -m models.calibrate --weights-dir models/weights/classifier --threads 1 [--write]
+    python -m models.training.calibrate --weights-dir models/weights/classifier --threads 1 [--write]
 
 Fits T (plain logits, and mirror-TTA logits) on the documented slice of the *training* set that
 ``--holdout`` names (the last N/10 images of each class: :func:`models.cifar.holdout_indices`), never
@@ -29,10 +29,10 @@ import torch
 
 from models import calibration, cifar
 from models.classifier import fold_batchnorm, load_classifier
-from models.export_onnx import onnx_runner, torch_runner
-from models.train_classifier import DEFAULT_HOLDOUT
+from models.training.export_onnx import onnx_runner, torch_runner
+from models.training.train_classifier import DEFAULT_HOLDOUT
 
-DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights" / "classifier"
+DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights" / "classifier"
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             test_set="CIFAR-10 test (JPEG copy), 10,000 images: measured only, never fitted on",
             results=results,
             command=" ".join(
-                ["python", "-m", "models.calibrate", *(argv if argv is not None else sys.argv[1:])]
+                ["python", "-m", "models.training.calibrate", *(argv if argv is not None else sys.argv[1:])]
             ),
             date=time.strftime("%Y-%m-%d"),
             torch_threads=args.threads,

@@ -1,6 +1,6 @@
 """Export the classifier to ONNX (fp32 and int8) and compare torch / ONNX / int8 on CPU.
 
-    python -m models.export_onnx --weights models/weights/classifier/classifier.safetensors
+    python -m models.training.export_onnx --weights models/weights/classifier/classifier.safetensors
 
 Writes ``classifier.onnx`` (fp32, dynamic batch axis), ``classifier.int8.onnx`` (static QDQ int8:
 per-channel int8 weights, uint8 activations calibrated on training images, the fast U8S8 path on
@@ -36,7 +36,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from models import cifar
 from models.classifier import fold_batchnorm, load_classifier
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "classifier" / "classifier.safetensors"
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "classifier" / "classifier.safetensors"
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 

@@ -1,6 +1,6 @@
 """Mean and standard deviation over seeds of ``train_classifier`` runs, as a model-card table.
 
-    python -m models.seed_report runs/ab94-s0 runs/ab94-s1 runs/ab94-s2
+    python -m models.training.seed_report runs/ab94-s0 runs/ab94-s1 runs/ab94-s2
 
 Reads each run's ``metrics.json``; refuses runs of different recipes (a mean over mixed recipes
 means nothing). The std is the sample standard deviation (n - 1), as airbench reports it.
