@@ -63,6 +63,23 @@ def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> Callable[[StepR
     return on_step
 
 
+def store_result(
+    redis: Redis, keys: JobKeys, job_id: str, body: bytes, ttl_s: int, seconds: float, *drop: str
+) -> None:
+    """The job's result bytes, its duration and the deletion of ``drop`` keys in one transaction,
+    retried through a short Redis outage (the work is done: losing it to a restart would waste it)."""
+
+    def write() -> None:
+        with redis.pipeline() as pipe:
+            pipe.set(keys.result(job_id), body, ex=ttl_s)
+            if drop:
+                pipe.delete(*drop)
+            record_job_duration(pipe, keys, "finished", seconds)
+            pipe.execute()
+
+    patiently(write, "result")
+
+
 def _fail_message(exc: BaseException, timeout_s: int) -> str:
     if isinstance(exc, JobTimeoutException):
         return f"the job exceeded its time limit of {timeout_s} s"
@@ -97,13 +114,7 @@ def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
         )
         png = encode_image(result, "png")
 
-        def store_result() -> None:
-            with redis.pipeline() as pipe:
-                pipe.set(keys.result(job.id), png, ex=settings.result_ttl_s)
-                record_job_duration(pipe, keys, "finished", time.monotonic() - started)
-                pipe.execute()
-
-        patiently(store_result, "result")
+        store_result(redis, keys, job.id, png, settings.result_ttl_s, time.monotonic() - started)
         return {"width": result.width, "height": result.height, "bytes": len(png), "device": device.type}
     except BaseException as exc:
         record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 
 from core.settings import Settings, get_settings
-from core.store import JobKeys, cancel_requested, record_job_duration
+from core.store import JobKeys, cancel_requested
 from core.style_store import CustomStyleMeta, StyleKeys, release, save_style
 from models.finetune_style import FinetuneConfig, finetune_code, initial_code, network_with_code
 from models.imaging import encode_image, pil_to_tensor, resize_longest, tensor_to_pil
@@ -38,7 +38,7 @@ from models.styles import LoadedNetwork, load_network, styles_dir, thumbnail
 from models.transformer import stylize
 from models.vgg import VGG19Features
 from worker import runtime
-from worker.jobs import JobCanceled, _load_image, _progress_reporter, record_job_failure
+from worker.jobs import JobCanceled, _load_image, _progress_reporter, record_job_failure, store_result
 from worker.patience import patiently
 
 PREVIEW_SIDE = 256
@@ -168,14 +168,8 @@ def train_style_job(
             "the custom style",
         )
 
-        def store_result() -> None:
-            with redis.pipeline() as pipe:
-                pipe.set(keys.result(job.id), preview, ex=settings.result_ttl_s)
-                pipe.delete(keys.style(job.id, 0))
-                record_job_duration(pipe, keys, "finished", time.monotonic() - started)
-                pipe.execute()
-
-        patiently(store_result, "result")
+        seconds = time.monotonic() - started
+        store_result(redis, keys, job.id, preview, settings.result_ttl_s, seconds, keys.style(job.id, 0))
         return {
             "style": name,
             "iterations": result.iterations,

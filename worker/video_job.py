@@ -21,11 +21,11 @@ from rq.job import Job
 
 from core.job_options import VideoJobOptions
 from core.settings import Settings, get_settings
-from core.store import JobKeys, cancel_requested, record_job_duration
+from core.store import JobKeys, cancel_requested
 from models.frame_stylizer import ArbitraryFrames, named_style_frames
 from models.video import FrameStylizer, ProgressCallback, RenderOptions, render_stylized_video
 from worker import runtime
-from worker.jobs import PROGRESS_MIN_INTERVAL_S, JobCanceled, record_job_failure
+from worker.jobs import PROGRESS_MIN_INTERVAL_S, JobCanceled, record_job_failure, store_result
 from worker.patience import patiently
 
 
@@ -122,13 +122,7 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
         }
         patiently(job.save_meta, "progress")
 
-        def store_result() -> None:
-            with redis.pipeline() as pipe:
-                pipe.set(keys.result(job.id), body, ex=settings.result_ttl_s)
-                record_job_duration(pipe, keys, "finished", time.monotonic() - started)
-                pipe.execute()
-
-        patiently(store_result, "result")
+        store_result(redis, keys, job.id, body, settings.result_ttl_s, time.monotonic() - started)
         return info
     except BaseException as exc:
         record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
