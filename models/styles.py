@@ -252,14 +252,21 @@ def publish(
 
 def _publish(args: argparse.Namespace) -> None:
     weights_dir = Path(args.weights_dir)
+    served = styles_dir(weights_dir) / args.network
+    report = json.loads(Path(args.eval).read_text()) if args.eval else None
+    evaluated = (report or {}).get("weights_sha256")
+    incoming = Path(args.source) if args.source else served
+    if evaluated and evaluated != sha256_file(incoming):  # checked before anything is replaced
+        raise SystemExit(f"{args.eval} evaluated other weights ({evaluated[:12]}...) than {incoming}")
+    if (report or {}).get("gatys_init", "content") != "content":
+        raise SystemExit(f"{args.eval} started Gatys from noise: a diagnostic, not the quality bar")
     if args.source:  # a training candidate becomes the served network, with its manifest, in one step
         styles_dir(weights_dir).mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.source, styles_dir(weights_dir) / args.network)
-    names = json.loads(read_metadata(styles_dir(weights_dir) / args.network)["atelier.styles"])
+        shutil.copyfile(args.source, served)
+    names = json.loads(read_metadata(served)["atelier.styles"])
     statuses = dict.fromkeys(names, args.status)
     evals: dict[str, dict[str, object]] = {}
-    if args.eval:
-        report = json.loads(Path(args.eval).read_text())
+    if report is not None:
         statuses = {
             n: s for n, s in report["statuses"].items() if args.include_experimental or s == "production"
         }
