@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -92,13 +93,16 @@ def square_photo(size: int) -> Image.Image:
     return img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.LANCZOS)
 
 
-def bare_forwards(fast: torch.nn.Module, reference: torch.nn.Module, repeats: int) -> dict[str, Any]:
+def bare_forwards(
+    fast: torch.nn.Module,
+    reference: torch.nn.Module,
+    repeats: int,
+    candidates: dict[str, torch.nn.Module] | None = None,
+) -> dict[str, Any]:
     """Every (arch, backend) at every size; bf16 error measured against fp32 on a real photo."""
     out: dict[str, Any] = {}
-    runners = {
-        "reference": {"torch_fp32": reference, "onnx_fp32": OnnxRunner(reference)},
-        "served": {"torch_fp32": fast, "onnx_fp32": OnnxRunner(fast)},
-    }
+    nets = {"reference": reference, "served": fast, **(candidates or {})}
+    runners = {name: {"torch_fp32": m, "onnx_fp32": OnnxRunner(m)} for name, m in nets.items()}
     for arch, backends in runners.items():
         for size in SIZES:
             n = max(2, repeats // 2) if size == 1024 else repeats
@@ -248,6 +252,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"**{h['stylize_e2e_512_png_median_ms']} ms** median",
         f"* ratio **{h['ratio']}** (target ≤ {h['target_ratio']}: {'met' if h['met'] else 'NOT met'}), "
         f"{h['pairs']} pairs",
+        *(
+            f"* {k.removeprefix('estimated_ratio_')}: estimated ratio **{v}** (today's end-to-end minus the "
+            "served net's bare ONNX forward plus the candidate's; not served, random weights)"
+            for k, v in h.items()
+            if k.startswith("estimated_ratio_")
+        ),
         "",
         f"Server: {result['styles_loaded']} styles in one network; start-up (process start to `/styles` "
         f"answering) {result['startup_s']} s; resident memory {result['rss_mb_after_start']} MB after "
@@ -306,6 +316,11 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=10)
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     p.add_argument("--tag", default="", help="suffix of the result files, e.g. -multistyle")
+    p.add_argument(
+        "--candidate-full-convs",
+        action="store_true",
+        help="also time the served arch with full (not depthwise-separable) residual convs, random init",
+    )
     a = p.parse_args()
 
     weights_dir = Path(a.weights_dir)
@@ -326,9 +341,13 @@ def main() -> None:
         "model": f"{network.arch}/{network.version}",
         "reference_weights": a.reference_weights or "random init (same cost)",
     }
+    candidates: dict[str, torch.nn.Module] = {}
+    if a.candidate_full_convs:
+        torch.manual_seed(0)
+        candidates["served-full-convs"] = build(replace(fast.config, separable=False)).eval()
     result["archs"] = {
         name: {"params": count_params(m), "gflop_512": round(2 * conv_macs(m, 512, 512) / 1e9, 1)}
-        for name, m in (("reference", reference), ("served", fast))
+        for name, m in (("reference", reference), ("served", fast), *candidates.items())
     }
     port = free_port()
     started = time.perf_counter()
@@ -347,7 +366,13 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    result["bare"] = bare_forwards(fast, reference, a.repeats)
+    result["bare"] = bare_forwards(fast, reference, a.repeats, candidates)
+    for name in candidates:  # what /stylize would take with it: today's overheads + its forward
+        served, cand = result["bare"]["served@512"]["onnx_fp32"], result["bare"][f"{name}@512"]["onnx_fp32"]
+        e2e = result["headline"]["stylize_e2e_512_png_median_ms"] - served["median_ms"] + cand["median_ms"]
+        result["headline"][f"estimated_ratio_{name}"] = round(
+            e2e / result["headline"]["reference_forward_512_median_ms"], 3
+        )
     result["uptime_after"] = uptime()
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
