@@ -88,8 +88,12 @@ def test_the_fused_predictor_is_checked_against_the_graph_as_written(
     unfused = _session(read_verified(package_dir())[PREDICT_FILE], threads=1)
     square = center_square(stripes(96, 96))
     expected = unfused.run(None, {unfused.get_inputs()[0].name: square})[0]
-    drift = np.linalg.norm(model.style_vector(square) - expected) / np.linalg.norm(expected)
-    assert model.predictor_fused and drift <= arbitrary.PREDICTOR_TOLERANCE
+    served = model.style_vector(square)
+    drift = np.linalg.norm(served - expected) / np.linalg.norm(expected)
+    if model.predictor_fused:  # its integer kernels behave on this CPU (AVX-512 VNNI hosts so far)
+        assert drift <= arbitrary.PREDICTOR_TOLERANCE
+    else:  # they overflow here (AVX2 without VNNI measured 0.2): the graph as written is served
+        assert np.array_equal(served, expected)
     monkeypatch.setattr(arbitrary, "PREDICTOR_TOLERANCE", 0.0)  # as if the fused kernels were off
     strict = ArbitraryStyleModel.load(threads=1)
     assert not strict.predictor_fused
