@@ -58,11 +58,14 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         max_batch: int,
         max_wait_s: float,
         name: str = "batcher",
+        limit_for: Callable[[Any], int] | None = None,
     ) -> None:
+        """``limit_for(key)``: a smaller cap for some keys (large images: memory), within 1..max_batch."""
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self._run_batch = run_batch
         self.max_batch = max_batch
+        self._limit_for = limit_for
         self.max_wait_s = max_wait_s
         self.stats = BatchStats()
         self._queue: list[_Pending[ItemT, ResultT]] = []
@@ -84,9 +87,15 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             self._wakeup = asyncio.Event()
             self._task = asyncio.create_task(self._collect_forever())
 
+    def batch_limit(self, key: Hashable) -> int:
+        """The most items of ``key`` one batch may hold."""
+        if self._limit_for is None:
+            return self.max_batch
+        return max(1, min(self.max_batch, self._limit_for(key)))
+
     def _take_batch(self) -> list[_Pending[ItemT, ResultT]]:
         key = self._queue[0].key
-        batch = [p for p in self._queue if p.key == key][: self.max_batch]
+        batch = [p for p in self._queue if p.key == key][: self.batch_limit(key)]
         taken = {id(p) for p in batch}
         self._queue = [p for p in self._queue if id(p) not in taken]
         return batch
@@ -100,9 +109,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 await self._wakeup.wait()
             deadline = time.monotonic() + self.max_wait_s
             first_key = self._queue[0].key
+            limit = self.batch_limit(first_key)
             while time.monotonic() < deadline:
                 same_key = sum(1 for p in self._queue if p.key == first_key)
-                if same_key >= self.max_batch:
+                if same_key >= limit:
                     break
                 self._wakeup.clear()
                 try:

@@ -125,6 +125,13 @@ class Settings(BaseSettings):
     # --- Fast style transfer -------------------------------------------------------------------
     stylize_max_size: int = Field(1024, gt=0, description="Largest longest side /stylize produces.")
     stylize_max_batch: int = Field(8, gt=0, description="Largest batch of same-style, same-size images.")
+    stylize_max_batch_pixels: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="Pixels one /stylize batch may hold (memory: activations grow with batch x pixels): "
+        "4 images at 512 px, 1 at 1024 px. Batching large images buys no throughput on a CPU "
+        "(bench/results). 0: only ATELIER_STYLIZE_MAX_BATCH applies.",
+    )
     stylize_batch_wait_ms: float = Field(2.0, ge=0, description="How long to wait to fill a batch.")
     stylize_style_cache_size: int = Field(
         1024,

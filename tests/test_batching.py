@@ -85,3 +85,35 @@ def test_a_failing_batch_fails_its_own_items_only() -> None:
 def test_max_batch_must_be_positive() -> None:
     with pytest.raises(ValueError):
         MicroBatcher(lambda k, items: items, max_batch=0, max_wait_s=0.0)
+
+
+def test_a_per_key_limit_keeps_large_items_in_small_batches() -> None:
+    """/stylize caps a batch by pixels: many small images share a call, large ones go alone."""
+    fn = SlowDouble(0.02)
+    area = {"small": 1, "large": 4}
+
+    async def scenario() -> list[int]:
+        batcher = MicroBatcher(fn, max_batch=8, max_wait_s=0.0, limit_for=lambda key: 4 // area[key])
+        assert batcher.batch_limit("small") == 4 and batcher.batch_limit("large") == 1
+        try:
+            blocker = asyncio.create_task(batcher.submit(0, key="small"))
+            await asyncio.sleep(0.005)  # the rest queue while it runs
+            tasks = [
+                asyncio.create_task(batcher.submit(i, key=k))
+                for i, k in enumerate(["large"] * 3 + ["small"] * 6, 1)
+            ]
+            return [await blocker, *await asyncio.gather(*tasks)]
+        finally:
+            await batcher.close()
+
+    assert asyncio.run(scenario()) == [2 * i for i in range(0, 10)]
+    sizes = {"small": [], "large": []}
+    for key, items in fn.batches:
+        sizes[key].append(len(items))
+    assert sizes["large"] == [1, 1, 1]
+    assert max(sizes["small"]) == 4 and sum(sizes["small"]) == 7
+
+
+def test_a_per_key_limit_never_drops_below_one_or_above_max_batch() -> None:
+    batcher = MicroBatcher(SlowDouble(), max_batch=8, max_wait_s=0.0, limit_for=lambda key: key)
+    assert [batcher.batch_limit(k) for k in (0, 1, 5, 100)] == [1, 1, 5, 8]

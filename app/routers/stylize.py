@@ -91,6 +91,7 @@ async def startup(app: FastAPI) -> None:
             threads=settings.torch_threads,
             max_batch=settings.stylize_max_batch,
             max_wait_s=settings.stylize_batch_wait_ms / 1000,
+            max_batch_pixels=settings.stylize_max_batch_pixels,
         ),
         # the app must come up without style networks
         when_missing={"styles": [], "device": settings.device},

@@ -131,6 +131,7 @@ class Stylizer:
         threads: int = 0,
         max_batch: int = 8,
         max_wait_s: float = 0.002,
+        max_batch_pixels: int = 0,
     ) -> None:
         if backend == "auto":
             backend = "onnx" if device.type == "cpu" and _has_onnxruntime() else "torch"
@@ -149,8 +150,12 @@ class Stylizer:
             except Exception as exc:  # e.g. an export failure: report it, keep the app up
                 log.exception("the style network could not be prepared for %s", backend)
                 self.error = f"{backend} backend: {exc}"
+
+        def limit_for(size: tuple[int, int]) -> int:  # batches are keyed by (height, width)
+            return max_batch_pixels // (size[0] * size[1]) if max_batch_pixels else max_batch
+
         self.batcher: MicroBatcher[StyleJob, StyleOutput] = MicroBatcher(
-            self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s, name="stylize"
+            self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s, name="stylize", limit_for=limit_for
         )
 
     @classmethod
@@ -163,6 +168,7 @@ class Stylizer:
         threads: int = 0,
         max_batch: int = 8,
         max_wait_s: float = 0.002,
+        max_batch_pixels: int = 0,
     ) -> Stylizer:
         """Load the manifest's network (checksum verified); a failure is kept in ``error``."""
         torch_device = resolve_device(device)
@@ -180,6 +186,7 @@ class Stylizer:
             threads=threads,
             max_batch=max_batch,
             max_wait_s=max_wait_s,
+            max_batch_pixels=max_batch_pixels,
         )
         stylizer.warm_up()
         return stylizer
