@@ -137,12 +137,12 @@ def bare_forwards(
     return out
 
 
-def start_server(port: int, weights_dir: Path) -> subprocess.Popen:
+def start_server(port: int, weights_dir: Path, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     def styles_loaded(p: int) -> bool:
         return bool(httpx.get(f"http://{HOST}:{p}/styles", timeout=2).json()["styles"])
 
     # Latency is measured here, not load shedding: no request deadline on an oversubscribed machine.
-    env = {"ATELIER_WEIGHTS_DIR": str(weights_dir), "ATELIER_REQUEST_DEADLINE_S": "600"}
+    env = {"ATELIER_WEIGHTS_DIR": str(weights_dir), "ATELIER_REQUEST_DEADLINE_S": "600", **(extra_env or {})}
     return start_api(port, env, styles_loaded, timeout_s=180)
 
 

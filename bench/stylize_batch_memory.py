@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,25 +28,18 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from bench.serve import HOST, free_port, start_api  # noqa: E402
-from bench.stylize import jpeg, machine, request, rss_mb, square_photo, uptime  # noqa: E402
+from bench.serve import HOST, free_port  # noqa: E402
+from bench.stylize import jpeg, machine, request, rss_mb, square_photo, start_server, uptime  # noqa: E402
 from core.settings import Settings  # noqa: E402
 
 SIZES = {512: 16, 1024: 8}  # size -> requests per round
 CLIENTS = 4
 
 
-def start(weights_dir: Path, max_batch_pixels: int):
-    def ready(port: int) -> bool:
-        return bool(httpx.get(f"http://{HOST}:{port}/styles", timeout=2).json()["styles"])
-
+def start(weights_dir: Path, max_batch_pixels: int) -> tuple[int, subprocess.Popen]:
     port = free_port()
-    env = {
-        "ATELIER_WEIGHTS_DIR": str(weights_dir),
-        "ATELIER_REQUEST_DEADLINE_S": "600",
-        "ATELIER_STYLIZE_MAX_BATCH_PIXELS": str(max_batch_pixels),
-    }
-    return port, start_api(port, env, ready, timeout_s=180)
+    cap = {"ATELIER_STYLIZE_MAX_BATCH_PIXELS": str(max_batch_pixels)}
+    return port, start_server(port, weights_dir, cap)
 
 
 def burst(url: str, style: str, body: bytes, size: int, total: int) -> tuple[float, float]:

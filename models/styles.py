@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from models.photos import DATA_DIR
 from models.transformer import TransformerNet, load_transformer, read_metadata
 
 STYLES_SUBDIR = "styles"
@@ -38,9 +38,6 @@ MANIFEST_NAME = "manifest.json"
 THUMBNAIL_SIDE = 256
 STATUSES = ("production", "experimental")
 DEFAULT_WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-DATA_DIR = Path(
-    os.environ.get("ATELIER_DATA_DIR", Path(__file__).resolve().parent.parent.parent / "shared" / "data")
-)
 
 PD_WORLD = "public domain worldwide"
 PD_US_70 = "public domain in the US and life+70 countries; not worldwide"

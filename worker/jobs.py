@@ -41,14 +41,19 @@ def _load_image(redis: Redis, key: str, what: str, max_pixels: int) -> Image.Ima
     return img.convert("RGB")
 
 
+def raise_if_canceled(redis: Redis, keys: JobKeys, job_id: str) -> None:
+    """Turn a client's cancel request into JobCanceled at a step boundary (patient through an outage)."""
+    if patiently(lambda: cancel_requested(redis, keys, job_id), "cancel check"):
+        raise JobCanceled("canceled by the client")
+
+
 def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> Callable[[StepReport], None]:
     """Writes progress to the job's meta (throttled) and turns a cancel request into JobCanceled."""
     last_save = 0.0
 
     def on_step(report: StepReport) -> None:
         nonlocal last_save
-        if patiently(lambda: cancel_requested(redis, keys, job.id), "cancel check"):
-            raise JobCanceled("canceled by the client")
+        raise_if_canceled(redis, keys, job.id)
         now = time.monotonic()
         if now - last_save >= PROGRESS_MIN_INTERVAL_S or report.step >= report.total:
             job.meta["progress"] = {

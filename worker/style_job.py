@@ -3,7 +3,7 @@
 Runs in a work horse. Loads the network from ``ATELIER_WEIGHTS_DIR`` (sha256-verified), reads the
 objective the network was trained with from its metadata, and fine-tunes only the style code
 (:mod:`models.finetune_style`) on the *training* split of ``<ATELIER_DATA_DIR>/photos`` (the split of
-:mod:`models.training.train_style`; the held-out photos are kept for evaluation and the preview). Progress
+:mod:`models.photos`; the held-out photos are kept for evaluation and the preview). Progress
 (step, losses, percent) goes to the job's meta like a Gatys job's; a cancel request stops it at the
 next step.
 
@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 from rq import get_current_job
 
 from core.settings import Settings, get_settings
-from core.store import JobKeys, cancel_requested
+from core.store import JobKeys
 from core.style_store import CustomStyleMeta, StyleKeys, release, save_style
 from models.finetune_style import FinetuneConfig, finetune_code, initial_code, network_with_code
 from models.imaging import encode_image, pil_to_tensor, resize_longest, tensor_to_pil
@@ -38,7 +38,7 @@ from models.styles import LoadedNetwork, load_network, styles_dir, thumbnail
 from models.transformer import stylize
 from models.vgg import VGG19Features
 from worker import runtime
-from worker.jobs import JobCanceled, _load_image, _progress_reporter, record_job_failure, store_result
+from worker.jobs import _load_image, _progress_reporter, raise_if_canceled, record_job_failure, store_result
 from worker.patience import patiently
 
 PREVIEW_SIDE = 256
@@ -136,8 +136,7 @@ def train_style_job(
             device=device,
             on_step=_progress_reporter(job, redis, keys),
         )
-        if patiently(lambda: cancel_requested(redis, keys, job.id), "cancel check"):  # during the last step
-            raise JobCanceled("canceled by the client")
+        raise_if_canceled(redis, keys, job.id)  # asked for during the last step
         meta = CustomStyleMeta(
             name=name,
             title=title,

@@ -21,11 +21,11 @@ from rq.job import Job
 
 from core.job_options import VideoJobOptions
 from core.settings import Settings, get_settings
-from core.store import JobKeys, cancel_requested
+from core.store import JobKeys
 from models.frame_stylizer import ArbitraryFrames, named_style_frames
 from models.video import FrameStylizer, ProgressCallback, RenderOptions, render_stylized_video
 from worker import runtime
-from worker.jobs import PROGRESS_MIN_INTERVAL_S, JobCanceled, record_job_failure, store_result
+from worker.jobs import PROGRESS_MIN_INTERVAL_S, raise_if_canceled, record_job_failure, store_result
 from worker.patience import patiently
 
 
@@ -34,8 +34,7 @@ def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> ProgressCallbac
 
     def on_batch(done: int, total: int, frames_per_s: float) -> None:
         nonlocal last_save
-        if patiently(lambda: cancel_requested(redis, keys, job.id), "cancel check"):
-            raise JobCanceled("canceled by the client")
+        raise_if_canceled(redis, keys, job.id)
         now = time.monotonic()
         if now - last_save >= PROGRESS_MIN_INTERVAL_S or done >= total:
             job.meta["progress"] = {

@@ -151,11 +151,15 @@ class Stylizer:
                 log.exception("the style network could not be prepared for %s", backend)
                 self.error = f"{backend} backend: {exc}"
 
-        def limit_for(size: tuple[int, int]) -> int:  # batches are keyed by (height, width)
-            return max_batch_pixels // (size[0] * size[1]) if max_batch_pixels else max_batch
+        def pixel_cap(size: tuple[int, int]) -> int:  # batches are keyed by (height, width)
+            return max_batch_pixels // (size[0] * size[1])
 
         self.batcher: MicroBatcher[StyleJob, StyleOutput] = MicroBatcher(
-            self._run_batch, max_batch=max_batch, max_wait_s=max_wait_s, name="stylize", limit_for=limit_for
+            self._run_batch,
+            max_batch=max_batch,
+            max_wait_s=max_wait_s,
+            name="stylize",
+            limit_for=pixel_cap if max_batch_pixels else None,
         )
 
     @classmethod

@@ -1,6 +1,6 @@
 """Held-out evaluation of the multi-style network against Gatys, under the network's own objective.
 
-For every style and held-out photo (the split of :mod:`models.training.train_style`, never trained on):
+For every style and held-out photo (the split of :mod:`models.photos`, never trained on):
 
 * **Gatys-equivalent steps.** Gatys (L-BFGS, initialised from the photo) minimizes exactly the
   objective the network was trained with (:class:`models.style_objective.StyleObjective`, read from
@@ -158,6 +158,7 @@ def evaluate(
     """
     paint = network_painter(net, names) if isinstance(net, TransformerNet) else net
     job_defaults = GatysOptions()
+    options = gatys_options(objective, size, max_steps, gatys_init)
     results: dict[str, object] = {}
     for name in names:
         painting = paintings[name]
@@ -174,7 +175,6 @@ def evaluate(
             out = paint(name, x)
             net_terms = objective_loss(vgg, objective, out, x, grams)
             start = time.perf_counter()
-            options = gatys_options(objective, size, max_steps, gatys_init)
             steps, curve = gatys_equivalent_steps(vgg, photo, painting, options, net_terms["total"])
             row = {
                 "photo": path.name,
