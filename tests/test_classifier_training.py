@@ -12,7 +12,14 @@ import torch
 from models import cifar
 from models.classifier import CifarNet, fold_batchnorm, load_classifier, save_classifier
 from models.precision import bf16_runnable
-from models.training.train_classifier import Recipe, StepInfo, Training, TrainingError, lr_factor
+from models.training.train_classifier import (
+    Recipe,
+    StepInfo,
+    Training,
+    TrainingError,
+    checkpoint_step,
+    lr_factor,
+)
 
 CPU = torch.device("cpu")
 bf16_params = [False, pytest.param(True, marks=pytest.mark.skipif(not bf16_runnable(CPU), reason="no bf16"))]
@@ -251,3 +258,56 @@ def test_seed_report_gives_mean_and_sample_std_per_tta_level() -> None:
     assert "**94.00 ± 1.00%**" in markdown(summary)
     with pytest.raises(ValueError, match="different recipes"):
         summarize([*runs, {**runs[0], "recipe": {"width": [8, 8, 8]}}])
+
+
+def test_mid_epoch_checkpoints_follow_the_clock(tmp_path: Path) -> None:
+    """An epoch of the long recipe takes half an hour on an AVX2 CPU: checkpoints must not wait for it."""
+    x, y = tiny_data()
+    saved_at: list[tuple[int, int]] = []
+
+    def checkpoints_taken(training: Training, ckpt: Path, every_s: float) -> set[int]:
+        saved_at.clear()
+
+        def record(_info: StepInfo) -> None:
+            if ckpt.exists():
+                saved_at.append((training.step, checkpoint_step(ckpt)))
+
+        training.run(checkpoint=ckpt, on_step=record, log=lambda _line: None, checkpoint_every_s=every_s)
+        return {step for _, step in saved_at}
+
+    by_epoch = checkpoints_taken(Training(TINY96, x, y, CPU, False, seed=1), tmp_path / "a", 0.0)
+    by_clock = checkpoints_taken(Training(TINY96, x, y, CPU, False, seed=1), tmp_path / "b", 1e-9)
+    steps_per_epoch = 8
+    assert by_epoch and all(s % steps_per_epoch <= 4 for s in by_epoch)  # at or just after epoch ends
+    assert by_clock - by_epoch, "a due clock never produced a mid-epoch checkpoint"
+    assert all(s % 5 == 0 or s % steps_per_epoch <= 4 for s in by_clock)  # only where weights == EMA
+
+
+def test_compact_checkpoint_drops_three_quarters_and_resumes_close(tmp_path: Path) -> None:
+    x, y = tiny_data()
+    full, compact = tmp_path / "full.safetensors", tmp_path / "compact.safetensors"
+    first = Training(TINY96, x, y, CPU, False, seed=3)
+    finished, _ = run_steps(first, checkpoint=full, stop_after_steps=11, portable=compact)
+    assert not finished and checkpoint_step(compact) == checkpoint_step(full) == first.step
+    params = sum(p.numel() for p in first.model.parameters())
+    # fp32 weights + fp32 momentum (8 bytes a parameter) became fp16 weights (2 bytes)
+    assert full.stat().st_size - compact.stat().st_size >= params * 6
+
+    exact = Training(TINY96, x, y, CPU, False, seed=3)
+    exact.load_checkpoint(full)
+    approx = Training(TINY96, x, y, CPU, False, seed=3)
+    warnings = approx.load_checkpoint(compact)
+    assert any("compact" in w for w in warnings)
+    assert approx.step == exact.step and approx.lookahead is not None
+    assert approx.lookahead.matches(approx.model) and not approx.optimizer.state
+    for (name, a), b in zip(
+        exact.model.state_dict().items(), approx.model.state_dict().values(), strict=True
+    ):
+        assert b.dtype == a.dtype, name
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3, msg=name)
+    _, tail_exact = run_steps(exact)
+    _, tail_approx = run_steps(approx)
+    assert [s.step for s in tail_approx] == [s.step for s in tail_exact]
+    losses = torch.tensor([[s.loss for s in tail_exact], [s.loss for s in tail_approx]])
+    assert torch.isfinite(losses).all()
+    assert (losses[0] - losses[1]).abs().max() < 0.1 * losses[0].abs().max()

@@ -149,7 +149,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="training images held out (last N/10 of each class) to fit the temperature; 0 = train on all",
     )
     p.add_argument("--checkpoint", type=Path, help="resumable state (default: OUT/checkpoint.safetensors)")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint exactly")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from --checkpoint exactly (or from --portable-checkpoint if that one is newer)",
+    )
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=15.0,
+        help="also checkpoint mid-epoch once this many minutes passed since the last one (0 = epochs only)",
+    )
+    p.add_argument(
+        "--portable-checkpoint",
+        type=Path,
+        help="also write a compact copy (fp16 weights, no momentum) at every checkpoint, to commit",
+    )
     p.add_argument(
         "--allow-inexact-resume",
         action="store_true",
@@ -385,16 +400,30 @@ class Training:
         should_stop: Callable[[], bool] = lambda: False,
         on_step: Callable[[StepInfo], None] | None = None,
         log: Callable[[str], None] = print,
+        checkpoint_every_s: float = 0.0,
+        portable: Path | None = None,
     ) -> bool:
         """Train until done (True) or until a stop is requested and a checkpoint is written (False).
 
-        A checkpoint is due after every epoch; it is written at the first step from then on where the
-        weights equal the lookahead EMA. A stop (``stop_after_steps`` reached or ``should_stop()``)
-        waits for the same, so what is on disk always resumes exactly.
+        A checkpoint is due after every epoch, and mid-epoch once ``checkpoint_every_s`` passed since
+        the last one (an epoch of the long recipe takes half an hour on an AVX2 CPU); it is written at
+        the first step from then on where the weights equal the lookahead EMA. A stop
+        (``stop_after_steps`` reached or ``should_stop()``) waits for the same, so what is on disk
+        always resumes exactly. With ``portable`` each checkpoint is also written there compactly.
         """
         r = self.recipe
         n = len(self.train_y)
         save_due = False
+        last_save = time.monotonic()
+
+        def save() -> None:
+            nonlocal last_save, save_due
+            assert checkpoint is not None
+            self.save_checkpoint(checkpoint)
+            if portable is not None:
+                self.save_checkpoint(portable, compact=True)
+            last_save, save_due = time.monotonic(), False
+
         while not self.finished:
             self.gen.set_state(self.epoch_gen_state)
             self.model.whiten.bias.requires_grad_(self.epoch < r.whiten_bias_epochs)
@@ -414,11 +443,12 @@ class Training:
                 if self.epoch_step == self.steps_per_epoch:
                     break  # the epoch end below takes over
                 stop = should_stop() or (stop_after_steps is not None and self.step >= stop_after_steps)
+                if checkpoint_every_s > 0 and time.monotonic() - last_save >= checkpoint_every_s:
+                    save_due = True
                 if checkpoint is not None and synced and (save_due or stop):
                     self._elapse(start)
                     start = time.perf_counter()
-                    self.save_checkpoint(checkpoint)
-                    save_due = False
+                    save()
                 if stop and (synced or checkpoint is None):  # with nothing to write, stop anywhere
                     self._elapse(start)
                     log(f"stopped at step {self.step}/{self.total_steps} (checkpoint: {checkpoint})")
@@ -449,8 +479,7 @@ class Training:
             synced = self.lookahead is None or self.lookahead.matches(self.model)
             stop = should_stop() or (stop_after_steps is not None and self.step >= stop_after_steps)
             if synced and checkpoint is not None:
-                self.save_checkpoint(checkpoint)
-                save_due = False
+                save()
             if stop and not self.finished and (synced or checkpoint is None):
                 log(f"stopped at step {self.step}/{self.total_steps} (checkpoint: {checkpoint})")
                 return False
@@ -463,18 +492,25 @@ class Training:
 
     # --- checkpoints -----------------------------------------------------------------------------
 
-    def save_checkpoint(self, path: Path) -> None:
+    def save_checkpoint(self, path: Path, compact: bool = False) -> None:
         """Write the full state (fp32 weights and momentum: anything less would not resume exactly).
 
+        ``compact`` writes the copy that is committed to the repository every hour instead: the
+        learned weights in fp16 and no momentum, a quarter of the size (15 vs 59 MB for the long
+        recipe). Resuming from it is not bit-exact: the Nesterov momentum (0.85, so a memory of
+        about 7 steps) restarts from zero and the weights carry fp16 rounding.
         Written to a temporary file and renamed, so a crash, or a ``git add`` running at the same
         moment, never sees half a checkpoint.
         """
         if self.lookahead is not None and not self.lookahead.matches(self.model):
             raise RuntimeError("checkpoint requested while the weights differ from the lookahead EMA")
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        if compact:
+            params = {f"model.{name}" for name, _ in self.model.named_parameters()}
+            tensors = {k: v.half() if k in params else v for k, v in tensors.items()}
         for name, p in self.model.named_parameters():
             buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
-            if buf is not None:
+            if buf is not None and not compact:
                 tensors[f"momentum.{name}"] = buf.detach().cpu().contiguous()
         tensors["rng.epoch_generator"] = self.epoch_gen_state
         tensors["data.flip_mask"] = self.flips.to(torch.uint8)
@@ -490,6 +526,7 @@ class Training:
             "epoch": str(self.epoch),
             "epoch_step": str(self.epoch_step),
             "lookahead": "none" if self.lookahead is None else "equals-weights",
+            "compact": json.dumps(compact),
             "epoch_stats": json.dumps(asdict(s)),
             "train_seconds": repr(self.train_seconds),
             "history": json.dumps(self.history),
@@ -545,13 +582,21 @@ class Training:
                 "bit-exactly. Use the same --threads/--precision, or pass --allow-inexact-resume."
             )
         warnings = [f"resuming with {k} {b} instead of {a}: not bit-exact" for k, (a, b) in inexact.items()]
+        if json.loads(meta.get("compact", "false")):
+            warnings.append(
+                f"{path} is a compact checkpoint (fp16 weights, momentum from zero): not bit-exact"
+            )
         if "cpu" in meta and json.loads(meta["cpu"]) != cpu_identity():
             warnings.append(
                 f"checkpoint written on {json.loads(meta['cpu'])}, resuming on {cpu_identity()}: "
                 "kernels may round differently, so the continuation may not be bit-exact"
             )
         tensors = load_file(str(path))
-        state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
+        state = {
+            k.removeprefix("model."): v.float() if v.dtype == torch.float16 else v
+            for k, v in tensors.items()
+            if k.startswith("model.")
+        }
         self.model.load_state_dict(state, strict=True)
         self.optimizer.state.clear()
         for name, p in self.model.named_parameters():
@@ -567,6 +612,12 @@ class Training:
         self.train_seconds = float(meta["train_seconds"])
         self.history = json.loads(meta["history"])
         return warnings
+
+
+def checkpoint_step(path: Path) -> int:
+    """The training step a checkpoint was taken at (to resume from the newer of two)."""
+    with safe_open(str(path), framework="pt") as f:
+        return int((f.metadata() or {}).get("step", -1))
 
 
 # --- evaluation ----------------------------------------------------------------------------------
@@ -683,12 +734,14 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     checkpoint = args.checkpoint or args.out / "checkpoint.safetensors"
-    if args.resume and not checkpoint.exists():
+    candidates = [c for c in (checkpoint, args.portable_checkpoint) if c is not None and c.exists()]
+    if args.resume and not candidates:
         print(f"--resume: no checkpoint at {checkpoint}", file=sys.stderr)
         return 1
-    if not args.resume and checkpoint.exists():
-        print(f"{checkpoint} exists: pass --resume to continue that run, or remove it", file=sys.stderr)
+    if not args.resume and candidates:
+        print(f"{candidates[0]} exists: pass --resume to continue that run, or remove it", file=sys.stderr)
         return 1
+    resume_from = max(candidates, key=checkpoint_step) if candidates else None
 
     t0 = time.perf_counter()
     train_split = cifar.load_split(True, args.data, args.cache_dir)
@@ -705,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
 
     training = Training(recipe, train_x, train_y, device, amp, args.seed, args.check_every)
     if args.resume:
-        for warning in training.load_checkpoint(checkpoint, args.allow_inexact_resume):
+        assert resume_from is not None
+        print(f"resuming from {resume_from}", flush=True)
+        for warning in training.load_checkpoint(resume_from, args.allow_inexact_resume):
             print(f"WARNING: {warning}", file=sys.stderr, flush=True)
     print(
         f"data: {len(train_y)} train / {len(holdout_y)} held out / {len(test_y)} test images in "
@@ -726,12 +781,21 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
+
+    def print_progress(info: StepInfo) -> None:
+        """A line every 12 steps, so a long run's log shows it is alive between epoch summaries."""
+        if info.step % 12 == 0:
+            print(f"step {info.step}: loss {info.loss:.4f}, lr x{info.lr_factor:.3f}", flush=True)
+
     try:
         finished = training.run(
             checkpoint,
             args.stop_after_steps,
             should_stop=lambda: bool(stop_signal),
+            on_step=print_progress,
             log=lambda line: print(line, flush=True),
+            checkpoint_every_s=60 * args.checkpoint_minutes,
+            portable=args.portable_checkpoint,
         )
     except TrainingError as exc:
         print(f"\n*** TRAINING STOPPED: {exc}\n", file=sys.stderr, flush=True)
