@@ -315,7 +315,17 @@ def test_evaluation_of_a_tiny_network_reports_every_style(tmp_path: Path) -> Non
         assert status_of(r, looked_at=True) in ("production", "experimental")
         assert status_of(r, looked_at=False) == "experimental"
     contact_sheet(net, ["s0", "s1"], some, 48, tmp_path / "sheet.jpg")
-    assert Image.open(tmp_path / "sheet.jpg").size[0] >= 3 * 48
+    contact_sheet(net, ["s0", "s1"], some, 48, tmp_path / "private.jpg", with_photos=True)
+    committable, private = Image.open(tmp_path / "sheet.jpg"), Image.open(tmp_path / "private.jpg")
+    cell_w = private.size[0] // 3
+    assert committable.size == (2 * cell_w, private.size[1])  # no column of research-only photos
+    photo = np.asarray(Image.open(some[0]).convert("RGB").resize((cell_w, cell_w)), dtype=float)
+
+    def cell(sheet: Image.Image, column: int) -> np.ndarray:
+        return np.asarray(sheet.crop((column * cell_w, 0, (column + 1) * cell_w, cell_w)), dtype=float)
+
+    assert np.abs(cell(private, 1) - cell(committable, 0)).mean() < 3  # the styles, shifted by one
+    assert np.abs(cell(private, 0) - photo).mean() < np.abs(cell(committable, 0) - photo).mean()
 
 
 def test_a_subset_of_styles_paints_like_the_full_network() -> None:

@@ -213,19 +213,30 @@ def status_of(summary: dict[str, object], looked_at: bool, gatys_init: str = "co
 
 
 def contact_sheet(
-    net: TransformerNet | Painter, names: Sequence[str], photos: Sequence[Path], size: int, path: Path
+    net: TransformerNet | Painter,
+    names: Sequence[str],
+    photos: Sequence[Path],
+    size: int,
+    path: Path,
+    with_photos: bool = False,
 ) -> None:
-    """Held-out photos down the side, one column per style (the photo itself first)."""
+    """One row per held-out photo, one column per style.
+
+    The unstylized photos are left out unless ``with_photos``: the held-out photos are research-use
+    data that must not be committed, and the sheet is committed with the model card.
+    """
     paint = network_painter(net, names) if isinstance(net, TransformerNet) else net
     images = [resize_longest(Image.open(p).convert("RGB"), size) for p in photos]
     cell_w, cell_h = max(i.width for i in images), max(i.height for i in images)
-    sheet = Image.new("RGB", (cell_w * (len(names) + 1), cell_h * len(images)), "white")
+    first = 1 if with_photos else 0
+    sheet = Image.new("RGB", (cell_w * (len(names) + first), cell_h * len(images)), "white")
     for r, img in enumerate(images):
-        sheet.paste(img, (0, r * cell_h))
+        if with_photos:
+            sheet.paste(img, (0, r * cell_h))
         x = pil_to_tensor(img)
         for c, name in enumerate(names):
             out = paint(name, x)
-            sheet.paste(tensor_to_pil(out), ((c + 1) * cell_w, r * cell_h))
+            sheet.paste(tensor_to_pil(out), ((c + first) * cell_w, r * cell_h))
     path.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(path, quality=88)
 
@@ -271,6 +282,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--looked-at", action="store_true", help="a person checked the 512/1024 px outputs")
     p.add_argument("--json", default="", help="write the results here")
     p.add_argument("--sheet", default="", help="write a contact sheet (held-out photos x styles) here")
+    p.add_argument(
+        "--sheet-with-photos",
+        action="store_true",
+        help="add the unstylized photos as a first column (for looking only: never commit that sheet)",
+    )
     a = p.parse_args(argv)
 
     net, meta = load_transformer(Path(a.weights))
@@ -288,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     results = evaluate(vgg, model, chosen, objective, paintings, photos, a.size, a.max_steps, a.gatys_init)
     statuses = {n: status_of(r, a.looked_at, a.gatys_init) for n, r in results.items()}
     if a.sheet:
-        contact_sheet(model, chosen, photos, a.size, Path(a.sheet))
+        contact_sheet(model, chosen, photos, a.size, Path(a.sheet), a.sheet_with_photos)
     if a.json:
         body = {
             "model": a.model,
