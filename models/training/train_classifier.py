@@ -592,11 +592,8 @@ class Training:
                 "kernels may round differently, so the continuation may not be bit-exact"
             )
         tensors = load_file(str(path))
-        state = {
-            k.removeprefix("model."): v.float() if v.dtype == torch.float16 else v
-            for k, v in tensors.items()
-            if k.startswith("model.")
-        }
+        # load_state_dict copies into the fp32 parameters, so a compact file's fp16 weights need no cast
+        state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
         self.model.load_state_dict(state, strict=True)
         self.optimizer.state.clear()
         for name, p in self.model.named_parameters():
