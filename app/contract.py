@@ -113,6 +113,20 @@ def problem_responses(*statuses: int, **descriptions: str) -> dict[int | str, di
     return {s: problem_doc(s, descriptions.get(f"d{s}")) for s in statuses}
 
 
+def job_accepted_doc(description: str = "Accepted; poll the Location.") -> dict[str, Any]:
+    """The 202 of a route that queues a job: every such route sends the job's URL in ``Location``."""
+    return {
+        "description": description,
+        "headers": {
+            "Location": {
+                "description": "The job's status URL, `/jobs/{id}`.",
+                "required": True,
+                "schema": {"type": "string", "format": "uri-reference"},
+            }
+        },
+    }
+
+
 def _routes(app: FastAPI) -> list[Any]:
     """Every leaf route, also inside included routers (newer FastAPI keeps those nested)."""
     contexts = getattr(fastapi.routing, "iter_route_contexts", None)

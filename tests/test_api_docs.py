@@ -32,3 +32,21 @@ def test_problem_types_are_documented(client):
     assert body["title"] == "Payload too large" and body["description"]
     missing = client.get("/problems/nope")
     assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+
+
+def test_every_job_submission_documents_its_location_header(client):
+    """A 202 means "poll the Location": clients generated from the schema need that header declared."""
+    paths = client.get("/openapi.json").json()["paths"]
+    accepted = [
+        (path, method, op["responses"]["202"])
+        for path, ops in paths.items()
+        for method, op in ops.items()
+        if "202" in op.get("responses", {})
+    ]
+    assert {(p, m) for p, m, _ in accepted} >= {
+        ("/jobs/optimize", "post"),
+        ("/jobs/stylize-video", "post"),
+        ("/styles", "post"),
+    }
+    for path, method, doc in accepted:
+        assert doc["headers"]["Location"]["required"] is True, f"{method.upper()} {path}"

@@ -24,7 +24,7 @@ from rq.job import Job
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import CallerDep
-from app.contract import problem_responses
+from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
 from app.job_admission import admit_and_enqueue
 from app.problems import Problem
@@ -114,16 +114,7 @@ def _painting_png(data: bytes, max_pixels: int) -> bytes:
     summary="Train a new fast style from a painting (a queued job)",
     description=CREATE_DESCRIPTION,
     responses={
-        202: {
-            "description": "Accepted: a job trains the style; poll the Location.",
-            "headers": {
-                "Location": {
-                    "description": "The job's status URL, `/jobs/{id}`.",
-                    "required": True,
-                    "schema": {"type": "string", "format": "uri-reference"},
-                }
-            },
-        },
+        202: job_accepted_doc("Accepted: a job trains the style; poll the Location."),
         **problem_responses(
             400,
             409,

@@ -20,7 +20,7 @@ from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import CallerDep, Principal
-from app.contract import problem_responses
+from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, RedisDep, SettingsDep
 from app.job_admission import admit_and_enqueue
 from app.problems import Problem
@@ -232,16 +232,7 @@ def _normalized_png(img: Image.Image, longest: int) -> bytes:
     response_model=JobStatus,
     summary="Submit a Gatys style-transfer optimization job",
     responses={
-        202: {
-            "description": "Accepted; poll the Location.",
-            "headers": {
-                "Location": {
-                    "description": "The job's status URL, `/jobs/{id}`.",
-                    "required": True,
-                    "schema": {"type": "string", "format": "uri-reference"},
-                }
-            },
-        },
+        202: job_accepted_doc(),
         **problem_responses(
             400,
             413,

@@ -17,7 +17,7 @@ from rq.job import Job
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import CallerDep
-from app.contract import problem_responses
+from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
 from app.job_admission import admit_and_enqueue
 from app.problems import Problem
@@ -172,7 +172,7 @@ def _painting_png(img: Any) -> bytes:
     summary="Submit a video stylization job",
     description=DESCRIPTION,
     responses={
-        202: {"description": "Accepted; poll the Location."},
+        202: job_accepted_doc(),
         **problem_responses(
             400,
             413,
