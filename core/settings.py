@@ -195,6 +195,13 @@ class Settings(BaseSettings):
         1920 * 1080, gt=0, description="Most pixels in one frame of an accepted video (1080p)."
     )
     video_max_size: int = Field(720, ge=16, description="Largest longest side of a stylized video.")
+    video_max_output_megapixels: float = Field(
+        300.0,
+        gt=0,
+        description="Most output pixels one video job may stylize (frames x width x height, millions), "
+        "so that an accepted clip finishes within ATELIER_JOB_TIMEOUT_S: a loaded 2-core CPU does about "
+        "0.1 Mpx/s (bench/results/video-cpu-2026-11-23.md), so 300 Mpx is ~50 of the default 60 minutes.",
+    )
     video_batch_frames: int = Field(4, ge=1, le=64, description="Frames that go through the network at once.")
     video_smoothing: float = Field(
         0.5, ge=0, lt=1, description="Default temporal blend (0: off); damps flicker where input is still."

@@ -166,6 +166,22 @@ def test_bad_videos_are_refused_before_anything_is_queued(client, style_name, wh
     assert queued_videos(client) == before, what
 
 
+def test_a_clip_too_long_to_finish_within_the_job_timeout_is_refused_with_what_fits(
+    client, style_name, monkeypatch
+):
+    """6 frames of 64x48 are 0.018 Mpx; with a 0.01 Mpx budget 3 frames fit at that size."""
+    monkeypatch.setattr(client.app.state.settings, "video_max_output_megapixels", 0.01)
+    before = queued_videos(client)
+    clip = make_clip(frames=6, width=64, height=48, audio=False)
+    body = assert_problem(post_video(client, clip, style=style_name), 413, "video-too-large", "file")
+    assert "6 frames of 64x48" in body["detail"] and "at most 3 frames" in body["detail"], body
+    assert body["reason"] == "too-much-work"
+    assert queued_videos(client) == before
+    monkeypatch.setattr(client.app.state.settings, "video_max_output_megapixels", 0.02)
+    job = submit(client, clip, style=style_name)
+    client.delete(f"/jobs/{job['id']}")
+
+
 @pytest.mark.parametrize(
     ("form", "field", "slug"),
     [

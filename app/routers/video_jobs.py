@@ -67,8 +67,28 @@ def limits_text(settings: Settings) -> str:
         f"\n\n{LIMITS_HEADING} (`ATELIER_VIDEO_*` settings): at most {settings.video_max_bytes:,} bytes, "
         f"{settings.video_max_seconds:g} s, {settings.video_max_frames:,} frames and "
         f"{settings.video_max_pixels:,} pixels per frame; output longest side at most "
-        f"{settings.video_max_size} px."
+        f"{settings.video_max_size} px; at most {settings.video_max_output_megapixels:g} million output "
+        "pixels in all (frames x width x height: the work one job may take), so long clips need a "
+        "smaller `size` or `fps`."
     )
+
+
+def check_work(total_frames: int, width: int, height: int, settings: Settings) -> None:
+    """413 before queueing a job that could not finish within the job timeout on this server."""
+    megapixels = total_frames * width * height / 1e6
+    budget = settings.video_max_output_megapixels
+    if megapixels > budget:
+        most = int(budget * 1e6 / (width * height))
+        raise Problem(
+            413,
+            "video-too-large",
+            f"'file' would make {total_frames:,} frames of {width}x{height} ({megapixels:,.0f} million "
+            f"pixels), more than the {budget:g} million one job may stylize "
+            f"(ATELIER_VIDEO_MAX_OUTPUT_MEGAPIXELS); at this size at most {most:,} frames fit: send a "
+            "shorter clip, or a smaller 'size' or 'fps'.",
+            field="file",
+            reason="too-much-work",
+        )
 
 
 def document_limits(app: FastAPI) -> None:
@@ -180,7 +200,8 @@ def _painting_png(img: Any) -> bytes:
             422,
             429,
             503,
-            d413="The video (or the request) has too many bytes, seconds, frames or pixels per frame.",
+            d413="The video (or the request) has too many bytes, seconds, frames or pixels per frame, or "
+            "more output pixels in all than one job may stylize.",
             d415="The file is not a video in an accepted container.",
             d422="A field is invalid, or the video is truncated, corrupt, or has no video frames.",
             d429="This API key already has ATELIER_MAX_JOBS_PER_KEY unfinished jobs.",
@@ -236,6 +257,7 @@ async def submit_stylize_video(
     longest = size if size is not None else min(max(info.width, info.height), settings.video_max_size)
     width, height = output_size(info.width, info.height, longest, even=encoder.even_sides)
     total = expected_frames(info.frames, info.duration_s, rate, info.fps)
+    check_work(total, width, height, settings)
     options = VideoJobOptions(
         width=width,
         height=height,
