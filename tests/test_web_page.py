@@ -5,6 +5,7 @@ Every step saves a screenshot into the test's temporary directory (pytest prints
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,9 @@ from tests.browser import (
     start_chromium,
     wait_for,
 )
+from tests.conftest import WorkerProcess, _purge
 from tests.images import encode, photo_like, stripes
+from tests.videos import make_clip
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "app" / "static"
 
@@ -55,6 +58,21 @@ def images(tmp_path: Path) -> dict[str, Path]:
     return paths
 
 
+@pytest.fixture
+def clips(tmp_path: Path) -> dict[str, Path]:
+    """Tiny clips: a few frames each, so a whole video job takes seconds on a busy CPU."""
+    files = {
+        "mp4": ("clip.mp4", make_clip(frames=8, width=64, height=48, fps=8, audio=False)),
+        "gif": ("loop.gif", make_clip(frames=6, width=48, height=32, fps=6, audio=False, container="gif")),
+        "text": ("notes.txt", b"these are my notes, not a video\n" * 20),
+    }
+    paths = {}
+    for key, (name, data) in files.items():
+        paths[key] = tmp_path / name
+        paths[key].write_bytes(data)
+    return paths
+
+
 def open_page(driver, server, tab: str) -> None:
     """A fresh load of the page (a change of the #fragment alone would keep the old page)."""
     driver.get("about:blank")
@@ -73,11 +91,16 @@ def text(driver, css: str) -> str:
     return driver.execute_script("return document.querySelector(arguments[0]).textContent", css)
 
 
+def choose_style(driver, gallery: str, name: str) -> None:
+    """Click the card of style ``name`` in a gallery (its radio button is visually hidden)."""
+    q(driver, f"{gallery} label:has(input[value='{name}'])").click()
+
+
 def image_loaded(css: str) -> str:
     """A JavaScript expression: the <img> at ``css`` is shown and has decoded pixels."""
     return (
         f"(() => {{ const i = document.querySelector('{css}');"
-        " return !i.hidden && i.complete && i.naturalWidth > 0; })()"
+        " return !!i && !i.hidden && i.complete && i.naturalWidth > 0; })()"
     )
 
 
@@ -265,11 +288,16 @@ def test_tabs_work_with_the_keyboard_and_the_layout_fits_a_phone(browser, live_s
 
     open_page(browser, live_server, "stylize")
     q(browser, "#tab-stylize").send_keys(Keys.ARROW_RIGHT)
-    wait_for(browser, "!document.querySelector('#panel-jobs').hidden")
-    assert browser.switch_to.active_element.get_attribute("id") == "tab-jobs"
-    assert q(browser, "#tab-jobs").get_attribute("aria-selected") == "true"
-    q(browser, "#tab-jobs").send_keys(Keys.END)
+    wait_for(browser, "!document.querySelector('#panel-video').hidden")
+    assert browser.switch_to.active_element.get_attribute("id") == "tab-video"
+    assert q(browser, "#tab-video").get_attribute("aria-selected") == "true"
+    q(browser, "#tab-video").send_keys(Keys.ARROW_RIGHT)
+    wait_for(browser, "!document.querySelector('#panel-styles').hidden")
+    q(browser, "#tab-styles").send_keys(Keys.END)
     wait_for(browser, "!document.querySelector('#panel-live').hidden")
+    q(browser, "#tab-live").send_keys(Keys.ARROW_RIGHT)  # wraps around
+    wait_for(browser, "!document.querySelector('#panel-stylize').hidden")
+    assert browser.switch_to.active_element.get_attribute("id") == "tab-stylize"
     unlabeled = browser.execute_script(
         """return [...document.querySelectorAll('input, select')]
              .filter((e) => e.type !== 'radio' && !e.labels?.length && !e.getAttribute('aria-label'))
@@ -280,7 +308,7 @@ def test_tabs_work_with_the_keyboard_and_the_layout_fits_a_phone(browser, live_s
     size = browser.get_window_size()
     try:
         browser.set_window_size(390, 844)
-        for tab in ("stylize", "jobs", "classify", "live"):
+        for tab in ("stylize", "video", "styles", "jobs", "classify", "live"):
             open_page(browser, live_server, tab)
             overflow = browser.execute_script(
                 "return document.documentElement.scrollWidth - document.documentElement.clientWidth"
@@ -350,3 +378,228 @@ def test_the_page_asks_for_an_api_key_keeps_it_and_sends_it(browser, settings, t
         q(browser, "#live-stop").click()
     finally:
         server.stop()
+
+
+# --- video jobs -------------------------------------------------------------------------------------
+
+
+def video_loaded(css: str, width: int) -> str:
+    """A JavaScript expression: the <video> at ``css`` has its metadata and is ``width`` px wide."""
+    return (
+        f"(() => {{ const v = document.querySelector('{css}');"
+        f" return !!v && v.tagName === 'VIDEO' && v.readyState >= 1 && v.videoWidth === {width}; }})()"
+    )
+
+
+def test_stylize_a_video_follow_it_and_play_the_result(browser, live_server, worker, shots, clips):
+    open_page(browser, live_server, "video")
+    assert not q(browser, "#tab-video").get_attribute("hidden")
+    assert q(browser, "#tab-video").get_attribute("aria-selected") == "true"
+    wait_for(browser, "document.querySelectorAll('#video-gallery input[type=radio]').length > 0")
+    assert "The Great Wave off Kanagawa" in text(browser, "#video-gallery")
+    q(browser, "#video-file").send_keys(str(clips["mp4"]))
+    wait_for(browser, video_loaded("#video-source-media", 64), 30, "the chosen clip was not previewed")
+    choose_style(browser, "#video-gallery", "great_wave")
+    size = q(browser, "#video-size")
+    size.send_keys("64")
+    shots("form")
+    # Every line of progress the page shows, as it changes, with the job it is about (the page may
+    # still be showing the last video job of an earlier test).
+    browser.execute_script(
+        """const detail = document.querySelector('#video-job-detail');
+           const id = document.querySelector('#video-job-id');
+           window.seenProgress = [];
+           new MutationObserver(() => window.seenProgress.push([id.title, detail.textContent]))
+             .observe(detail, { childList: true, characterData: true, subtree: true });"""
+    )
+    q(browser, "#video-submit").click()
+    wait_for(browser, "!document.querySelector('#video-job-view').hidden")
+    assert "server-sent events" in text(browser, "#video-job-transport")
+    wait_for(browser, "document.querySelector('#video-job-state').textContent === 'finished'", 120)
+    wait_for(browser, video_loaded("#video-result", 64), 30, "the stylized video was not shown")
+    shots("finished")
+    job_id = q(browser, "#video-job-id").get_attribute("title")
+    seen = [line for shown, line in browser.execute_script("return window.seenProgress") if shown == job_id]
+    assert seen[0] == "8 frames, waiting for a worker", seen  # the 202's status, shown at once
+    assert re.fullmatch(r"8 of 8 frames · \d+(\.\d+)? frames/s", seen[-1]), seen
+    done = [int(m[1]) for line in seen if (m := re.match(r"(\d+) of 8 frames", line))]
+    assert done == sorted(done) and done[-1] == 8, seen
+    assert browser.execute_script("return document.querySelector('#video-job-progress').value") == 100
+    assert text(browser, "#video-job-percent") == "100%"
+    assert q(browser, "#video-job-cancel").get_attribute("hidden")
+    assert text(browser, "#video-result-info").startswith("8 frames · 64×48 · ")
+    download = q(browser, "#video-download")
+    assert download.get_attribute("href").startswith("blob:")
+    assert re.fullmatch(r"atelier-great_wave-[0-9a-f]{8}\.mp4", download.get_attribute("download"))
+    assert browser.execute_script("return document.querySelector('#video-result').controls") is True
+    assert console_errors(browser) == []
+
+
+def test_a_gif_comes_back_as_a_gif_and_the_job_survives_a_reload(browser, live_server, worker, shots, clips):
+    open_page(browser, live_server, "video")
+    wait_for(browser, "document.querySelectorAll('#video-gallery input[type=radio]').length > 0")
+    q(browser, "#video-file").send_keys(str(clips["gif"]))
+    wait_for(browser, image_loaded("#video-source-media"), 30, "the chosen GIF was not previewed")
+    q(browser, "#video-submit").click()  # the first style, the GIF's own size, format auto
+    wait_for(browser, "document.querySelector('#video-job-state').textContent === 'finished'", 120)
+    wait_for(browser, image_loaded("#video-result"), 30, "the stylized GIF was not shown")
+    shots("gif-finished")
+    shown = browser.execute_script(
+        "const i = document.querySelector('#video-result');"
+        " return [i.tagName, i.naturalWidth, i.naturalHeight];"
+    )
+    assert shown == ["IMG", 48, 32]
+    assert q(browser, "#video-download").get_attribute("download").endswith(".gif")
+    job_id = q(browser, "#video-job-id").get_attribute("title")
+
+    browser.refresh()
+    wait_for(browser, "document.body.dataset.ready === 'true'")
+    wait_for(browser, image_loaded("#video-result"), 30, "the video job was not shown again after a reload")
+    shots("gif-after-reload")
+    assert q(browser, "#video-job-id").get_attribute("title") == job_id
+    assert text(browser, "#video-job-state") == "finished"
+    assert console_errors(browser) == []
+
+
+def test_a_file_that_is_not_a_video_is_named_as_the_problem(browser, live_server, shots, clips):
+    open_page(browser, live_server, "video")
+    shown_before = q(browser, "#video-job-id").get_attribute("title")  # the last job is shown at load
+    q(browser, "#video-submit").click()
+    wait_for(browser, "!document.querySelector('#video-error').hidden")
+    assert "Choose or drop a video first." in text(browser, "#video-error")
+    q(browser, "#video-file").send_keys(str(clips["text"]))
+    q(browser, "#video-submit").click()
+    wait_for(browser, "document.querySelector('#video-error').textContent.includes('not a video')", 30)
+    shots("not-a-video")
+    error = text(browser, "#video-error")
+    assert "Unsupported media type" in error
+    assert "'file' is not a video" in error
+    assert "About: Video" in error
+    assert q(browser, "#video-file").get_attribute("aria-invalid") == "true"
+    assert q(browser, "#video-error").get_attribute("role") == "alert"
+    assert q(browser, "#video-job-id").get_attribute("title") == shown_before  # nothing was queued
+    assert text(browser, "#video-status") == ""
+    # Choosing another file clears the mark.
+    q(browser, "#video-file").send_keys(str(clips["mp4"]))
+    wait_for(browser, "document.querySelector('#video-error').hidden")
+    assert q(browser, "#video-file").get_attribute("aria-invalid") is None
+    expected = [m for m in console_errors(browser) if "status of 415" not in m]
+    assert expected == []
+
+
+# --- custom styles ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def style_server(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The API and a worker on a tiny stand-in network and six synthetic photos, as in
+    tests/test_custom_styles_api.py, so that learning a style at 64 px takes seconds."""
+    import torch
+
+    from models.style_objective import StyleObjective
+    from models.styles import publish, styles_dir
+    from models.transformer import build, save_transformer
+    from tests.test_custom_styles_api import BUILTIN, style_settings, worker_env
+
+    root = tmp_path_factory.mktemp("web-styles")
+    weights, data, paintings = root / "weights", root / "data", root / "paintings"
+    for folder in (data / "photos", paintings):
+        folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    meta = {"atelier.styles": json.dumps(list(BUILTIN)), "atelier.objective": StyleObjective().to_json()}
+    save_transformer(styles_dir(weights) / "multistyle.safetensors", build("fast", num_styles=2), meta)
+    stripes(96, 96).save(paintings / "starry_night.jpg")
+    publish(weights, "multistyle.safetensors", paintings, dict.fromkeys(BUILTIN, "experimental"))
+    for i in range(6):
+        photo_like(96, 72, seed=i).save(data / "photos" / f"photo_{i}.jpg", quality=92)
+
+    settings = style_settings(redis_url, "web-styles", weights, data, custom_style_poll_s=0.3)
+    env = worker_env(settings, init="nearest")
+    worker = WorkerProcess(settings, extra_env=env)
+    server = LiveServer(
+        settings,
+        root / "uvicorn.log",
+        **env,
+        ATELIER_CUSTOM_STYLE_POLL_S="0.3",
+        ATELIER_CUSTOM_STYLE_DEFAULT_ITERATIONS="3",
+        ATELIER_MAX_CUSTOM_STYLES="3",
+    )
+    yield server
+    server.stop()
+    worker.stop()
+    _purge(settings)
+
+
+def test_learn_a_style_from_a_painting_use_it_and_delete_it(browser, style_server, shots, images):
+    open_page(browser, style_server, "styles")
+    assert q(browser, "#tab-styles").get_attribute("aria-selected") == "true"
+    assert "None yet" in text(browser, "#custom-styles")
+    q(browser, "#new-style-image").send_keys(str(images["painting"]))
+    wait_for(browser, image_loaded("#new-style-preview"))
+    q(browser, "#new-style-title").send_keys("Starry Night")
+    assert q(browser, "#new-style-name").get_attribute("value") == "starry_night"  # made from the title
+    q(browser, "#new-style-submit").click()
+    wait_for(browser, "document.querySelector('#new-style-error').textContent.includes('in use')", 30)
+    shots("name-taken")
+    error = text(browser, "#new-style-error")
+    assert "The style name 'starry_night' is already in use." in error and "About: Short name" in error
+    assert q(browser, "#new-style-name").get_attribute("aria-invalid") == "true"
+
+    title, name = q(browser, "#new-style-title"), q(browser, "#new-style-name")
+    title.clear()
+    title.send_keys("Stripes in Blue")
+    assert name.get_attribute("value") == "stripes_in_blue"
+    assert name.get_attribute("aria-invalid") is None  # typing cleared the mark
+    q(browser, "#new-style-artist").send_keys("A. Test")
+    q(browser, "#panel-styles details summary").click()
+    q(browser, "#new-style-iterations").send_keys("4")
+    shots("form")
+    q(browser, "#new-style-submit").click()
+    wait_for(browser, "!document.querySelector('#style-job-view').hidden")
+    assert "Learning “Stripes in Blue”" in text(browser, "#style-job-title")
+    wait_for(browser, "document.querySelector('#style-job-state').textContent === 'finished'", 120)
+    # Without a reload: the new style is listed here and in every gallery.
+    wait_for(browser, "!!document.querySelector('#custom-styles li[data-style=stripes_in_blue]')", 30)
+    wait_for(browser, "!!document.querySelector('#style-gallery input[value=stripes_in_blue]')")
+    wait_for(browser, image_loaded("#style-job-result"), 30, "no preview of the new style")
+    wait_for(browser, image_loaded("#custom-styles li[data-style=stripes_in_blue] img"), 30, "no thumbnail")
+    shots("learned")
+    assert text(browser, "#style-job-detail") == "iteration 4 of 4"
+    assert text(browser, "#style-job-percent") == "100%"
+    assert q(browser, "#style-job-chart").get_attribute("aria-label").startswith("Losses at step 4")
+    item = text(browser, "#custom-styles li[data-style=stripes_in_blue]")
+    assert "Stripes in Blue" in item and "custom" in item and "by A. Test" in item
+    assert "Stripes in Blue" in text(browser, "#style-gallery")
+    assert browser.execute_script(
+        "return !!document.querySelector('#video-gallery input[value=stripes_in_blue]')"
+        " && !!document.querySelector('#live-style option[value=stripes_in_blue]')"
+    )
+
+    q(browser, "#style-job-use").click()  # to the photo tab, with the new style chosen
+    wait_for(browser, "!document.querySelector('#panel-stylize').hidden")
+    assert browser.execute_script("return document.querySelector('#style-gallery input:checked').value") == (
+        "stripes_in_blue"
+    )
+    q(browser, "#stylize-file").send_keys(str(images["photo"]))
+    size = q(browser, "#stylize-size")
+    size.clear()
+    size.send_keys("96")
+    q(browser, "#stylize-submit").click()
+    wait_for(browser, image_loaded("#stylize-result"), 60, "the new style did not paint the photo")
+    shots("used")
+    assert q(browser, "#stylize-download").get_attribute("download") == "atelier-stripes_in_blue.jpg"
+
+    q(browser, "#tab-styles").click()
+    q(browser, "#custom-styles [data-delete=stripes_in_blue]").click()
+    confirm = q(browser, "#custom-styles [data-confirm-delete=stripes_in_blue]")
+    assert "for good?" in text(browser, "#custom-styles li[data-style=stripes_in_blue]")
+    shots("confirm-delete")
+    confirm.click()
+    wait_for(browser, "!document.querySelector('#custom-styles li[data-style=stripes_in_blue]')", 30)
+    shots("deleted")
+    assert "None yet" in text(browser, "#custom-styles")
+    assert "deleted" in text(browser, "#custom-styles-status")
+    assert "Stripes in Blue" not in text(browser, "#style-gallery")
+    assert httpx.get(f"{style_server.url}/styles/stripes_in_blue/thumbnail", timeout=10).status_code == 404
+    expected = [m for m in console_errors(browser) if "status of 409" not in m]
+    assert expected == []

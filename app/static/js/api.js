@@ -88,18 +88,27 @@ export async function detectCapabilities() {
   }
   const paths = spec.paths || {};
   const stylizeFields = formFields(spec, '/stylize');
+  const videoFields = formFields(spec, '/jobs/stylize-video');
+  const styleFields = formFields(spec, '/styles');
   return {
     thumbnails: '/styles/{name}/thumbnail' in paths,
     styleImage: stylizeFields.has('style_image'),
     blend: stylizeFields.has('style_weights'),
     events: '/jobs/{job_id}/events' in paths,
+    video: videoFields.has('file'),
+    videoStyleImage: videoFields.has('style_image'),
+    videoMaxSize: videoFields.get('size')?.maximum,
+    customStyles: styleFields.has('image') && styleFields.has('name'),
+    customStyleMaxIterations: styleFields.get('iterations')?.maximum,
+    deleteStyles: Boolean(paths['/styles/{name}']?.delete),
   };
 }
 
+/** The fields of an operation's multipart form, name -> JSON schema (empty when there is none). */
 function formFields(spec, path) {
   let schema = spec.paths?.[path]?.post?.requestBody?.content?.['multipart/form-data']?.schema;
   if (schema?.$ref) schema = spec.components?.schemas?.[schema.$ref.split('/').pop()];
-  return new Set(Object.keys(schema?.properties || {}));
+  return new Map(Object.entries(schema?.properties || {}));
 }
 
 /** "decode;dur=1.2, infer;dur=240" -> [["decode", 1.2], ["infer", 240]] */

@@ -1,5 +1,7 @@
 // Tool 2: Gatys jobs. Submit, watch live (server-sent events; polling as a fallback), cancel,
 // show and download the result. Recent jobs are remembered in localStorage across reloads.
+// followJob and JobTracker (progress, state, cancel of one job on display) serve the video and
+// custom-style tools too.
 
 import { getJSON, readEventStream, request } from './api.js';
 import { LossChart } from './chart.js';
@@ -7,7 +9,7 @@ import { $, clearProblem, el, setupDropzone, showBlob, showProblem } from './ui.
 
 const STORAGE_KEY = 'atelier.jobs';
 const KEEP_JOBS = 12;
-const TERMINAL = new Set(['finished', 'failed', 'canceled']);
+export const TERMINAL = new Set(['finished', 'failed', 'canceled']);
 const POLL_MS = 1000;
 const OPTIONAL_NUMBERS = ['content_weight', 'style_weight', 'tv_weight'];
 const SAVED_POINTS = 300; // loss-curve points kept per job, so the curve survives a reload
@@ -45,7 +47,7 @@ export function setupJobs({ capabilities }) {
   };
   setupDropzone(fields.content, () => clearProblem(errorBox, fields));
   setupDropzone(fields.style, () => clearProblem(errorBox, fields));
-  const view = new JobView(capabilities, remember);
+  const view = new GatysJobView(capabilities, remember);
 
   function remember(job) {
     const jobs = loadRecent();
@@ -122,115 +124,135 @@ export function setupJobs({ capabilities }) {
   if (latest) view.open(latest.id);
 }
 
-/** The job on display: its state, progress bar, loss chart, result; one job at a time. */
-class JobView {
-  constructor(capabilities, remember) {
-    this.capabilities = capabilities;
-    this.remember = remember;
-    this.chart = new LossChart($('#job-chart'), $('#job-legend'));
+/**
+ * Follow a job until it ends: its server-sent events (GET /jobs/{id}/events) where the server has
+ * them, polling GET /jobs/{id} otherwise or once the stream breaks. onUpdate(job) gets each status;
+ * onProblem(error) an `error` event or a 404 (unknown or expired: following stops there).
+ */
+export async function followJob(jobId, { events, signal, onUpdate, onProblem, onTransport = () => {} }) {
+  let state = null;
+  const update = (job) => {
+    if (job.id !== jobId) return;
+    state = job.state;
+    onUpdate(job);
+  };
+  if (events) {
+    try {
+      onTransport('live (server-sent events)');
+      await readEventStream(`/jobs/${jobId}/events`, (name, data) => {
+        if (signal.aborted) return;
+        const body = JSON.parse(data);
+        if (name === 'error') onProblem({ problem: body, status: body.status });
+        else update(body);
+      }, signal);
+    } catch (error) {
+      if (signal.aborted) return;
+      if (error.status === 404) { onProblem(error); return; }
+    }
+  }
+  if (signal.aborted || TERMINAL.has(state)) return;
+  onTransport('polling');
+  let delay = POLL_MS;
+  while (!signal.aborted && !TERMINAL.has(state)) {
+    try {
+      update(await getJSON(`/jobs/${jobId}`, { signal }));
+      delay = POLL_MS;
+    } catch (error) {
+      if (signal.aborted) return;
+      if (error.status === 404) { onProblem(error); return; }
+      delay = Math.min(delay * 2, 15000); // server or network trouble: back off, keep trying
+    }
+    if (!TERMINAL.has(state)) await new Promise((resolve) => setTimeout(resolve, delay));
+  }
+}
+
+/** The elements of a job view with ids `${prefix}-view`, `${prefix}-id`, `${prefix}-state`, ... */
+export function jobParts(prefix) {
+  const names = ['view', 'id', 'state', 'detail', 'progress', 'percent', 'transport', 'failure', 'cancel'];
+  return Object.fromEntries(names.map((name) => [name, $(`#${prefix}-${name}`)]));
+}
+
+/**
+ * One job on display at a time: its id, state badge, progress bar and percent, a line of detail
+ * (describe(job)), how it is followed, why it failed, and a cancel button. Hooks: onOpen(jobId,
+ * initial) before following, onUpdate(job) after each status, onFinished(job) once, and onGone(error)
+ * for a job the server no longer knows (return true when handled, else the problem is shown).
+ */
+export class JobTracker {
+  constructor(parts, { events, describe = () => '', onOpen, onUpdate, onFinished, onGone } = {}) {
+    Object.assign(this, { parts, events, describe, onOpen, onUpdate, onFinished, onGone });
     this.controller = null;
     this.jobId = null;
-    $('#job-cancel').addEventListener('click', () => this.cancel());
+    this.state = null;
+    parts.cancel.addEventListener('click', () => this.cancel());
   }
 
   open(jobId, initial) {
     this.controller?.abort();
     this.controller = new AbortController();
+    const { signal } = this.controller;
+    const { parts } = this;
     this.jobId = jobId;
     this.state = null;
-    this.resultShown = false;
-    $('#job-view').hidden = false;
-    $('#job-id').textContent = jobId.slice(0, 8);
-    $('#job-id').title = jobId;
-    $('#job-result-box').hidden = true;
-    $('#job-failure').hidden = true;
-    $('#job-cancel').hidden = false;
-    const saved = loadRecent().find((j) => j.id === jobId);
-    this.chart.restore(saved?.points, initial?.progress?.total_steps || saved?.steps);
+    this.finished = false;
+    parts.view.hidden = false;
+    parts.id.textContent = jobId.slice(0, 8);
+    parts.id.title = jobId;
+    clearProblem(parts.failure);
+    parts.cancel.hidden = false;
+    this.onOpen?.(jobId, initial);
     if (initial) this.update(initial);
-    this.watch(jobId, this.controller.signal);
+    followJob(jobId, {
+      events: this.events,
+      signal,
+      onUpdate: (job) => this.update(job),
+      onProblem: (error) => this.problem(error),
+      onTransport: (how) => { parts.transport.textContent = `· ${how}`; },
+    });
   }
 
-  async watch(jobId, signal) {
-    if (this.capabilities.events) {
-      try {
-        $('#job-transport').textContent = '· live (server-sent events)';
-        await readEventStream(`/jobs/${jobId}/events`, (name, data) => {
-          if (signal.aborted) return;
-          const body = JSON.parse(data);
-          if (name === 'error') this.fail({ problem: body, status: body.status });
-          else this.update(body);
-        }, signal);
-      } catch (error) {
-        if (signal.aborted) return;
-        if (error.status === 404) { this.fail(error); return; }
-      }
-    }
-    if (signal.aborted || TERMINAL.has(this.state)) return;
-    $('#job-transport').textContent = '· polling';
-    await this.poll(jobId, signal);
-  }
-
-  async poll(jobId, signal) {
-    let delay = POLL_MS;
-    while (!signal.aborted && !TERMINAL.has(this.state)) {
-      try {
-        this.update(await getJSON(`/jobs/${jobId}`, { signal }));
-        delay = POLL_MS;
-      } catch (error) {
-        if (signal.aborted) return;
-        if (error.status === 404) { this.fail(error); return; }
-        delay = Math.min(delay * 2, 15000); // server or network trouble: back off, keep trying
-      }
-      if (!TERMINAL.has(this.state)) await new Promise((resolve) => setTimeout(resolve, delay));
-    }
+  /** Stop following and hide the view. */
+  close() {
+    this.controller?.abort();
+    this.jobId = null;
+    this.parts.view.hidden = true;
   }
 
   update(job) {
     if (job.id !== this.jobId) return;
-    const { progress } = job;
+    const { parts } = this;
     this.state = job.state;
-    const percent = job.state === 'finished' ? 100 : Math.min(100, progress.percent || 0);
-    const badge = $('#job-state');
-    badge.textContent = job.state;
-    badge.dataset.state = job.state;
-    $('#job-step').textContent = `step ${progress.step} of ${progress.total_steps}`;
-    $('#job-progress').value = percent;
-    $('#job-progress').textContent = `${percent.toFixed(0)}%`;
-    $('#job-percent').textContent = `${percent.toFixed(percent === 100 ? 0 : 1)}%`;
-    this.chart.add(progress.step, progress.losses, progress.total_steps);
-    $('#job-cancel').hidden = TERMINAL.has(job.state);
-    this.remember({ id: job.id, state: job.state, points: this.chart.points.slice(-SAVED_POINTS) });
+    const percent = job.state === 'finished' ? 100 : Math.min(100, job.progress?.percent || 0);
+    parts.state.textContent = job.state;
+    parts.state.dataset.state = job.state;
+    parts.detail.textContent = this.describe(job);
+    parts.progress.value = percent;
+    parts.progress.textContent = `${percent.toFixed(0)}%`;
+    parts.percent.textContent = `${percent.toFixed(percent === 100 ? 0 : 1)}%`;
+    parts.cancel.hidden = TERMINAL.has(job.state);
+    this.onUpdate?.(job);
     if (job.state === 'failed') {
       this.fail({ problem: { title: 'The job failed', detail: job.error || 'No reason was given.' } });
     } else if (job.state === 'canceled') {
       this.fail({ problem: { title: 'Canceled', detail: 'This job was canceled before it finished.' } });
-    } else if (job.state === 'finished' && !this.resultShown) {
-      this.resultShown = true;
-      this.showResult(job);
+    } else if (job.state === 'finished' && !this.finished) {
+      this.finished = true;
+      this.onFinished?.(job);
     }
+  }
+
+  problem(error) {
+    if (error?.status === 404 && this.onGone?.(error)) return;
+    this.fail(error);
   }
 
   fail(error) {
-    showProblem($('#job-failure'), error);
-  }
-
-  async showResult(job) {
-    try {
-      const response = await request(job.result_url || `/jobs/${job.id}/result`);
-      const url = showBlob($('#job-result'), await response.blob());
-      const link = $('#job-download');
-      link.href = url;
-      link.download = `atelier-gatys-${job.id.slice(0, 8)}.png`;
-      $('#job-result-box').hidden = false;
-    } catch (error) {
-      this.fail(error);
-    }
+    showProblem(this.parts.failure, error);
   }
 
   async cancel() {
     if (!this.jobId) return;
-    const button = $('#job-cancel');
+    const button = this.parts.cancel;
     button.disabled = true;
     try {
       this.update(await (await request(`/jobs/${this.jobId}`, { method: 'DELETE' })).json());
@@ -240,4 +262,63 @@ class JobView {
       button.disabled = false;
     }
   }
+}
+
+/** The Gatys job on display: a JobTracker plus its loss chart and result image. */
+class GatysJobView {
+  constructor(capabilities, remember) {
+    this.chart = new LossChart($('#job-chart'), $('#job-legend'));
+    this.tracker = new JobTracker({ ...jobParts('job'), detail: $('#job-step') }, {
+      events: capabilities.events,
+      describe: ({ progress }) => `step ${progress.step} of ${progress.total_steps}`,
+      onOpen: (jobId, initial) => {
+        $('#job-result-box').hidden = true;
+        const saved = loadRecent().find((j) => j.id === jobId);
+        this.chart.restore(saved?.points, initial?.progress?.total_steps || saved?.steps);
+      },
+      onUpdate: (job) => {
+        this.chart.add(job.progress.step, job.progress.losses, job.progress.total_steps);
+        remember({ id: job.id, state: job.state, points: this.chart.points.slice(-SAVED_POINTS) });
+      },
+      onFinished: (job) => this.showResult(job),
+    });
+  }
+
+  open(jobId, initial) {
+    this.tracker.open(jobId, initial);
+  }
+
+  async showResult(job) {
+    try {
+      const blob = await fetchResult(job);
+      const url = showBlob($('#job-result'), blob);
+      const link = $('#job-download');
+      link.href = url;
+      link.download = `atelier-gatys-${job.id.slice(0, 8)}.png`;
+      $('#job-result-box').hidden = false;
+    } catch (error) {
+      this.tracker.fail(error);
+    }
+  }
+}
+
+/** A finished job's result as a Blob (its type is the result's media type). */
+export async function fetchResult(job) {
+  return (await request(job.result_url || `/jobs/${job.id}/result`)).blob();
+}
+
+/** The one job a tool shows, kept in localStorage under `key` so it comes back after a reload. */
+export function jobMemory(key) {
+  return {
+    load() {
+      try {
+        const entry = JSON.parse(localStorage.getItem(key) || 'null');
+        return entry && typeof entry.id === 'string' ? entry : null;
+      } catch {
+        return null;
+      }
+    },
+    save(entry) { localStorage.setItem(key, JSON.stringify(entry)); },
+    forget() { localStorage.removeItem(key); },
+  };
 }

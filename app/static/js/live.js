@@ -4,6 +4,7 @@
 
 import { apiKey } from './api.js';
 import { closeCamera, grabFrame, openCamera } from './camera.js';
+import { onStylesChanged, servedStyles } from './styles.js';
 import { $, bindRange, clearProblem, el, formatMs, showProblem } from './ui.js';
 
 const SEND_FPS = 15;          // upper bound on frames sent per second; the server keeps only the newest
@@ -21,7 +22,7 @@ function openSocket(url, params) {
   return new WebSocket(`${url}?${params}`);
 }
 
-export function setupLive({ styles }) {
+export function setupLive() {
   const form = $('#live-form');
   const styleSelect = $('#live-style');
   const start = $('#live-start');
@@ -32,11 +33,16 @@ export function setupLive({ styles }) {
   const canvas = $('#live-canvas');
   const fields = { style: styleSelect, strength: $('#live-strength'), preserve_color: $('#live-keep-colors') };
   bindRange(fields.strength, $('#live-strength-out'));
-  styleSelect.replaceChildren(...styles.map((s) => el('option', { value: s.name }, s.title || s.name)));
-  if (!styles.length) {
-    start.disabled = true;
-    status.textContent = 'No style network is loaded on this server.';
-  }
+  onStylesChanged(() => {
+    const styles = servedStyles();
+    const keep = styleSelect.value;
+    styleSelect.replaceChildren(...styles.map((s) => el('option', { value: s.name }, s.title || s.name)));
+    if (styles.some((s) => s.name === keep)) styleSelect.value = keep;
+    if (!styles.length) {
+      start.disabled = true;
+      status.textContent = 'No style network is loaded on this server.';
+    }
+  });
 
   let session = null;
   form.addEventListener('submit', async (event) => {

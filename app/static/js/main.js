@@ -3,18 +3,24 @@
 import { ApiError, detectCapabilities, getJSON } from './api.js';
 import { setupAuth } from './auth.js';
 import { setupClassify } from './classify.js';
+import { setupCustomStyles } from './custom-styles.js';
 import { setupJobs } from './jobs.js';
 import { setupLive } from './live.js';
+import { refreshStyles } from './styles.js';
 import { setupStylize } from './stylize.js';
+import { setupVideo } from './video.js';
 import { $ } from './ui.js';
 
-const TABS = ['stylize', 'jobs', 'classify', 'live'];
+const TABS = ['stylize', 'video', 'styles', 'jobs', 'classify', 'live'];
 
+/** The tabs; a hidden tab (a feature this server does not offer) is skipped. Returns select(name). */
 function setupTabs() {
-  const tabs = TABS.map((name) => $(`#tab-${name}`));
+  const all = TABS.map((name) => $(`#tab-${name}`));
+  const shown = () => all.filter((tab) => !tab.hidden);
   const select = (name, focus = false) => {
-    if (!TABS.includes(name)) name = TABS[0];
-    for (const tab of tabs) {
+    const tabs = shown();
+    if (!tabs.some((tab) => tab.dataset.tab === name)) name = tabs[0].dataset.tab;
+    for (const tab of all) {
       const selected = tab.dataset.tab === name;
       tab.setAttribute('aria-selected', String(selected));
       tab.tabIndex = selected ? 0 : -1;
@@ -22,12 +28,13 @@ function setupTabs() {
       if (selected && focus) tab.focus();
     }
   };
-  for (const tab of tabs) {
+  for (const tab of all) {
     tab.addEventListener('click', () => {
       history.replaceState(null, '', `#${tab.dataset.tab}`);
       select(tab.dataset.tab);
     });
     tab.addEventListener('keydown', (event) => {
+      const tabs = shown();
       const i = tabs.indexOf(tab);
       const next = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[event.key];
       if (next === undefined) return;
@@ -39,6 +46,7 @@ function setupTabs() {
   }
   window.addEventListener('hashchange', () => select(location.hash.slice(1)));
   select(location.hash.slice(1));
+  return select;
 }
 
 /** One line about /readyz: a missing job worker only matters for jobs, so it is not "not ready". */
@@ -66,20 +74,18 @@ async function showServerStatus() {
   box.className = `server-status ${readiness.ok ? 'ok' : 'bad'}`;
 }
 
-async function loadStyles() {
-  try {
-    return (await getJSON('/styles')).styles || [];
-  } catch {
-    return [];
-  }
-}
-
-setupTabs();
+const selectTab = setupTabs();
 setupAuth();
-const [capabilities, styles] = await Promise.all([detectCapabilities(), loadStyles()]);
-setupStylize({ styles, capabilities });
+const [capabilities] = await Promise.all([detectCapabilities(), refreshStyles()]);
+// Tabs of optional features appear only where /openapi.json says the server has them.
+$('#tab-video').hidden = !capabilities.video;
+$('#tab-styles').hidden = !capabilities.customStyles;
+selectTab(location.hash.slice(1));
+setupStylize({ capabilities });
+if (capabilities.video) setupVideo({ capabilities });
+if (capabilities.customStyles) setupCustomStyles({ capabilities });
 setupJobs({ capabilities });
 setupClassify();
-setupLive({ styles });
+setupLive();
 showServerStatus();
 document.body.dataset.ready = 'true'; // the page is wired up (browser tests wait for this)

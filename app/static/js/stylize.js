@@ -1,15 +1,17 @@
 // Tool 1: stylize a photo (POST /stylize) with a style from the gallery, side by side with the photo.
+// The gallery itself (renderGallery) is shared with the video tool.
 
 import { parseServerTiming, request } from './api.js';
 import { closeCamera, grabFrame, openCamera } from './camera.js';
+import { initials, onStylesChanged, servedStyles, thumbnailUrl } from './styles.js';
 import {
   $, bindRange, clearProblem, el, formatMs, setFiles, setupDropzone, showBlob, showProblem,
 } from './ui.js';
 
-const OWN_STYLE = '__own__';
+export const OWN_STYLE = '__own__';
 const EXTENSIONS = { png: 'png', jpeg: 'jpg', webp: 'webp' };
 
-export function setupStylize({ styles, capabilities }) {
+export function setupStylize({ capabilities }) {
   const form = $('#stylize-form');
   const fileInput = $('#stylize-file');
   const photo = $('#stylize-photo');
@@ -23,12 +25,14 @@ export function setupStylize({ styles, capabilities }) {
   const blendOn = $('#blend-on');
   const blendStyle = $('#blend-style');
   const blendWeight = $('#blend-weight');
+  const gallery = $('#style-gallery');
   const fields = {
     file: fileInput,
     size: $('#stylize-size'),
     strength: $('#stylize-strength'),
     format: $('#stylize-format'),
     preserve_color: $('#stylize-keep-colors'),
+    style: gallery,
     style_image: ownInput,
     style_weights: blendWeight,
   };
@@ -39,33 +43,35 @@ export function setupStylize({ styles, capabilities }) {
     clearProblem(errorBox, fields);
     if (files[0]) showBlob(photo, files[0]);
   });
-  renderGallery(styles, capabilities);
-  fields.style = $('#style-gallery input');
   setupSnapshot(fileInput);
 
-  const gallery = $('#style-gallery');
-  gallery.addEventListener('change', () => {
+  const chosenStyle = () => galleryChoice(gallery);
+  const syncChoice = () => {
     $('#own-style').hidden = chosenStyle() !== OWN_STYLE;
+    fillBlendChoices();
+  };
+  gallery.addEventListener('change', () => {
+    clearProblem(errorBox, fields);
+    syncChoice();
   });
-  if (capabilities.blend && styles.length >= 2) {
-    $('#blend-box').hidden = false;
-    blendOn.addEventListener('change', () => {
-      $('#blend-box .blend-controls').hidden = !blendOn.checked;
-      fillBlendChoices();
+  blendOn.addEventListener('change', () => {
+    $('#blend-box .blend-controls').hidden = !blendOn.checked;
+    fillBlendChoices();
+  });
+  onStylesChanged(() => {
+    renderGallery(gallery, servedStyles(), {
+      name: 'style', thumbnails: capabilities.thumbnails, ownPainting: capabilities.styleImage,
     });
-    gallery.addEventListener('change', fillBlendChoices);
-  }
-
-  function chosenStyle() {
-    return $('#style-gallery input:checked')?.value || '';
-  }
+    $('#blend-box').hidden = !(capabilities.blend && servedStyles().length >= 2);
+    syncChoice();
+  });
 
   function fillBlendChoices() {
+    if ($('#blend-box').hidden) return;
     const first = chosenStyle();
     const keep = blendStyle.value;
-    blendStyle.replaceChildren(
-      ...styles.filter((s) => s.name !== first).map((s) => el('option', { value: s.name }, s.title || s.name)),
-    );
+    blendStyle.replaceChildren(...servedStyles().filter((s) => s.name !== first)
+      .map((s) => el('option', { value: s.name }, s.title || s.name)));
     if ([...blendStyle.options].some((o) => o.value === keep)) blendStyle.value = keep;
   }
 
@@ -130,34 +136,53 @@ function describeTiming(headers, roundTrip) {
   return `${server} Round trip ${formatMs(roundTrip)}${extra ? ` (${extra})` : ''}.`.trim();
 }
 
-function renderGallery(styles, capabilities) {
-  const gallery = $('#style-gallery');
-  if (!styles.length && !capabilities.styleImage) {
+/** The value of the checked card of a gallery ('' when none is). */
+export function galleryChoice(gallery) {
+  return gallery.querySelector('input:checked')?.value || '';
+}
+
+/** Check the card of style `name` in a gallery (and say so with a change event, as a click would). */
+export function selectInGallery(gallery, name) {
+  const radio = [...gallery.querySelectorAll('input')].find((r) => r.value === name);
+  if (!radio) return false;
+  radio.checked = true;
+  radio.dispatchEvent(new Event('change', { bubbles: true }));
+  return true;
+}
+
+/**
+ * Draw a gallery of style cards (radio buttons named `name`) into `gallery`, then a "Your own
+ * painting" card when `ownPainting`. The checked style stays checked when it is still listed;
+ * otherwise the first card is.
+ */
+export function renderGallery(gallery, styles, { name, thumbnails, ownPainting }) {
+  const keep = galleryChoice(gallery);
+  if (!styles.length && !ownPainting) {
     gallery.replaceChildren(el('p', { className: 'muted' }, 'No style network is loaded on this server.'));
     return;
   }
-  const cards = styles.map((style, i) => styleCard(style, i === 0, capabilities.thumbnails));
-  if (capabilities.styleImage) {
+  const cards = styles.map((style) => styleCard(style, name, thumbnails));
+  if (ownPainting) {
     cards.push(el(
       'label',
       { className: 'style-card' },
-      el('input', { type: 'radio', name: 'style', value: OWN_STYLE, checked: !styles.length }),
+      el('input', { type: 'radio', name, value: OWN_STYLE }),
       el('span', { className: 'swatch', 'aria-hidden': 'true' }, '+'),
       el('span', { className: 'caption' }, el('strong', {}, 'Your own painting'), 'Upload any image'),
     ));
-    $('#own-style').hidden = Boolean(styles.length);
   }
   gallery.replaceChildren(...cards);
+  const radios = [...gallery.querySelectorAll('input')];
+  (radios.find((r) => r.value === keep) || radios[0]).checked = true;
 }
 
-function styleCard(style, checked, thumbnails) {
+function styleCard(style, name, thumbnails) {
   const title = style.title || style.name;
-  const initials = title.split(/\s+/).filter((w) => /^[A-Z0-9]/i.test(w)).slice(-2).map((w) => w[0]).join('');
-  const swatch = el('span', { className: 'swatch', 'aria-hidden': 'true' }, initials.toUpperCase());
+  const swatch = el('span', { className: 'swatch', 'aria-hidden': 'true' }, initials(style));
   const card = el(
     'label',
     { className: 'style-card', title: `${title}${style.artist ? ` by ${style.artist}` : ''}` },
-    el('input', { type: 'radio', name: 'style', value: style.name, checked }),
+    el('input', { type: 'radio', name, value: style.name }),
     swatch,
     el(
       'span',
@@ -167,15 +192,10 @@ function styleCard(style, checked, thumbnails) {
       style.status && style.status !== 'production' ? el('span', { className: 'tag' }, style.status) : null,
     ),
   );
-  if (thumbnails) {
-    request(`/styles/${encodeURIComponent(style.name)}/thumbnail`)
-      .then((response) => response.blob())
-      .then((blob) => {
-        const img = el('img', { alt: '' });
-        showBlob(img, blob);
-        swatch.replaceWith(img);
-      })
-      .catch(() => {}); // keep the text card
+  if (thumbnails && style.has_thumbnail !== false) {
+    thumbnailUrl(style).then((url) => {
+      if (url) swatch.replaceWith(el('img', { alt: '', src: url }));
+    });
   }
   return card;
 }

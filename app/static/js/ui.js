@@ -1,4 +1,4 @@
-// Small DOM helpers shared by the tools: errors in plain words, drop zones, images from blobs.
+// Small DOM helpers shared by the tools: errors in plain words, drop zones, images and videos from blobs.
 
 export const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -86,11 +86,22 @@ export function setupDropzone(input, onChange) {
   zone.addEventListener('drop', (event) => {
     event.preventDefault();
     zone.classList.remove('dragging');
-    const files = [...event.dataTransfer.files].filter((f) => f.type.startsWith('image/') || !f.type);
+    const files = [...event.dataTransfer.files].filter((f) => accepts(input, f));
     if (!files.length) return;
     setFiles(input, input.multiple ? files : files.slice(0, 1));
   });
   return { set: (files) => setFiles(input, files) };
+}
+
+/** Whether `file` fits the input's accept list (image/*, video/mp4, .gif); a file of no type does. */
+function accepts(input, file) {
+  const patterns = input.accept.split(',').map((p) => p.trim().toLowerCase()).filter(Boolean);
+  if (!patterns.length || !file.type) return true;
+  const type = file.type.toLowerCase();
+  return patterns.some((p) => {
+    if (p.startsWith('.')) return file.name.toLowerCase().endsWith(p);
+    return p.endsWith('/*') ? type.startsWith(p.slice(0, -1)) : type === p;
+  });
 }
 
 /** Put File objects into a file input (drops, camera snapshots) and fire its change event. */
@@ -110,6 +121,29 @@ export function showBlob(img, blob) {
   img.src = url;
   img.hidden = false;
   return url;
+}
+
+/**
+ * Show a video from a blob in `frame` with the browser's controls; an image/gif blob becomes an <img>.
+ * Replaces (and releases) what the frame showed; a blob the browser cannot play leaves `fallback`.
+ */
+export function showMedia(frame, blob, { id, label, fallback = 'This browser cannot show this file.' }) {
+  releaseMedia(frame);
+  const url = URL.createObjectURL(blob);
+  const media = blob.type.startsWith('image/')
+    ? el('img', { id, alt: label })
+    : el('video', { id, controls: true, loop: true, playsInline: true, preload: 'metadata', 'aria-label': label });
+  media.dataset.objectUrl = url;
+  media.onerror = () => frame.replaceChildren(el('p', { className: 'small muted' }, fallback));
+  media.src = url;
+  frame.replaceChildren(media);
+  return url;
+}
+
+/** Empty a frame filled by showMedia, releasing its object URL. */
+export function releaseMedia(frame) {
+  for (const media of frame.querySelectorAll('[data-object-url]')) URL.revokeObjectURL(media.dataset.objectUrl);
+  frame.replaceChildren();
 }
 
 /** Keep an <output> next to a range input in sync. */

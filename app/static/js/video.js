@@ -1,0 +1,175 @@
+// Tool: stylize a whole clip (POST /jobs/stylize-video) in a queue worker. Pick a video and a style
+// from the same gallery as photos, follow the job frame by frame (frames done, frames/s, time left),
+// cancel it, then play and download the result. The job on display comes back after a reload.
+
+import { request } from './api.js';
+import { JobTracker, fetchResult, jobMemory, jobParts } from './jobs.js';
+import { onStylesChanged, servedStyles } from './styles.js';
+import { OWN_STYLE, galleryChoice, renderGallery } from './stylize.js';
+import { $, clearProblem, formatMs, releaseMedia, setupDropzone, showMedia, showProblem } from './ui.js';
+
+const memory = jobMemory('atelier.videoJob');
+const EXTENSIONS = { 'video/mp4': 'mp4', 'video/webm': 'webm', 'image/gif': 'gif' };
+const PREVIEWABLE = /^(video\/|image\/gif$)/;
+const OPTIONAL_FIELDS = ['size', 'fps', 'smoothing'];
+
+export function setupVideo({ capabilities }) {
+  const form = $('#video-form');
+  const fileInput = $('#video-file');
+  const gallery = $('#video-gallery');
+  const ownInput = $('#video-style-image');
+  const submit = $('#video-submit');
+  const status = $('#video-status');
+  const errorBox = $('#video-error');
+  const sourceFrame = $('#video-source');
+  const resultFrame = $('#video-result-frame');
+  const download = $('#video-download');
+  const info = $('#video-result-info');
+  const fields = {
+    file: fileInput,
+    style: gallery,
+    style_image: ownInput,
+    size: $('#video-size'),
+    fps: $('#video-fps'),
+    format: $('#video-format'),
+    smoothing: $('#video-smoothing'),
+  };
+  if (capabilities.videoMaxSize) {
+    fields.size.max = capabilities.videoMaxSize;
+    $('#video-size-most').textContent = String(capabilities.videoMaxSize);
+  }
+
+  setupDropzone(fileInput, (files) => {
+    clearProblem(errorBox, fields);
+    if (files[0] && PREVIEWABLE.test(files[0].type)) {
+      showMedia(sourceFrame, files[0], { id: 'video-source-media', label: 'Your video' });
+    } else {
+      releaseMedia(sourceFrame);
+    }
+  });
+  ownInput.addEventListener('change', () => clearProblem(errorBox, fields));
+  const syncOwn = () => { $('#video-own-style').hidden = galleryChoice(gallery) !== OWN_STYLE; };
+  gallery.addEventListener('change', () => {
+    clearProblem(errorBox, fields);
+    syncOwn();
+  });
+  onStylesChanged(() => {
+    renderGallery(gallery, servedStyles(), {
+      name: 'video-style', thumbnails: capabilities.thumbnails, ownPainting: capabilities.videoStyleImage,
+    });
+    syncOwn();
+  });
+
+  let reopened = false; // shown again after a reload: if it has expired, quietly forget it
+  const tracker = new JobTracker(jobParts('video-job'), {
+    events: capabilities.events,
+    describe: describeProgress,
+    onOpen: () => {
+      releaseMedia(resultFrame);
+      download.hidden = true;
+      info.textContent = '';
+    },
+    onFinished: showResult,
+    onGone: () => {
+      if (!reopened) return false;
+      memory.forget();
+      tracker.close();
+      return true;
+    },
+  });
+
+  async function showResult(job) {
+    try {
+      const blob = await fetchResult(job);
+      const style = job.options?.style || 'own-painting';
+      const url = showMedia(resultFrame, blob, {
+        id: 'video-result',
+        label: `Stylized video (${style})`,
+        fallback: 'This browser cannot play this video; download it instead.',
+      });
+      download.href = url;
+      download.download = `atelier-${style.replace(/[^\w-]+/g, '_')}-${job.id.slice(0, 8)}.${
+        EXTENSIONS[blob.type] || 'mp4'}`;
+      download.textContent = blob.type === 'image/gif' ? 'Download the GIF' : 'Download the video';
+      download.hidden = false;
+      info.textContent = describeResult(job.result_info);
+    } catch (error) {
+      tracker.fail(error);
+    }
+  }
+
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    clearProblem(errorBox, fields);
+    const file = fileInput.files[0];
+    const style = galleryChoice(gallery);
+    const missing = !file ? ['file', 'Choose or drop a video first.']
+      : !style ? ['style', 'Pick a style first.']
+        : style === OWN_STYLE && !ownInput.files[0] ? ['style_image', 'Choose the painting to use as the style.']
+          : null;
+    if (missing) {
+      showProblem(errorBox, { problem: { title: 'Not ready yet', detail: missing[1], field: missing[0] } }, fields);
+      return;
+    }
+    const data = new FormData();
+    data.append('file', file);
+    if (style === OWN_STYLE) data.append('style_image', ownInput.files[0]);
+    else data.append('style', style);
+    for (const name of OPTIONAL_FIELDS) {
+      if (fields[name].value !== '') data.append(name, fields[name].value);
+    }
+    data.append('format', fields.format.value);
+    submit.disabled = true;
+    status.textContent = 'Uploading…';
+    try {
+      const job = await (await request('/jobs/stylize-video', { method: 'POST', body: data })).json();
+      status.textContent = 'Job submitted: follow it frame by frame here.';
+      reopened = false;
+      memory.save({ id: job.id });
+      tracker.open(job.id, job);
+    } catch (error) {
+      status.textContent = '';
+      showProblem(errorBox, error, fields);
+    } finally {
+      submit.disabled = false;
+    }
+  });
+
+  const saved = memory.load();
+  if (saved) {
+    reopened = true;
+    tracker.open(saved.id);
+  }
+}
+
+/** "12 of 48 frames · 3.4 frames/s · about 11 s left" */
+export function describeProgress(job) {
+  const progress = job.progress || {};
+  const total = progress.total_frames ?? progress.total_steps ?? 0;
+  const done = progress.frames ?? progress.step ?? 0;
+  if (job.state === 'queued') return `${total} frames, waiting for a worker`;
+  const parts = [`${done} of ${total} frames`];
+  const fps = progress.frames_per_s;
+  if (fps > 0) {
+    parts.push(`${fps.toFixed(fps < 1 ? 2 : fps < 10 ? 1 : 0)} frames/s`);
+    if (job.state === 'started' && done < total) parts.push(`about ${formatSeconds((total - done) / fps)} left`);
+  }
+  return parts.join(' · ');
+}
+
+function formatSeconds(s) {
+  if (s < 60) return `${Math.max(1, Math.ceil(s))} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
+}
+
+/** What the finished job reports: "24 frames · 96×64 · h264 · 3.10 s of work (7.7 frames/s) · sound copied" */
+function describeResult(info) {
+  if (!info) return '';
+  const parts = [`${info.frames} frames`, `${info.width}×${info.height}`, info.codec];
+  if (Number.isFinite(info.seconds)) {
+    parts.push(`${formatMs(info.seconds * 1000)} of work (${Number(info.frames_per_s).toFixed(1)} frames/s)`);
+  }
+  if (info.audio?.length) parts.push(`sound ${info.audio.join(', ')}`);
+  return parts.filter(Boolean).join(' · ');
+}
