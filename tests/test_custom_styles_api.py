@@ -264,6 +264,8 @@ def test_a_trained_style_is_served_by_every_api_process_without_a_restart(
         np.abs(pixels(stylize_request(app_b, photo, style=blend, style_weights="1,0")) - before_b).max()
         <= 1.0
     )
+    # app A polls Redis on its own clock: it may pick the style up a moment after app B did.
+    wait_for(lambda: listed(app_a, "stripes"), 10, "app A to list the style")
     mixed = stylize_request(app_a, photo, style=blend, style_weights="0.5,0.5")
     assert mixed.status_code == 200 and mixed.headers["x-atelier-style"] == blend
 
