@@ -53,9 +53,9 @@ export function setupCustomStyles({ capabilities }) {
   for (const input of Object.values(fields)) input.addEventListener('input', () => clearProblem(errorBox, fields));
 
   const chart = new LossChart($('#style-job-chart'), $('#style-job-legend'));
-  let reopened = false;
   const tracker = new JobTracker(jobParts('style-job'), {
     events: capabilities.events,
+    memory,
     describe: ({ state, progress }) => (state === 'queued' ? 'waiting for a worker'
       : `iteration ${progress.step} of ${progress.total_steps}`),
     onOpen: (jobId, initial) => {
@@ -69,12 +69,6 @@ export function setupCustomStyles({ capabilities }) {
       chart.add(job.progress.step, job.progress.losses, job.progress.total_steps);
     },
     onFinished: finished,
-    onGone: () => {
-      if (!reopened) return false;
-      memory.forget();
-      tracker.close();
-      return true;
-    },
   });
 
   async function finished(job) {
@@ -88,13 +82,13 @@ export function setupCustomStyles({ capabilities }) {
     $('#style-job-use').hidden = true;
     if (!name) return;
     const styles = await refreshStyles({
-      until: (all) => all.some((s) => s.name === name), tries: reopened ? 1 : LISTED_WITHIN_TRIES,
+      until: (all) => all.some((s) => s.name === name), tries: tracker.reopened ? 1 : LISTED_WITHIN_TRIES,
     });
     const listed = styles.find((s) => s.name === name);
     if (listed && listed.status !== 'stale') {
       $('#style-job-use').hidden = false;
       $('#style-job-use').onclick = () => useStyle(name);
-      if (!reopened) status.textContent = `“${listed.title || name}” is ready: it is in the style gallery now.`;
+      if (!tracker.reopened) status.textContent = `“${listed.title || name}” is ready: it is in the style gallery now.`;
     }
   }
 
@@ -128,9 +122,7 @@ export function setupCustomStyles({ capabilities }) {
     try {
       const job = await (await request('/styles', { method: 'POST', body: data })).json();
       status.textContent = `Learning “${name}”: a queue worker trains it; follow it here.`;
-      reopened = false;
-      memory.save({ id: job.id });
-      tracker.open(job.id, job);
+      tracker.start(job);
     } catch (error) {
       status.textContent = '';
       showProblem(errorBox, error, fields);
@@ -221,9 +213,5 @@ export function setupCustomStyles({ capabilities }) {
     }
   }
 
-  const saved = memory.load();
-  if (saved) {
-    reopened = true;
-    tracker.open(saved.id);
-  }
+  tracker.resume();
 }

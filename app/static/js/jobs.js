@@ -177,14 +177,32 @@ export function jobParts(prefix) {
  * (describe(job)), how it is followed, why it failed, and a cancel button. Hooks: onOpen(jobId,
  * initial) before following, onUpdate(job) after each status, onFinished(job) once, and onGone(error)
  * for a job the server no longer knows (return true when handled, else the problem is shown).
+ * With `memory` (a jobMemory) the job shown is remembered across reloads: start() it after a submit,
+ * resume() it on load; a remembered job the server has since forgotten is dropped quietly.
  */
 export class JobTracker {
-  constructor(parts, { events, describe = () => '', onOpen, onUpdate, onFinished, onGone } = {}) {
-    Object.assign(this, { parts, events, describe, onOpen, onUpdate, onFinished, onGone });
+  constructor(parts, { events, memory, describe = () => '', onOpen, onUpdate, onFinished, onGone } = {}) {
+    Object.assign(this, { parts, events, memory, describe, onOpen, onUpdate, onFinished, onGone });
     this.controller = null;
     this.jobId = null;
     this.state = null;
+    this.reopened = false; // shown again after a reload rather than just submitted
     parts.cancel.addEventListener('click', () => this.cancel());
+  }
+
+  /** Show a job just submitted (and remember it). */
+  start(job) {
+    this.reopened = false;
+    this.memory?.save({ id: job.id });
+    this.open(job.id, job);
+  }
+
+  /** Show the remembered job again, if any (after a reload). */
+  resume() {
+    const saved = this.memory?.load();
+    if (!saved) return;
+    this.reopened = true;
+    this.open(saved.id);
   }
 
   open(jobId, initial) {
@@ -242,6 +260,11 @@ export class JobTracker {
   }
 
   problem(error) {
+    if (error?.status === 404 && this.reopened && this.memory) { // expired since: quietly forget it
+      this.memory.forget();
+      this.close();
+      return;
+    }
     if (error?.status === 404 && this.onGone?.(error)) return;
     this.fail(error);
   }

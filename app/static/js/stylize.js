@@ -80,12 +80,7 @@ export function setupStylize({ capabilities }) {
     clearProblem(errorBox, fields);
     const file = fileInput.files[0];
     const style = chosenStyle();
-    const missing = !file ? ['file', 'Choose, drop or snap a photo first.']
-      : !style ? ['style', 'Pick a style first.']
-        : style === OWN_STYLE && !ownInput.files[0] ? ['style_image', 'Choose the painting to use as the style.']
-          : null;
-    if (missing) {
-      showProblem(errorBox, { problem: { title: 'Not ready yet', detail: missing[1], field: missing[0] } }, fields);
+    if (reportMissing(errorBox, fields, { file, style, ownInput, noFile: 'Choose, drop or snap a photo first.' })) {
       return;
     }
     const data = new FormData();
@@ -137,6 +132,21 @@ function describeTiming(headers, roundTrip) {
 }
 
 /** The value of the checked card of a gallery ('' when none is). */
+/**
+ * Before sending a form that takes a file and a style (photo or video): mark what is still missing
+ * (the file, a style, or the painting when "your own painting" is chosen). True if something is.
+ */
+export function reportMissing(errorBox, fields, { file, style, ownInput, noFile }) {
+  const missing = !file ? ['file', noFile]
+    : !style ? ['style', 'Pick a style first.']
+      : style === OWN_STYLE && !ownInput.files[0] ? ['style_image', 'Choose the painting to use as the style.']
+        : null;
+  if (missing) {
+    showProblem(errorBox, { problem: { title: 'Not ready yet', detail: missing[1], field: missing[0] } }, fields);
+  }
+  return Boolean(missing);
+}
+
 export function galleryChoice(gallery) {
   return gallery.querySelector('input:checked')?.value || '';
 }

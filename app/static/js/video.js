@@ -5,7 +5,7 @@
 import { request } from './api.js';
 import { JobTracker, fetchResult, jobMemory, jobParts } from './jobs.js';
 import { onStylesChanged, servedStyles } from './styles.js';
-import { OWN_STYLE, galleryChoice, renderGallery } from './stylize.js';
+import { OWN_STYLE, galleryChoice, renderGallery, reportMissing } from './stylize.js';
 import { $, clearProblem, formatMs, releaseMedia, setupDropzone, showMedia, showProblem } from './ui.js';
 
 const memory = jobMemory('atelier.videoJob');
@@ -60,9 +60,9 @@ export function setupVideo({ capabilities }) {
     syncOwn();
   });
 
-  let reopened = false; // shown again after a reload: if it has expired, quietly forget it
   const tracker = new JobTracker(jobParts('video-job'), {
     events: capabilities.events,
+    memory,
     describe: describeProgress,
     onOpen: () => {
       releaseMedia(resultFrame);
@@ -70,12 +70,6 @@ export function setupVideo({ capabilities }) {
       info.textContent = '';
     },
     onFinished: showResult,
-    onGone: () => {
-      if (!reopened) return false;
-      memory.forget();
-      tracker.close();
-      return true;
-    },
   });
 
   async function showResult(job) {
@@ -103,14 +97,7 @@ export function setupVideo({ capabilities }) {
     clearProblem(errorBox, fields);
     const file = fileInput.files[0];
     const style = galleryChoice(gallery);
-    const missing = !file ? ['file', 'Choose or drop a video first.']
-      : !style ? ['style', 'Pick a style first.']
-        : style === OWN_STYLE && !ownInput.files[0] ? ['style_image', 'Choose the painting to use as the style.']
-          : null;
-    if (missing) {
-      showProblem(errorBox, { problem: { title: 'Not ready yet', detail: missing[1], field: missing[0] } }, fields);
-      return;
-    }
+    if (reportMissing(errorBox, fields, { file, style, ownInput, noFile: 'Choose or drop a video first.' })) return;
     const data = new FormData();
     data.append('file', file);
     if (style === OWN_STYLE) data.append('style_image', ownInput.files[0]);
@@ -124,9 +111,7 @@ export function setupVideo({ capabilities }) {
     try {
       const job = await (await request('/jobs/stylize-video', { method: 'POST', body: data })).json();
       status.textContent = 'Job submitted: follow it frame by frame here.';
-      reopened = false;
-      memory.save({ id: job.id });
-      tracker.open(job.id, job);
+      tracker.start(job);
     } catch (error) {
       status.textContent = '';
       showProblem(errorBox, error, fields);
@@ -135,11 +120,7 @@ export function setupVideo({ capabilities }) {
     }
   });
 
-  const saved = memory.load();
-  if (saved) {
-    reopened = true;
-    tracker.open(saved.id);
-  }
+  tracker.resume();
 }
 
 /** "12 of 48 frames · 3.4 frames/s · about 11 s left" */
