@@ -141,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--tag", default="")
+    p.add_argument("--tta", action="store_true", help="serve with mirror TTA (ATELIER_CLASSIFY_TTA)")
     args = p.parse_args(argv)
 
     from core.settings import Settings
 
     load_before = uptime()
-    service = load_service(Settings().weights_dir / "classifier", backend=args.backend, threads=args.threads)
+    service = load_service(
+        Settings().weights_dir / "classifier", backend=args.backend, threads=args.threads, tta_flip=args.tta
+    )
     test = cifar.load_split(False)
     n = min(args.limit, len(test))
     images, labels = test.images[:n], test.labels[:n]

@@ -117,9 +117,10 @@ class Settings(BaseSettings):
         "auto", description="auto: ONNX Runtime int8 on the CPU (2x torch's speed, -0.2 pt), torch on a GPU."
     )
     classify_tta: bool = Field(
-        False,
+        True,
         description="Mirror test-time augmentation: each image is scored with its mirror image and the "
-        "logits averaged (+0.7 pt top-1 for twice the model time per image).",
+        "logits averaged (+0.8 pt top-1 and better calibrated, for twice the model time per image: "
+        "-40% peak req/s on 2 cores, bench/results/classify-cpu-2026-12-03-long.md).",
     )
 
     # --- Fast style transfer -------------------------------------------------------------------

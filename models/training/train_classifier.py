@@ -1,8 +1,8 @@
 """Train the CIFAR-10 classifier; write classifier.safetensors, metrics.json and calibration.json.
 
     python -m models.training.train_classifier --preset airbench94 --holdout 0 --seed 0 --out runs/ab94-s0
-    python -m models.training.train_classifier --preset long --seed 0 --out runs/long-s0 \\
-        --checkpoint models/checkpoints/classifier-long.safetensors [--resume]
+    python -m models.training.train_classifier --preset long --seed 0 --threads 2 --out runs/long-s0 \\
+        --portable-checkpoint models/checkpoints/classifier-long.safetensors [--resume]
 
 The recipe is airbench (Keller Jordan, arXiv:2404.00498), the best known accuracy per unit of
 compute on CIFAR-10: frozen patch-whitening stem, BN without scale, GELU, label smoothing 0.2,
