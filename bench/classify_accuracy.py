@@ -52,10 +52,9 @@ def classify_all(
     chunks = [range(i, min(i + per_request, len(files))) for i in range(0, len(files), per_request)]
     model: dict[str, Any] = {}
 
-    def post(chunk: range) -> None:
+    def post(client: httpx.Client, chunk: range) -> None:
         upload = [("file", (f"test_{i:05d}.jpg", io.BytesIO(files[i]), "image/jpeg")) for i in chunk]
-        with httpx.Client(base_url=f"http://{HOST}:{port}", timeout=120) as client:
-            r = client.post("/classify", files=upload, data={"top_k": str(len(index))})
+        r = client.post("/classify", files=upload, data={"top_k": str(len(index))})
         r.raise_for_status()
         body = r.json()
         model.update(body["model"])
@@ -63,8 +62,13 @@ def classify_all(
             for p in result["predictions"]:
                 probs[i, index[p["label"]]] = p["probability"]
 
-    with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(post, chunks))
+    # One keep-alive pool for all requests (httpx.Client is thread-safe), not a connection per request.
+    limits = httpx.Limits(max_connections=concurrency)
+    with (
+        httpx.Client(base_url=f"http://{HOST}:{port}", timeout=120, limits=limits) as client,
+        ThreadPoolExecutor(concurrency) as pool,
+    ):
+        list(pool.map(lambda chunk: post(client, chunk), chunks))
     if np.isnan(probs).any():
         raise RuntimeError("some images came back without all ten class probabilities")
     return probs, model, len(chunks)
