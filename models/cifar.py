@@ -208,8 +208,18 @@ def augment_epoch(
     translate: int,
     generator: torch.Generator | None = None,
     cutout_size: int = 0,
+    alternate: Tensor | None = None,
+    alternate_share: float = 0.0,
 ) -> Tensor:
-    """One epoch's view of the training set: alternating flip, a random translate, then cutout."""
+    """One epoch's view of the training set: alternating flip, a random translate, then cutout.
+
+    With ``alternate`` (another version of every image, e.g. after a photo round trip), a random
+    ``alternate_share`` of the images is taken from it first; without, no random number is drawn,
+    so runs without it are unchanged.
+    """
+    if alternate is not None and alternate_share > 0:
+        swap = torch.rand(len(images), generator=generator) < alternate_share
+        images = torch.where(swap.to(images.device)[:, None, None, None], alternate, images)
     x = random_translate(alternating_flip(images, mask, epoch), translate, generator)
     return cutout(x, cutout_size, MEAN_PIXEL, generator)
 

@@ -133,6 +133,34 @@ class CifarNet(nn.Module):
         return self.head(x) * LOGIT_SCALE
 
 
+class Ensemble(nn.Module):
+    """Several independently trained CifarNets whose logits are averaged: one model to the service.
+
+    Two nets of different seeds (and augmentations) make different mistakes; averaging their logits
+    is the cheapest accuracy there is once each has converged. It is an ``nn.Module`` like a single
+    net, so TTA, BN folding, ONNX export and int8 quantization treat it as one graph.
+    """
+
+    def __init__(self, members: Sequence[CifarNet]) -> None:
+        super().__init__()
+        if len(members) < 2:
+            raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+        self.members = nn.ModuleList(members)
+
+    @property
+    def nets(self) -> list[CifarNet]:
+        return [m for m in self.members if isinstance(m, CifarNet)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        logits = self.members[0](x)
+        for member in self.members[1:]:
+            logits = logits + member(x)
+        return logits / len(self.members)
+
+
+Classifier = CifarNet | Ensemble
+
+
 def init_whitening(layer: nn.Conv2d, images: Tensor, eps: float = 5e-4) -> None:
     """Set the stem to ZCA-like whitening of 2x2 patches of ``images`` (normalized float NCHW).
 
@@ -166,7 +194,7 @@ def predict_logits(model: nn.Module, x: Tensor, tta: int = 0) -> Tensor:
 
 
 @torch.no_grad()
-def fold_batchnorm(model: CifarNet) -> CifarNet:
+def fold_batchnorm(model: Classifier) -> Classifier:
     """Fold every (eval-mode) BatchNorm into the conv before it, in place; returns the model.
 
     ``norm2`` directly follows ``conv2``. ``norm1`` follows ``pool(conv1)``, but its scale is positive
@@ -174,6 +202,10 @@ def fold_batchnorm(model: CifarNet) -> CifarNet:
     it folds into ``conv1`` too. Six fewer ops per forward: that is most of the cost at batch 1.
     """
     model.eval()
+    if isinstance(model, Ensemble):
+        for member in model.nets:
+            fold_batchnorm(member)
+        return model
     for group in (model.group1, model.group2, model.group3):
         for conv_name, norm_name in (("conv1", "norm1"), ("conv2", "norm2"), ("conv3", "norm3")):
             if not hasattr(group, conv_name):
@@ -234,8 +266,16 @@ def preprocess(images: Sequence[Image.Image], size: int = INPUT_SIZE) -> Tensor:
     return torch.from_numpy(normalize_pixels(to_pixels(images, size)))
 
 
-def save_classifier(model: CifarNet, path: Path, metadata: dict[str, Any], half: bool = True) -> None:
-    """Write weights (fp16 unless ``half`` is False; BN statistics stay fp32) + rebuild metadata."""
+def _architecture(net: CifarNet) -> dict[str, list[int]]:
+    return {"widths": list(net.widths), "depths": list(net.depths)}
+
+
+def save_classifier(model: Classifier, path: Path, metadata: dict[str, Any], half: bool = True) -> None:
+    """Write weights (fp16 unless ``half`` is False; BN statistics stay fp32) + rebuild metadata.
+
+    A single net records its widths and depths; an :class:`Ensemble` records each member's under
+    ``members`` (its tensors are prefixed ``members.<i>.``), so either loads with no guessing.
+    """
     tensors = {}
     for name, tensor in model.state_dict().items():
         if name.endswith("num_batches_tracked"):
@@ -244,10 +284,13 @@ def save_classifier(model: CifarNet, path: Path, metadata: dict[str, Any], half:
         if half and t.is_floating_point() and "running_" not in name:
             t = t.half()
         tensors[name] = t
+    if isinstance(model, Ensemble):
+        architecture: dict[str, Any] = {"members": [_architecture(m) for m in model.nets]}
+    else:
+        architecture = _architecture(model)
     meta = {
         "format": "atelier-cifar-classifier/1",
-        "widths": json.dumps(list(model.widths)),
-        "depths": json.dumps(list(model.depths)),
+        **{k: json.dumps(v) for k, v in architecture.items()},
         "classes": json.dumps(list(CLASSES)),
         "mean": json.dumps(list(MEAN)),
         "std": json.dumps(list(STD)),
@@ -272,15 +315,24 @@ def read_metadata(path: Path) -> dict[str, Any]:
     return out
 
 
-def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[CifarNet, dict[str, Any]]:
-    """Rebuild the net from a safetensors file, in fp32 eval mode on ``device``; returns (model, metadata)."""
+def load_classifier(
+    path: str | Path, device: torch.device | str = "cpu"
+) -> tuple[Classifier, dict[str, Any]]:
+    """Rebuild the net (or ensemble) from a safetensors file, in fp32 eval mode on ``device``.
+
+    Returns (model, metadata).
+    """
     path = Path(path)
     metadata = read_metadata(path)
     if metadata.get("format") != "atelier-cifar-classifier/1":
         raise ValueError(f"{path} is not an Atelier CIFAR classifier (format={metadata.get('format')!r})")
     if tuple(metadata.get("classes", ())) != CLASSES:
         raise ValueError(f"{path} was trained for classes {metadata.get('classes')}, expected {CLASSES}")
-    model = CifarNet(metadata["widths"], depths=metadata.get("depths", DEFAULT_DEPTHS))
+    model: Classifier
+    if "members" in metadata:
+        model = Ensemble([CifarNet(m["widths"], depths=m["depths"]) for m in metadata["members"]])
+    else:
+        model = CifarNet(metadata["widths"], depths=metadata.get("depths", DEFAULT_DEPTHS))
     state = {k: v.float() for k, v in load_file(str(path)).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,9 @@ import pytest
 import torch
 
 from models import cifar
-from models.classifier import CifarNet, fold_batchnorm, load_classifier, save_classifier
+from models.classifier import CifarNet, Ensemble, fold_batchnorm, load_classifier, save_classifier
 from models.precision import bf16_runnable
+from models.training import photo_resample, train_classifier
 from models.training.train_classifier import (
     Recipe,
     StepInfo,
@@ -44,6 +47,7 @@ TINY96 = dataclasses.replace(
     warmup=0.1,
     final_lr=0.0,
 )
+TINY96_PHOTO = dataclasses.replace(TINY96, photo_resample=0.5)
 
 
 @pytest.fixture(autouse=True)
@@ -70,25 +74,30 @@ def run_steps(training: Training, **kwargs) -> tuple[bool, list[StepInfo]]:
     return finished, steps
 
 
-@pytest.mark.parametrize("recipe", [TINY94, TINY96], ids=["airbench94-style", "airbench96-style"])
+@pytest.mark.parametrize(
+    "recipe",
+    [TINY94, TINY96, TINY96_PHOTO],
+    ids=["airbench94-style", "airbench96-style", "airbench96-photo-resample"],
+)
 @pytest.mark.parametrize("amp", bf16_params, ids=lambda a: "bf16" if a else "fp32")
 def test_stop_and_resume_replays_the_uninterrupted_run_exactly(
     tmp_path: Path, recipe: Recipe, amp: bool
 ) -> None:
     x, y = tiny_data()
-    straight = Training(recipe, x, y, CPU, amp, seed=3)
+    make = functools.partial(Training, resampled_x=x // 2 if recipe.photo_resample else None)
+    straight = make(recipe, x, y, CPU, amp, seed=3)
     assert straight.steps_per_epoch == 8 and straight.total_steps == 28
     finished, expected = run_steps(straight)
     assert finished and [s.step for s in expected] == list(range(1, 29))
 
     ckpt = tmp_path / "ckpt.safetensors"
-    first = Training(recipe, x, y, CPU, amp, seed=3)
+    first = make(recipe, x, y, CPU, amp, seed=3)
     finished, head = run_steps(first, checkpoint=ckpt, stop_after_steps=11)
     assert not finished and ckpt.exists()
     # stops at a step where the weights equal the lookahead EMA: mid-epoch 2 for both styles here
     assert head[-1].step == first.step and 11 <= first.step <= 15 and first.epoch_step not in (0, 8)
 
-    resumed = Training(recipe, x, y, CPU, amp, seed=3)
+    resumed = make(recipe, x, y, CPU, amp, seed=3)
     resumed.load_checkpoint(ckpt)
     finished, tail = run_steps(resumed, checkpoint=ckpt)
     assert finished
@@ -205,6 +214,45 @@ def test_cutout_paints_one_square_of_the_fill_per_image() -> None:
     assert torch.equal(cifar.cutout(x, 0, fill, gen), x)
 
 
+def test_photo_resample_swaps_in_the_given_share_and_draws_nothing_when_off() -> None:
+    x, _ = tiny_data(n=2000)
+    alt = 255 - x
+    mask = cifar.flip_mask(len(x), torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(5)
+    plain = cifar.augment_epoch(x, mask, 0, 2, gen, 8)
+    after_plain = gen.get_state()
+    gen.manual_seed(5)
+    off = cifar.augment_epoch(x, mask, 0, 2, gen, 8, alternate=alt, alternate_share=0.0)
+    assert torch.equal(off, plain) and torch.equal(gen.get_state(), after_plain)
+    gen.manual_seed(5)
+    all_alt = cifar.augment_epoch(x, mask, 0, 0, gen, 0, alternate=alt, alternate_share=1.0)
+    assert torch.equal(all_alt, cifar.alternating_flip(alt, mask, 0))
+    half = cifar.augment_epoch(x, mask, 0, 0, None, 0, alternate=alt, alternate_share=0.3)
+    swapped = (half != cifar.alternating_flip(x, mask, 0)).flatten(1).any(1).double().mean()
+    assert 0.25 < swapped < 0.35
+    with pytest.raises(ValueError, match="resampled copy"):
+        train_classifier.Training(TINY96_PHOTO, x, torch.zeros(len(x), dtype=torch.long), CPU, False, 0)
+
+
+def test_photo_round_trip_keeps_the_image_and_is_deterministic_and_cached(tmp_path: Path) -> None:
+    x, _ = tiny_data(n=6)
+    images = x.permute(0, 2, 3, 1).numpy()  # NHWC uint8, as the data set is stored
+    out = photo_resample.resampled_copy(images, seed=1, cache_dir=tmp_path)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    diff = np.abs(out.astype(int) - images.astype(int)).mean()
+    assert 0 < diff < 25  # changed (blur, JPEG), but the same picture
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    assert np.array_equal(photo_resample.resampled_copy(images, seed=1, cache_dir=tmp_path), out)
+    assert np.array_equal(photo_resample.resampled_copy(images, seed=1), out)  # computed again
+    assert not np.array_equal(photo_resample.resampled_copy(images, seed=2), out)
+
+
+def test_checkpoints_from_before_a_recipe_field_existed_still_match() -> None:
+    stored = json.loads(json.dumps(dataclasses.asdict(TINY96)))
+    del stored["photo_resample"]
+    assert train_classifier._with_new_defaults(stored) == json.loads(json.dumps(dataclasses.asdict(TINY96)))
+
+
 def test_holdout_is_the_last_images_of_each_class_and_balanced() -> None:
     labels = np.repeat(np.arange(10), 30)[np.random.default_rng(0).permutation(300)]
     held = cifar.holdout_indices(labels, 50)
@@ -235,6 +283,34 @@ def test_depth3_groups_fold_save_and_load(tmp_path: Path) -> None:
         assert meta["depths"] == [3, 2, 3] and torch.allclose(loaded(x), reference, atol=1e-5)
         folded = fold_batchnorm(loaded)
         assert torch.allclose(folded(x), reference, atol=1e-4)
+
+
+def test_ensemble_averages_its_members_and_saves_folds_and_loads_as_one_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    members = [CifarNet((8, 16, 16), depths=(2, 3, 3)).eval(), CifarNet((8, 8, 16)).eval()]
+    for m in (m for net in members for m in net.modules()):
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    ensemble = Ensemble(members).eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        reference = ensemble(x)
+        assert torch.allclose(reference, (members[0](x) + members[1](x)) / 2)
+        assert not torch.allclose(reference, members[0](x), atol=1e-3)
+        path = tmp_path / "e.safetensors"
+        save_classifier(ensemble, path, {"version": "a+b", "held_out_images": 20}, half=False)
+        loaded, meta = load_classifier(path)
+        assert isinstance(loaded, Ensemble) and meta["held_out_images"] == 20
+        assert meta["members"] == [
+            {"widths": [8, 16, 16], "depths": [2, 3, 3]},
+            {"widths": [8, 8, 16], "depths": [2, 2, 2]},
+        ]
+        assert torch.allclose(loaded(x), reference, atol=1e-5)
+        assert torch.allclose(fold_batchnorm(loaded)(x), reference, atol=1e-4)
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
+    with pytest.raises(ValueError, match="at least 2"):
+        Ensemble(members[:1])
 
 
 def test_seed_report_gives_mean_and_sample_std_per_tta_level() -> None:

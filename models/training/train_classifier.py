@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from models import calibration, cifar
 from models.classifier import CifarNet, init_whitening, load_classifier, save_classifier
 from models.precision import PRECISIONS, use_bf16
+from models.training import photo_resample
 
 CHECKPOINT_FORMAT = "atelier-cifar-train-checkpoint/1"
 DEFAULT_HOLDOUT = 2500
@@ -82,6 +83,7 @@ class Recipe:
     warmup: float = 0.23  # fraction of steps for the 0.2 -> 1 lr warmup
     final_lr: float = 0.07  # lr factor at the last step
     drop_last: bool = True
+    photo_resample: float = 0.0  # share of each epoch's images swapped for their photo round trip
 
 
 AIRBENCH96 = {
@@ -129,6 +131,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate per 1024 examples")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--photo-resample",
+        type=float,
+        help="share of each epoch's images replaced by their photo round trip (upscale, JPEG, served "
+        "downscale) for robustness to big uploads; 0 = off",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument(
         "--threads",
@@ -194,7 +202,7 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
         preset["width"] = tuple(int(w) for w in args.width.split(","))
     if args.depth:
         preset["depth"] = tuple(int(d) for d in args.depth.split(","))
-    for key in ("epochs", "batch_size", "lr"):
+    for key in ("epochs", "batch_size", "lr", "photo_resample"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     return Recipe(**preset)
@@ -294,8 +302,12 @@ class Training:
         amp: bool,
         seed: int,
         check_every: int = 50,
+        resampled_x: Tensor | None = None,
     ) -> None:
+        if recipe.photo_resample and resampled_x is None:
+            raise ValueError("recipe.photo_resample needs the resampled copy of the training images")
         self.recipe, self.train_x, self.train_y = recipe, train_x, train_y
+        self.resampled_x = resampled_x if recipe.photo_resample else None
         self.device, self.amp, self.seed, self.check_every = device, amp, seed, check_every
         self.steps_per_epoch = steps_per_epoch(len(train_y), recipe)
         self.total_steps = math.ceil(self.steps_per_epoch * recipe.epochs)
@@ -430,7 +442,14 @@ class Training:
             self.model.train()
             start = time.perf_counter()
             x_epoch = cifar.augment_epoch(
-                self.train_x, self.flips, self.epoch, r.translate, self.gen, r.cutout
+                self.train_x,
+                self.flips,
+                self.epoch,
+                r.translate,
+                self.gen,
+                r.cutout,
+                alternate=self.resampled_x,
+                alternate_share=r.photo_resample,
             )
             order = torch.randperm(n, generator=self.gen).to(self.device)
             next_epoch_gen_state = self.gen.get_state()
@@ -558,7 +577,8 @@ class Training:
             "train_images": len(self.train_y),
         }
         found = {
-            "recipe": json.loads(meta["recipe"]),
+            # fields added to Recipe after the checkpoint was written take their defaults
+            "recipe": _with_new_defaults(json.loads(meta["recipe"])),
             "seed": int(meta["seed"]),
             "train_images": int(meta["train_images"]),
         }
@@ -609,6 +629,12 @@ class Training:
         self.train_seconds = float(meta["train_seconds"])
         self.history = json.loads(meta["history"])
         return warnings
+
+
+def _with_new_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's recipe with the fields added to :class:`Recipe` since then at their defaults."""
+    defaults = {f.name: f.default for f in fields(Recipe) if f.default is not MISSING}
+    return {**{k: v for k, v in defaults.items() if k not in stored}, **stored}
 
 
 def checkpoint_step(path: Path) -> int:
@@ -751,9 +777,15 @@ def main(argv: list[str] | None = None) -> int:
         torch.tensor(train_split.labels[held]),
     )
     test_x, test_y = cifar.to_tensor(test_split.images, device), torch.tensor(test_split.labels)
+    resampled_x = None
+    if recipe.photo_resample:
+        copy = photo_resample.resampled_copy(train_split.images[keep], cache_dir=args.cache_dir)
+        resampled_x = cifar.to_tensor(copy, device)
     load_s = time.perf_counter() - t0
 
-    training = Training(recipe, train_x, train_y, device, amp, args.seed, args.check_every)
+    training = Training(
+        recipe, train_x, train_y, device, amp, args.seed, args.check_every, resampled_x=resampled_x
+    )
     if args.resume:
         assert resume_from is not None
         print(f"resuming from {resume_from}", flush=True)
@@ -810,7 +842,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     weights = args.out / "classifier.safetensors"
     depth_tag = "" if recipe.depth == (2, 2, 2) else "-d" + "".join(map(str, recipe.depth))
-    version = f"cifar-{'-'.join(map(str, recipe.width))}{depth_tag}-e{recipe.epochs:g}-s{args.seed}"
+    photo_tag = f"-pr{round(100 * recipe.photo_resample)}" if recipe.photo_resample else ""
+    version = (
+        f"cifar-{'-'.join(map(str, recipe.width))}{depth_tag}-e{recipe.epochs:g}{photo_tag}-s{args.seed}"
+    )
     meta = {
         "version": version,
         "seed": args.seed,

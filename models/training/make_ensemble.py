@@ -1,0 +1,126 @@
+"""Combine trained classifiers into one served ensemble file, and measure it against its members.
+
+    python -m models.training.make_ensemble \\
+        --member models/weights/classifier/classifier.safetensors \\
+        --member runs/long-s1/classifier.safetensors --out-dir models/weights/classifier
+
+Loads every member (each a ``train_classifier`` output with its ``metrics.json`` beside it), checks
+they were trained holding out the same images (so one temperature can still be fitted on images
+none of them saw), writes ``classifier.safetensors`` holding an :class:`~models.classifier.Ensemble`
+and a ``metrics.json`` with the test accuracy of each member and of the ensemble (no TTA, mirror,
+mirror + translate). The members' own training metrics are kept inside it. Then run ``export_onnx``
+and ``calibrate --write`` on the output directory, as for a single net.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models import cifar
+from models.classifier import CifarNet, Ensemble, load_classifier, predict_logits, save_classifier
+
+TTA_LEVELS = {0: "accuracy", 1: "accuracy_tta_flip", 2: "accuracy_tta_flip_translate"}
+
+
+def test_logits(model: torch.nn.Module, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Logits on the test images without TTA, with mirror TTA (served) and mirror + translate."""
+    return {
+        tta: torch.cat([predict_logits(model, x[i : i + 1000], tta) for i in range(0, len(x), 1000)])
+        for tta in TTA_LEVELS
+    }
+
+
+def accuracies(logits: dict[int, torch.Tensor], y: torch.Tensor) -> dict[str, float]:
+    return {
+        name: round(float((logits[t].argmax(1) == y).double().mean()), 5) for t, name in TTA_LEVELS.items()
+    }
+
+
+def member_record(weights: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    metrics_path = weights.parent / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    if metrics.get("version") != meta.get("version"):
+        metrics = {}  # a metrics.json of another model: do not attribute it to this one
+    return {"weights": str(weights), "version": meta.get("version"), "training": metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--member", type=Path, action="append", required=True, help="a classifier.safetensors")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--data", default=None, help="CIFAR-10 dir (default: $ATELIER_DATA_DIR/cifar10)")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    loaded = [load_classifier(path) for path in args.member]
+    nets = [model for model, _ in loaded if isinstance(model, CifarNet)]
+    if len(nets) != len(loaded):
+        print("every --member must be a single net, not an ensemble", file=sys.stderr)
+        return 1
+    held_out = {int(meta.get("held_out_images", 0)) for _, meta in loaded}
+    if len(held_out) != 1:
+        print(f"members held out different slices {held_out}: none left to calibrate on", file=sys.stderr)
+        return 1
+    records = [member_record(path, meta) for path, (_, meta) in zip(args.member, loaded, strict=True)]
+    ensemble = Ensemble(nets).eval()
+
+    test = cifar.load_split(False, args.data)
+    x, y = cifar.normalize(cifar.to_tensor(test.images)), torch.tensor(test.labels)
+    t0 = time.perf_counter()
+    member_logits = []
+    for record, net in zip(records, nets, strict=True):
+        member_logits.append(test_logits(net, x))
+        record["test"] = accuracies(member_logits[-1], y)
+        print(record["version"], record["test"], flush=True)
+    # The ensemble's logits are the members' mean (TTA is linear in the logits): no second pass.
+    mean_logits = {t: torch.stack([m[t] for m in member_logits]).mean(0) for t in TTA_LEVELS}
+    results = accuracies(mean_logits, y)
+    print("ensemble", results, flush=True)
+
+    version = "+".join(str(r["version"]) for r in records)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    weights = args.out_dir / "classifier.safetensors"
+    meta = {
+        "version": version,
+        "held_out_images": held_out.pop(),
+        "test_accuracy": results["accuracy"],
+        "test_accuracy_tta2": results["accuracy_tta_flip_translate"],
+    }
+    save_classifier(ensemble, weights, meta, half=True)  # members are fp16 already: no new rounding
+    stored, _ = load_classifier(weights)
+    with torch.no_grad():
+        if not torch.allclose(stored(x[:1000]), mean_logits[0][:1000], atol=1e-4):
+            print("the stored ensemble does not reproduce its members' mean logits", file=sys.stderr)
+            return 1
+    metrics = {
+        "model": f"Ensemble of {len(nets)} CifarNets (logits averaged)",
+        "version": version,
+        "dataset": "CIFAR-10 test (JPEG copy), 10,000 images",
+        "held_out_images": meta["held_out_images"],
+        "test_accuracy": results["accuracy"],
+        "test_accuracy_tta_flip": results["accuracy_tta_flip"],
+        "test_accuracy_tta_flip_translate": results["accuracy_tta_flip_translate"],
+        "weights_bytes": weights.stat().st_size,
+        "parameters": sum(p.numel() for p in ensemble.parameters()),
+        "members": records,
+        "eval_seconds": round(time.perf_counter() - t0, 1),
+        "date": time.strftime("%Y-%m-%d"),
+        "command": shlex.join(["python", "-m", "models.training.make_ensemble", *(argv or sys.argv[1:])]),
+    }
+    (args.out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    print(f"wrote {weights} and {args.out_dir / 'metrics.json'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
