@@ -15,6 +15,7 @@ from models import cifar
 from models.classifier import (
     INPUT_SIZE,
     CifarNet,
+    Ensemble,
     init_whitening,
     load_classifier,
     predict_logits,
@@ -48,7 +49,13 @@ def test_committed_weights_rebuild_the_recorded_architecture(committed, card_met
     model, meta = committed
     assert tuple(meta["classes"]) == cifar.CLASSES
     assert meta["version"] == card_metrics["version"]
-    assert list(model.widths) == list(card_metrics["recipe"]["width"])
+    if isinstance(model, Ensemble):  # each member as its own training recorded it
+        trained = [m["training"]["recipe"] for m in card_metrics["members"]]
+        assert [list(net.widths) for net in model.nets] == [list(r["width"]) for r in trained]
+        assert [list(net.depths) for net in model.nets] == [list(r["depth"]) for r in trained]
+        assert meta["version"] == "+".join(m["version"] for m in card_metrics["members"])
+    else:
+        assert list(model.widths) == list(card_metrics["recipe"]["width"])
     assert not model.training
     out = model(torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE))
     assert out.shape == (2, 10) and torch.isfinite(out).all()
