@@ -14,7 +14,7 @@ import torch
 from models import cifar
 from models.classifier import CifarNet, Ensemble, fold_batchnorm, load_classifier, save_classifier
 from models.precision import bf16_runnable
-from models.training import photo_resample, train_classifier
+from models.training import make_ensemble, photo_resample, train_classifier
 from models.training.train_classifier import (
     Recipe,
     StepInfo,
@@ -387,3 +387,41 @@ def test_compact_checkpoint_drops_three_quarters_and_resumes_close(tmp_path: Pat
     losses = torch.tensor([[s.loss for s in tail_exact], [s.loss for s in tail_approx]])
     assert torch.isfinite(losses).all()
     assert (losses[0] - losses[1]).abs().max() < 0.1 * losses[0].abs().max()
+
+
+def _tiny_member(directory: Path, seed: int, held_out: int) -> Path:
+    torch.manual_seed(seed)
+    path = directory / f"m{seed}" / "classifier.safetensors"
+    save_classifier(
+        CifarNet((8, 16, 16)).eval(), path, {"version": f"tiny-s{seed}", "held_out_images": held_out}
+    )
+    (path.parent / "metrics.json").write_text(
+        json.dumps({"version": f"tiny-s{seed}", "recipe": {"seed": seed}})
+    )
+    return path
+
+
+def test_make_ensemble_refuses_members_without_a_common_held_out_slice(tmp_path: Path) -> None:
+    a, b = _tiny_member(tmp_path, 0, 2500), _tiny_member(tmp_path, 1, 0)
+    assert make_ensemble.main(["--member", str(a), "--member", str(b), "--out-dir", str(tmp_path / "o")]) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not (cifar.data_dir() / "test.npz").exists(), reason="CIFAR-10 test data not found")
+def test_make_ensemble_writes_the_averaged_model_and_every_members_score(tmp_path: Path) -> None:
+    members = [_tiny_member(tmp_path, seed, 2500) for seed in (0, 1)]
+    out = tmp_path / "out"
+    args = [a for m in members for a in ("--member", str(m))]
+    assert make_ensemble.main([*args, "--out-dir", str(out), "--no-translate"]) == 0
+    model, meta = load_classifier(out / "classifier.safetensors")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert isinstance(model, Ensemble) and meta["version"] == "tiny-s0+tiny-s1" == metrics["version"]
+    assert meta["held_out_images"] == 2500
+    assert [m["training"]["recipe"]["seed"] for m in metrics["members"]] == [0, 1]
+    test = cifar.load_split(False)
+    x, y = cifar.normalize(cifar.to_tensor(test.images)), torch.tensor(test.labels)
+    with torch.no_grad():
+        expected = float((model(x).argmax(1) == y).double().mean())
+    assert metrics["test_accuracy"] == pytest.approx(expected, abs=1e-4)
+    assert metrics["test_accuracy_tta_flip_translate"] is None
+    assert all(set(m["test"]) == {"accuracy", "accuracy_tta_flip"} for m in metrics["members"])
