@@ -25,17 +25,10 @@ from typing import Any
 import torch
 
 from models import cifar
-from models.classifier import CifarNet, Ensemble, load_classifier, predict_logits, save_classifier
+from models.classifier import CifarNet, Ensemble, load_classifier, save_classifier
+from models.training.train_classifier import evaluate
 
 TTA_LEVELS = {0: "accuracy", 1: "accuracy_tta_flip", 2: "accuracy_tta_flip_translate"}
-
-
-def test_logits(model: torch.nn.Module, x: torch.Tensor, levels: int) -> dict[int, torch.Tensor]:
-    """Logits on the test images without TTA, with mirror TTA (served) and mirror + translate."""
-    return {
-        tta: torch.cat([predict_logits(model, x[i : i + 1000], tta) for i in range(0, len(x), 1000)])
-        for tta in list(TTA_LEVELS)[:levels]
-    }
 
 
 def accuracies(logits: dict[int, torch.Tensor], y: torch.Tensor) -> dict[str, float]:
@@ -60,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-translate", action="store_true", help="skip mirror + translate TTA (2/3 of the evaluation time)"
     )
     args = p.parse_args(argv)
-    levels = 2 if args.no_translate else 3
+    top_level = 1 if args.no_translate else 2  # TTA levels 0..top_level
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -77,11 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     ensemble = Ensemble(nets).eval()
 
     test = cifar.load_split(False, args.data)
-    x, y = cifar.normalize(cifar.to_tensor(test.images)), torch.tensor(test.labels)
+    images, y = cifar.to_tensor(test.images), torch.tensor(test.labels)
     t0 = time.perf_counter()
     member_logits = []
     for record, net in zip(records, nets, strict=True):
-        member_logits.append(test_logits(net, x, levels))
+        member_logits.append(evaluate(net, images, levels=top_level))
         record["test"] = accuracies(member_logits[-1], y)
         print(record["version"], record["test"], flush=True)
     # The ensemble's logits are the members' mean (TTA is linear in the logits): no second pass.
@@ -101,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     save_classifier(ensemble, weights, meta, half=True)  # members are fp16 already: no new rounding
     stored, _ = load_classifier(weights)
     with torch.no_grad():
-        if not torch.allclose(stored(x[:1000]), mean_logits[0][:1000], atol=1e-4):
+        if not torch.allclose(stored(cifar.normalize(images[:1000])), mean_logits[0][:1000], atol=1e-4):
             print("the stored ensemble does not reproduce its members' mean logits", file=sys.stderr)
             return 1
     metrics = {
