@@ -425,3 +425,23 @@ def test_make_ensemble_writes_the_averaged_model_and_every_members_score(tmp_pat
     assert metrics["test_accuracy"] == pytest.approx(expected, abs=1e-4)
     assert metrics["test_accuracy_tta_flip_translate"] is None
     assert all(set(m["test"]) == {"accuracy", "accuracy_tta_flip"} for m in metrics["members"])
+
+
+@pytest.mark.skipif(not (cifar.data_dir() / "test.npz").exists(), reason="CIFAR-10 test data not found")
+def test_make_ensemble_takes_an_earlier_ensemble_apart_to_add_a_member(tmp_path: Path) -> None:
+    pair = tmp_path / "pair"
+    args = [a for seed in (0, 1) for a in ("--member", str(_tiny_member(tmp_path, seed, 2500)))]
+    assert make_ensemble.main([*args, "--out-dir", str(pair), "--no-translate"]) == 0
+    third = _tiny_member(tmp_path, 2, 2500)
+    out = tmp_path / "trio"
+    argv = ["--member", str(pair / "classifier.safetensors"), "--member", str(third)]
+    assert make_ensemble.main([*argv, "--out-dir", str(out), "--no-translate"]) == 0
+    model, meta = load_classifier(out / "classifier.safetensors")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert isinstance(model, Ensemble) and len(model.nets) == 3
+    assert meta["version"] == "tiny-s0+tiny-s1+tiny-s2"
+    assert [m["training"]["recipe"]["seed"] for m in metrics["members"]] == [0, 1, 2]
+    pair_model, _ = load_classifier(pair / "classifier.safetensors")
+    for kept, original in zip(model.nets[:2], pair_model.nets, strict=True):
+        for a, b in zip(kept.state_dict().values(), original.state_dict().values(), strict=True):
+            assert torch.equal(a, b)

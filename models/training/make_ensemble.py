@@ -2,14 +2,15 @@
 
     python -m models.training.make_ensemble \\
         --member models/weights/classifier/classifier.safetensors \\
-        --member runs/long-s1/classifier.safetensors --out-dir models/weights/classifier
+        --member runs/long-s2/classifier.safetensors --out-dir runs/ensemble
 
-Loads every member (each a ``train_classifier`` output with its ``metrics.json`` beside it), checks
-they were trained holding out the same images (so one temperature can still be fitted on images
-none of them saw), writes ``classifier.safetensors`` holding an :class:`~models.classifier.Ensemble`
-and a ``metrics.json`` with the test accuracy of each member and of the ensemble (no TTA, mirror,
-mirror + translate). The members' own training metrics are kept inside it. Then run ``export_onnx``
-and ``calibrate --write`` on the output directory, as for a single net.
+Loads every member (each a ``train_classifier`` output with its ``metrics.json`` beside it, or an
+earlier ensemble, whose nets all join), checks they were trained holding out the same images (so
+one temperature can still be fitted on images none of them saw), writes ``classifier.safetensors``
+holding an :class:`~models.classifier.Ensemble` and a ``metrics.json`` with the test accuracy of
+each member and of the ensemble (no TTA, mirror, mirror + translate). The members' own training
+metrics are kept inside it. Then run ``export_onnx`` and ``calibrate --write`` on the output
+directory, as for a single net.
 """
 
 from __future__ import annotations
@@ -35,17 +36,42 @@ def accuracies(logits: dict[int, torch.Tensor], y: torch.Tensor) -> dict[str, fl
     return {TTA_LEVELS[t]: round(float((lg.argmax(1) == y).double().mean()), 5) for t, lg in logits.items()}
 
 
-def member_record(weights: Path, meta: dict[str, Any]) -> dict[str, Any]:
+def own_metrics(weights: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """The ``metrics.json`` beside ``weights``, or {} when it belongs to another model."""
     metrics_path = weights.parent / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    if metrics.get("version") != meta.get("version"):
-        metrics = {}  # a metrics.json of another model: do not attribute it to this one
-    return {"weights": str(weights), "version": meta.get("version"), "training": metrics}
+    return metrics if metrics.get("version") == meta.get("version") else {}
+
+
+def load_members(weights: Path) -> list[tuple[CifarNet, dict[str, Any]]]:
+    """The nets in one file, each with its record: a single net, or every member of an ensemble.
+
+    Taking an ensemble apart lets a new member join a served ensemble without the members' own
+    files, which are training outputs and not kept.
+    """
+    model, meta = load_classifier(weights)
+    metrics = own_metrics(weights, meta)
+    if isinstance(model, CifarNet):
+        return [(model, {"weights": str(weights), "version": meta.get("version"), "training": metrics})]
+    versions = str(meta.get("version", "")).split("+")
+    known = {r.get("version"): r.get("training", {}) for r in metrics.get("members", [])}
+    if len(versions) != len(model.nets):
+        versions = [f"{meta.get('version')}#{i}" for i in range(len(model.nets))]
+    return [
+        (net, {"weights": f"{weights}#members.{i}", "version": v, "training": known.get(v, {})})
+        for i, (net, v) in enumerate(zip(model.nets, versions, strict=True))
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--member", type=Path, action="append", required=True, help="a classifier.safetensors")
+    p.add_argument(
+        "--member",
+        type=Path,
+        action="append",
+        required=True,
+        help="a classifier.safetensors: a single net, or an ensemble whose nets all join",
+    )
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--data", default=None, help="CIFAR-10 dir (default: $ATELIER_DATA_DIR/cifar10)")
     p.add_argument("--threads", type=int, default=0)
@@ -57,16 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    loaded = [load_classifier(path) for path in args.member]
-    nets = [model for model, _ in loaded if isinstance(model, CifarNet)]
-    if len(nets) != len(loaded):
-        print("every --member must be a single net, not an ensemble", file=sys.stderr)
-        return 1
-    held_out = {int(meta.get("held_out_images", 0)) for _, meta in loaded}
+    held_out = {int(load_classifier(path)[1].get("held_out_images", 0)) for path in args.member}
     if len(held_out) != 1:
         print(f"members held out different slices {held_out}: none left to calibrate on", file=sys.stderr)
         return 1
-    records = [member_record(path, meta) for path, (_, meta) in zip(args.member, loaded, strict=True)]
+    members = [member for path in args.member for member in load_members(path)]
+    nets, records = [net for net, _ in members], [record for _, record in members]
     ensemble = Ensemble(nets).eval()
 
     test = cifar.load_split(False, args.data)
