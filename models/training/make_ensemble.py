@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from models import cifar
-from models.classifier import CifarNet, Ensemble, load_classifier, save_classifier
+from models.classifier import CifarNet, Classifier, Ensemble, load_classifier, save_classifier
 from models.training.train_classifier import evaluate
 
 TTA_LEVELS = {0: "accuracy", 1: "accuracy_tta_flip", 2: "accuracy_tta_flip_translate"}
@@ -43,13 +43,14 @@ def own_metrics(weights: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return metrics if metrics.get("version") == meta.get("version") else {}
 
 
-def load_members(weights: Path) -> list[tuple[CifarNet, dict[str, Any]]]:
-    """The nets in one file, each with its record: a single net, or every member of an ensemble.
+def split_members(
+    weights: Path, model: Classifier, meta: dict[str, Any]
+) -> list[tuple[CifarNet, dict[str, Any]]]:
+    """The nets of one loaded file, each with its record: a single net, or every member of an ensemble.
 
     Taking an ensemble apart lets a new member join a served ensemble without the members' own
     files, which are training outputs and not kept.
     """
-    model, meta = load_classifier(weights)
     metrics = own_metrics(weights, meta)
     if isinstance(model, CifarNet):
         return [(model, {"weights": str(weights), "version": meta.get("version"), "training": metrics})]
@@ -83,11 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    held_out = {int(load_classifier(path)[1].get("held_out_images", 0)) for path in args.member}
+    loaded = [(path, *load_classifier(path)) for path in args.member]
+    held_out = {int(meta.get("held_out_images", 0)) for _, _, meta in loaded}
     if len(held_out) != 1:
         print(f"members held out different slices {held_out}: none left to calibrate on", file=sys.stderr)
         return 1
-    members = [member for path in args.member for member in load_members(path)]
+    members = [member for path, model, meta in loaded for member in split_members(path, model, meta)]
     nets, records = [net for net, _ in members], [record for _, record in members]
     ensemble = Ensemble(nets).eval()
 
