@@ -87,6 +87,10 @@ class TrainConfig:
     lr: float = 1e-3
     lr_final: float = 1e-4
     decay_from: float = 0.75  # fraction of the style iterations after which lr decays linearly
+    # From style iteration ``rewarm_at`` on, lr ramps up linearly again over ``rewarm_iterations``:
+    # set when a run continues with a changed network and a fresh optimizer (models.training.freeze_norms).
+    rewarm_at: int = 0
+    rewarm_iterations: int = 0
     clip_grad: float = 0.0  # 0: no clipping (the norm is still computed and checked)
     content_weight: float = 1.0
     style_weight: float = 10.0
@@ -136,12 +140,16 @@ class TrainConfig:
         return crop
 
     def lr_at(self, style_iteration: int) -> float:
-        """Constant, then linear decay to ``lr_final`` over the last ``1 - decay_from`` of the run."""
+        """Constant, then linear decay to ``lr_final`` over the last ``1 - decay_from`` of the run
+        (times the re-warm ramp, if any)."""
         start = self.decay_from * self.iterations
-        if style_iteration <= start:
-            return self.lr
-        frac = min(1.0, (style_iteration - start) / max(1.0, self.iterations - start))
-        return self.lr + frac * (self.lr_final - self.lr)
+        lr = self.lr
+        if style_iteration > start:
+            frac = min(1.0, (style_iteration - start) / max(1.0, self.iterations - start))
+            lr += frac * (self.lr_final - self.lr)
+        if self.rewarm_iterations and style_iteration > self.rewarm_at:
+            lr *= min(1.0, (style_iteration - self.rewarm_at) / self.rewarm_iterations)
+        return lr
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

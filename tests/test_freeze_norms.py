@@ -1,0 +1,93 @@
+"""Decoder norms with fixed statistics: the fold is exact, style codes carry over, and a converted
+training run resumes where it stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.imaging import pil_to_tensor
+from models.training.freeze_norms import convert_checkpoint, decoder_norm_stats, freeze_decoder_norms
+from models.training.train_style import load_checkpoint, newest_checkpoint, parse_args, train
+from models.transformer import ConditionalAffine2d, build, load_transformer, one_hot_styles
+from tests.test_transformer import _tiny_args, _tiny_data, photo_like
+
+
+def _trained_like(num_styles: int) -> torch.nn.Module:
+    """A ``medium`` network whose per-style rows differ, as after training."""
+    torch.manual_seed(0)
+    net = build("medium", num_styles=num_styles).eval()
+    with torch.no_grad():
+        for module in net.coded:
+            module.weight.add_(0.2 * torch.randn_like(module.weight))
+            module.bias.add_(0.2 * torch.randn_like(module.bias))
+    return net
+
+
+def test_fixed_statistics_reproduce_instance_norm_on_the_images_they_were_measured_on() -> None:
+    net = _trained_like(3)
+    photo = pil_to_tensor(photo_like(64, 48))
+    frozen = freeze_decoder_norms(net, decoder_norm_stats(net, [photo])).eval()
+    assert all(isinstance(b.conv.norm, ConditionalAffine2d) for b in frozen.upsample)
+    assert frozen.config.decoder_norm == "affine" and frozen.code_size == net.code_size
+    with torch.inference_mode():
+        for s in range(3):
+            style = one_hot_styles([s], 3)
+            torch.testing.assert_close(frozen(photo, style), net(photo, style), atol=2e-4, rtol=1e-4)
+        # ... and unlike instance norm, the decoder no longer adapts to another photo's statistics.
+        other = pil_to_tensor(photo_like(64, 48, seed=5))
+        assert not torch.allclose(frozen(other, style), net(other, style), atol=1e-3)
+
+
+def test_a_frozen_network_round_trips_with_its_statistics(tmp_path: Path) -> None:
+    from models.transformer import save_transformer
+
+    net = _trained_like(2)
+    frozen = freeze_decoder_norms(net, decoder_norm_stats(net, [pil_to_tensor(photo_like(48, 48))]))
+    save_transformer(tmp_path / "n.safetensors", frozen)
+    loaded, _ = load_transformer(tmp_path / "n.safetensors")
+    assert loaded.config.decoder_norm == "affine"
+    x = pil_to_tensor(photo_like(40, 40, seed=3))
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x, None), frozen.eval()(x, None), atol=5e-3, rtol=5e-3)
+
+
+def test_freezing_twice_is_refused() -> None:
+    net = _trained_like(2)
+    frozen = freeze_decoder_norms(net, decoder_norm_stats(net, [pil_to_tensor(photo_like(32, 32))]))
+    with pytest.raises(ValueError, match="already"):
+        freeze_decoder_norms(frozen, decoder_norm_stats(frozen, [pil_to_tensor(photo_like(32, 32))]))
+
+
+def test_a_converted_run_resumes_at_its_iteration_with_its_schedule(tmp_path: Path) -> None:
+    photos, paintings = _tiny_data(tmp_path)
+    args = _tiny_args(tmp_path, photos, paintings, "--stop-after", "4")
+    args[args.index("--arch") + 1] = "medium"
+    cfg, _ = parse_args(args)
+    assert train(cfg)["iterations"] == 4
+
+    out = str(tmp_path / "frozen.safetensors")
+    converted = tmp_path / "frozen.train-state.safetensors"
+    new_cfg = convert_checkpoint(Path(cfg.checkpoint), out, converted, crops=4, size=32)
+    meta, tensors = load_checkpoint(converted)
+    assert new_cfg.arch == "medium-affine" and meta["iteration"] == "4"
+    assert any(k.endswith("norm.spread") for k in tensors)
+    assert not any(k.startswith("adam.") for k in tensors)  # a fresh optimizer, re-warmed
+    assert (new_cfg.rewarm_at, new_cfg.lr_at(5)) == (2, pytest.approx(cfg.lr_at(5) * 3 / 500))
+
+    resume_args = ["--resume", "--out", out, "--checkpoint", str(converted), "--stop-after", "0"]
+    resumed, _ = parse_args(resume_args)
+    assert (resumed.arch, resumed.iterations, resumed.lr, resumed.crop_schedule) == (
+        "medium-affine",
+        cfg.iterations,
+        cfg.lr,
+        cfg.crop_schedule,
+    )
+    summary = train(resumed, newest_checkpoint(resumed))
+    assert summary["iterations"] == cfg.total_iterations and summary["finished"] is True
+    model, meta = load_transformer(Path(out))
+    assert model.config.decoder_norm == "affine"
+    assert json.loads(meta["atelier.train"])["iterations"] == cfg.total_iterations
