@@ -46,13 +46,16 @@ class TransformerConfig:
     edge_kernel: int = 9  # kernel of the first and last convolution
     num_styles: int = 1  # rows of every conditional instance norm
     color_skip: bool = False  # add a per-style 3×3 colour transform of the input to the output
-    # "instance": the decoder's two norms are conditional instance norms (Johnson, Dumoulin);
-    # "affine": per-style scale and shift with no per-image statistics (see ConditionalAffine2d).
+    # "instance": conditional instance norms (Johnson, Dumoulin); "affine": fixed statistics, then the
+    # per-style scale and shift (see ConditionalAffine2d). For the decoder's two norms and for the
+    # residual blocks' norms; the encoder's always normalize each photo.
     decoder_norm: str = "instance"
+    residual_norm: str = "instance"
 
     def __post_init__(self) -> None:
-        if self.decoder_norm not in ("instance", "affine"):
-            raise ValueError(f"decoder_norm must be 'instance' or 'affine', got {self.decoder_norm!r}")
+        for field in ("decoder_norm", "residual_norm"):
+            if getattr(self, field) not in ("instance", "affine"):
+                raise ValueError(f"{field} must be 'instance' or 'affine', got {getattr(self, field)!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -73,6 +76,16 @@ ARCHS: dict[str, TransformerConfig] = {
     # ``medium`` without instance statistics in the decoder: no incentive for droplet artifacts.
     "medium-affine": TransformerConfig(
         channels=(32, 48, 96), blocks=5, separable=True, edge_kernel=9, color_skip=True, decoder_norm="affine"
+    ),
+    # ... and none in the residual blocks either.
+    "medium-affine-res": TransformerConfig(
+        channels=(32, 48, 96),
+        blocks=5,
+        separable=True,
+        edge_kernel=9,
+        color_skip=True,
+        decoder_norm="affine",
+        residual_norm="affine",
     ),
 }
 
@@ -154,7 +167,7 @@ class ConditionalAffine2d(ConditionalInstanceNorm2d):
     the last decoder norm's input, and the spread varied by only 1-4% between photos. Those spikes
     are the droplet "eyes" of every output (Karras et al. 2020 diagnose the same in StyleGAN's AdaIN).
     Here ``mean`` and ``spread`` are buffers (per channel, shared by all styles), measured once over
-    training crops (:func:`models.training.freeze_norms.freeze_decoder_norms`), so the network
+    training crops (:func:`models.training.freeze_norms.freeze_norms`), so the network
     computes nearly the same function while the spikes buy it nothing any more. Keeping the
     normalization as a fixed division leaves the scale and shift on the same scale as before, so the
     optimizer's state still fits them. Same parameters and style-code layout as
@@ -174,7 +187,7 @@ class ConditionalAffine2d(ConditionalInstanceNorm2d):
         return normalized * scale + shift
 
 
-DECODER_NORMS: dict[str, type[ConditionalInstanceNorm2d]] = {
+NORMS: dict[str, type[ConditionalInstanceNorm2d]] = {
     "instance": ConditionalInstanceNorm2d,
     "affine": ConditionalAffine2d,
 }
@@ -208,16 +221,22 @@ class SeparableConv(nn.Sequential):
 class ResidualBlock(nn.Module):
     """conv-IN-ReLU-conv-IN plus identity, without a final ReLU (Gross & Wilber, as Johnson uses)."""
 
-    def __init__(self, channels: int, separable: bool, num_styles: int) -> None:
+    def __init__(
+        self,
+        channels: int,
+        separable: bool,
+        num_styles: int,
+        norm: type[ConditionalInstanceNorm2d] = ConditionalInstanceNorm2d,
+    ) -> None:
         super().__init__()
 
         def conv() -> nn.Module:
             return SeparableConv(channels) if separable else ConvLayer(channels, channels, 3)
 
         self.conv1 = conv()
-        self.norm1 = ConditionalInstanceNorm2d(channels, num_styles)
+        self.norm1 = norm(channels, num_styles)
         self.conv2 = conv()
-        self.norm2 = ConditionalInstanceNorm2d(channels, num_styles)
+        self.norm2 = norm(channels, num_styles)
 
     def forward(self, x: Tensor, code: Tensor) -> Tensor:
         h = F.relu(self.norm1(self.conv1(x), code))
@@ -263,9 +282,10 @@ class TransformerNet(nn.Module):
             ]
         )
         self.residuals = nn.ModuleList(
-            ResidualBlock(c3, self.config.separable, n) for _ in range(self.config.blocks)
+            ResidualBlock(c3, self.config.separable, n, NORMS[self.config.residual_norm])
+            for _ in range(self.config.blocks)
         )
-        norm = DECODER_NORMS[self.config.decoder_norm]
+        norm = NORMS[self.config.decoder_norm]
         self.upsample = nn.ModuleList([UpsampleConv(c3, c2, n, norm), UpsampleConv(c2, c1, n, norm)])
         self.head = ConvLayer(c1, 3, k)
         self.skip = ColorSkip(n) if self.config.color_skip else None

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from models.imaging import pil_to_tensor
-from models.training.freeze_norms import convert_checkpoint, decoder_norm_stats, freeze_decoder_norms
+from models.training.freeze_norms import convert_checkpoint, freeze_norms, norm_stats
+from models.training.spikes import SpikePenalty, spike_share
 from models.training.train_style import load_checkpoint, newest_checkpoint, parse_args, train
-from models.transformer import ConditionalAffine2d, build, load_transformer, one_hot_styles
+from models.transformer import ConditionalAffine2d, arch_name, build, load_transformer, one_hot_styles
 from tests.test_transformer import _tiny_args, _tiny_data, photo_like
 
 
@@ -30,7 +31,7 @@ def _trained_like(num_styles: int) -> torch.nn.Module:
 def test_fixed_statistics_reproduce_instance_norm_on_the_images_they_were_measured_on() -> None:
     net = _trained_like(3)
     photo = pil_to_tensor(photo_like(64, 48))
-    frozen = freeze_decoder_norms(net, decoder_norm_stats(net, [photo])).eval()
+    frozen = freeze_norms(net, norm_stats(net, [photo])).eval()
     assert all(isinstance(b.conv.norm, ConditionalAffine2d) for b in frozen.upsample)
     assert frozen.config.decoder_norm == "affine" and frozen.code_size == net.code_size
     with torch.inference_mode():
@@ -46,7 +47,7 @@ def test_a_frozen_network_round_trips_with_its_statistics(tmp_path: Path) -> Non
     from models.transformer import save_transformer
 
     net = _trained_like(2)
-    frozen = freeze_decoder_norms(net, decoder_norm_stats(net, [pil_to_tensor(photo_like(48, 48))]))
+    frozen = freeze_norms(net, norm_stats(net, [pil_to_tensor(photo_like(48, 48))]))
     save_transformer(tmp_path / "n.safetensors", frozen)
     loaded, _ = load_transformer(tmp_path / "n.safetensors")
     assert loaded.config.decoder_norm == "affine"
@@ -57,9 +58,9 @@ def test_a_frozen_network_round_trips_with_its_statistics(tmp_path: Path) -> Non
 
 def test_freezing_twice_is_refused() -> None:
     net = _trained_like(2)
-    frozen = freeze_decoder_norms(net, decoder_norm_stats(net, [pil_to_tensor(photo_like(32, 32))]))
+    frozen = freeze_norms(net, norm_stats(net, [pil_to_tensor(photo_like(32, 32))]))
     with pytest.raises(ValueError, match="already"):
-        freeze_decoder_norms(frozen, decoder_norm_stats(frozen, [pil_to_tensor(photo_like(32, 32))]))
+        freeze_norms(frozen, norm_stats(frozen, [pil_to_tensor(photo_like(32, 32))]))
 
 
 def test_a_converted_run_resumes_at_its_iteration_with_its_schedule(tmp_path: Path) -> None:
@@ -73,21 +74,53 @@ def test_a_converted_run_resumes_at_its_iteration_with_its_schedule(tmp_path: Pa
     converted = tmp_path / "frozen.train-state.safetensors"
     new_cfg = convert_checkpoint(Path(cfg.checkpoint), out, converted, crops=4, size=32)
     meta, tensors = load_checkpoint(converted)
-    assert new_cfg.arch == "medium-affine" and meta["iteration"] == "4"
+    assert new_cfg.arch == "medium-affine-res" and meta["iteration"] == "4"
     assert any(k.endswith("norm.spread") for k in tensors)
     assert not any(k.startswith("adam.") for k in tensors)  # a fresh optimizer, re-warmed
     assert (new_cfg.rewarm_at, new_cfg.lr_at(5)) == (2, pytest.approx(cfg.lr_at(5) * 3 / 500))
 
     resume_args = ["--resume", "--out", out, "--checkpoint", str(converted), "--stop-after", "0"]
+    resume_args += ["--spike-weight", "10"]  # the regularizer can be switched on when resuming
     resumed, _ = parse_args(resume_args)
     assert (resumed.arch, resumed.iterations, resumed.lr, resumed.crop_schedule) == (
-        "medium-affine",
+        "medium-affine-res",
         cfg.iterations,
         cfg.lr,
         cfg.crop_schedule,
     )
     summary = train(resumed, newest_checkpoint(resumed))
     assert summary["iterations"] == cfg.total_iterations and summary["finished"] is True
+    logged = [
+        json.loads(line) for line in (tmp_path / "runs" / "frozen" / "losses.jsonl").read_text().splitlines()
+    ]
+    assert logged and all(row["spike"] >= 0 for row in logged)
     model, meta = load_transformer(Path(out))
-    assert model.config.decoder_norm == "affine"
+    assert model.config.decoder_norm == model.config.residual_norm == "affine"
     assert json.loads(meta["atelier.train"])["iterations"] == cfg.total_iterations
+
+
+def test_only_the_decoder_can_be_frozen() -> None:
+    net = _trained_like(2)
+    stats = norm_stats(net, [pil_to_tensor(photo_like(32, 32))], parts=["decoder"])
+    frozen = freeze_norms(net, stats)
+    assert (frozen.config.decoder_norm, frozen.config.residual_norm) == ("affine", "instance")
+    assert arch_name(frozen.config) == "medium-affine"
+
+
+def test_the_spike_penalty_grows_with_outliers_and_the_share_finds_them() -> None:
+    net = _trained_like(2)
+    photo = pil_to_tensor(photo_like(64, 64))
+    penalty = SpikePenalty(net, threshold=4.0)
+    with torch.no_grad(), penalty.recording():
+        net(photo, None)
+    calm = float(penalty.value())
+    with torch.no_grad():  # a huge activation in one spot of every channel, as the droplets are
+        spiky = photo.clone()
+        spiky[..., 30:32, 30:32] = 40.0
+    with torch.no_grad(), penalty.recording():
+        net(spiky, None)
+    assert float(penalty.value()) > calm + 1e-3
+    smooth = torch.randn(1, 4, 32, 32)
+    spiked = smooth.clone()
+    spiked[..., 5, 5] = 500.0
+    assert spike_share(smooth).max() < 0.1 < 0.9 < spike_share(spiked).min()

@@ -1,4 +1,4 @@
-"""Turn a training run's decoder instance norms into statistics-free conditional affines, and go on.
+"""Put a training run's residual and decoder norms on fixed statistics, and go on training.
 
     python -m models.training.freeze_norms --out runs/train_style/multistyle-affine.safetensors
     nice -n 19 python -m models.training.train_style --resume \
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,21 +54,38 @@ from models.transformer import (
 EPS = 1e-5  # F.instance_norm's
 
 
-def decoder_norms(model: TransformerNet) -> list[ConditionalInstanceNorm2d]:
-    return [block.conv.norm for block in model.upsample]
+PARTS = ("residual", "decoder")  # where norms can lose their per-image statistics
+
+
+def norms_of(model: TransformerNet, parts: Sequence[str]) -> dict[str, ConditionalInstanceNorm2d]:
+    """The conditional norms of the residual blocks and/or the decoder, by state-dict prefix."""
+    found: dict[str, ConditionalInstanceNorm2d] = {}
+    if "residual" in parts:
+        for i, block in enumerate(model.residuals):
+            found[f"residuals.{i}.norm1"] = block.norm1
+            found[f"residuals.{i}.norm2"] = block.norm2
+    if "decoder" in parts:
+        for i, block in enumerate(model.upsample):
+            found[f"upsample.{i}.conv.norm"] = block.conv.norm
+    return found
 
 
 @torch.inference_mode()
-def decoder_norm_stats(model: TransformerNet, crops: Sequence[Tensor]) -> list[tuple[Tensor, Tensor]]:
-    """Per decoder norm, S×C means and S×C spreads of its input, averaged over ``crops`` per style."""
-    norms = decoder_norms(model)
-    seen: dict[int, list[tuple[Tensor, Tensor]]] = {id(n): [] for n in norms}
+def norm_stats(
+    model: TransformerNet, crops: Sequence[Tensor], parts: Sequence[str] = PARTS
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per norm, S×C means and S×C spreads of its input, averaged over ``crops`` per style."""
+    norms = norms_of(model, parts)
+    seen: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in norms}
 
-    def hook(module: torch.nn.Module, inputs: tuple[Tensor, ...], _out: Tensor) -> None:
-        x = inputs[0].float()
-        seen[id(module)].append((x.mean((2, 3)), x.var((2, 3), unbiased=False)))
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_module: torch.nn.Module, inputs: tuple[Tensor, ...], _out: Tensor) -> None:
+            x = inputs[0].float()
+            seen[name].append((x.mean((2, 3)), x.var((2, 3), unbiased=False)))
 
-    handles = [n.register_forward_hook(hook) for n in norms]
+        return hook
+
+    handles = [norm.register_forward_hook(hook_for(name)) for name, norm in norms.items()]
     n_styles = model.config.num_styles
     try:
         for s in range(n_styles):
@@ -77,30 +94,34 @@ def decoder_norm_stats(model: TransformerNet, crops: Sequence[Tensor]) -> list[t
     finally:
         for h in handles:
             h.remove()
-    stats = []
-    for norm in norms:
-        means = torch.cat([m for m, _ in seen[id(norm)]]).view(n_styles, len(crops), -1).mean(1)
-        variances = torch.cat([v for _, v in seen[id(norm)]]).view(n_styles, len(crops), -1).mean(1)
-        stats.append((means, (variances + EPS).sqrt()))
+    stats = {}
+    for name in norms:
+        means = torch.cat([m for m, _ in seen[name]]).view(n_styles, len(crops), -1).mean(1)
+        variances = torch.cat([v for _, v in seen[name]]).view(n_styles, len(crops), -1).mean(1)
+        stats[name] = (means, (variances + EPS).sqrt())
     return stats
 
 
-def freeze_decoder_norms(model: TransformerNet, stats: Sequence[tuple[Tensor, Tensor]]) -> TransformerNet:
-    """The same network with ``decoder_norm="affine"`` and the given per-style statistics.
+def freeze_norms(model: TransformerNet, stats: dict[str, tuple[Tensor, Tensor]]) -> TransformerNet:
+    """The same network with the measured norms (keys of ``stats``) on fixed statistics.
 
     Each norm divides by statistics shared by all styles (their mean over styles); what differs per
     style is folded into that style's row: with shared ``μ, σ`` and the style's own ``μ_s, σ_s``,
     ``γ(x - μ_s)/σ_s + β = γ'(x - μ)/σ + β'`` for ``γ' = γσ/σ_s`` and ``β' = β + γ(μ - μ_s)/σ_s``.
     """
-    if model.config.decoder_norm != "instance":
-        raise ValueError("the decoder norms are already statistics-free")
-    frozen = TransformerNet(replace(model.config, decoder_norm="affine"))
+    parts = [part for part in PARTS if set(norms_of(model, [part])) <= set(stats)]
+    changes = {f"{part}_norm": "affine" for part in parts}
+    if not parts or any(getattr(model.config, field) != "instance" for field in changes):
+        raise ValueError(f"nothing to freeze: {sorted(changes) or 'no norm measured'} already fixed")
+    frozen = TransformerNet(replace(model.config, **changes))
     loaded = frozen.load_state_dict(model.state_dict(), strict=False)
-    new_buffers = {f"upsample.{i}.conv.norm.{b}" for i in range(2) for b in ("mean", "spread")}
+    new_buffers = {f"{name}.{b}" for name in stats for b in ("mean", "spread")}
     if loaded.unexpected_keys or set(loaded.missing_keys) != new_buffers:  # only the buffers are new
         raise ValueError(f"unexpected weights: {loaded.unexpected_keys or loaded.missing_keys}")
+    targets = norms_of(frozen, parts)
     with torch.no_grad():
-        for norm, (means, spreads) in zip(decoder_norms(frozen), stats, strict=True):
+        for name, (means, spreads) in stats.items():
+            norm = targets[name]
             mean, spread = means.mean(0), spreads.mean(0)
             norm.mean.copy_(mean)
             norm.spread.copy_(spread)
@@ -120,7 +141,13 @@ def training_crops(cfg: TrainConfig, count: int, size: int, seed: int = 0) -> li
 
 
 def convert_checkpoint(
-    source: Path, out: str, checkpoint: Path, crops: int, size: int, rewarm: int = 500
+    source: Path,
+    out: str,
+    checkpoint: Path,
+    crops: int,
+    size: int,
+    rewarm: int = 500,
+    parts: Sequence[str] = PARTS,
 ) -> TrainConfig:
     """Read a train-state, fold its decoder norms, write a train-state that ``--resume`` continues."""
     meta, tensors = load_checkpoint(source)
@@ -128,7 +155,7 @@ def convert_checkpoint(
     model = TransformerNet(TransformerConfig.from_json(meta["arch"]))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     restore(model, optimizer, tensors)
-    frozen = freeze_decoder_norms(model.eval(), decoder_norm_stats(model, training_crops(cfg, crops, size)))
+    frozen = freeze_norms(model.eval(), norm_stats(model, training_crops(cfg, crops, size), parts))
     new_arch = arch_name(frozen.config)
     if new_arch not in ARCHS:
         raise ValueError(f"{source}: the folded network matches no registered arch")
@@ -160,13 +187,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--crops", type=int, default=32, help="training crops the statistics are averaged over")
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--rewarm", type=int, default=500, help="iterations over which the lr ramps up again")
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated: residual, decoder")
     a = p.parse_args(argv)
     source = a.source
     if source is None:
         source = newest_checkpoint(TrainConfig())
         if source is None:
             raise SystemExit("no train-state found; pass --source")
-    cfg = convert_checkpoint(source, a.out, a.checkpoint, a.crops, a.size, a.rewarm)
+    parts = tuple(part.strip() for part in a.parts.split(","))
+    if not parts or set(parts) - set(PARTS):
+        raise SystemExit(f"--parts: choose from {', '.join(PARTS)}")
+    cfg = convert_checkpoint(source, a.out, a.checkpoint, a.crops, a.size, a.rewarm, parts)
     print(f"{source} -> {a.checkpoint} (arch {cfg.arch}); resume with --out {cfg.out}")
 
 

@@ -29,6 +29,7 @@ The held-out photos (see :func:`is_held_out`) never enter training; they feed th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -51,6 +52,7 @@ from models.photos import DATA_DIR, HOLDOUT_PERCENT, list_photos, random_crop, s
 from models.precision import use_bf16
 from models.style_objective import StyleObjective, stack_grams
 from models.styles import sha256_file
+from models.training.spikes import SpikePenalty
 from models.transformer import (
     ARCHS,
     TransformerConfig,
@@ -91,6 +93,9 @@ class TrainConfig:
     # set when a run continues with a changed network and a fresh optimizer (models.training.freeze_norms).
     rewarm_at: int = 0
     rewarm_iterations: int = 0
+    # weight of the penalty on decoder activations beyond spike_threshold units (models.training.spikes)
+    spike_weight: float = 0.0
+    spike_threshold: float = 6.0
     clip_grad: float = 0.0  # 0: no clipping (the norm is still computed and checked)
     content_weight: float = 1.0
     style_weight: float = 10.0
@@ -331,6 +336,8 @@ def train(cfg: TrainConfig, resume_from: Path | None = None) -> dict[str, object
         restore(model, optimizer, tensors)
         print(f"resumed from {resume_from} at iteration {iteration}", flush=True)
 
+    spikes = SpikePenalty(model, cfg.spike_threshold) if cfg.spike_weight else None
+
     def loss_net(img: Tensor, which: Sequence[str]) -> dict[str, Tensor]:
         return vgg(caffe_preprocess(img).to(dtype=vgg_dtype, memory_format=torch.channels_last), which)
 
@@ -398,7 +405,10 @@ def train(cfg: TrainConfig, resume_from: Path | None = None) -> dict[str, object
         else:
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr_at(style_it)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with (
+                torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16),
+                spikes.recording() if spikes else contextlib.nullcontext(),
+            ):
                 y = model(x, one_hot_styles(styles, num_styles).to(device))
             y = y.float()
             with torch.no_grad():
@@ -406,6 +416,9 @@ def train(cfg: TrainConfig, resume_from: Path | None = None) -> dict[str, object
             y_caffe = caffe_preprocess(y)
             feats = vgg(y_caffe.to(dtype=vgg_dtype, memory_format=torch.channels_last), objective.layers)
             terms = objective.terms(feats, targets, stack_grams(grams, styles), y_caffe)
+            if spikes:
+                terms["spike"] = cfg.spike_weight * spikes.value()
+                terms["total"] = terms["total"] + terms["spike"]
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad or math.inf)
@@ -487,6 +500,7 @@ def _resumed_config(given: dict[str, object]) -> TrainConfig:
     meta, _ = load_checkpoint(path)
     stored = TrainConfig.from_json(meta["config"])
     mutable = {"iterations", "max_minutes", "stop_after", "threads", "log_every", "preview_every"}
+    mutable |= {"spike_weight", "spike_threshold"}  # a regularizer that may be switched on mid-run
     mutable |= {"checkpoint_minutes", "out"}
     changed = {k: v for k, v in given.items() if k in mutable}
     return TrainConfig(**{**asdict(stored), **changed})
