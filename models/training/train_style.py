@@ -503,6 +503,9 @@ def _resumed_config(given: dict[str, object]) -> TrainConfig:
     mutable |= {"spike_weight", "spike_threshold"}  # a regularizer that may be switched on mid-run
     mutable |= {"checkpoint_minutes", "out"}
     changed = {k: v for k, v in given.items() if k in mutable}
+    # The train-state read is the one to keep overwriting (a converted or copied state may record
+    # another machine's path).
+    changed["checkpoint"] = str(probe.checkpoint) if path == Path(probe.checkpoint) else stored.checkpoint
     return TrainConfig(**{**asdict(stored), **changed})
 
 
