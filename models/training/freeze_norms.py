@@ -33,6 +33,7 @@ from torch import Tensor
 
 from models.imaging import pil_to_tensor
 from models.photos import list_photos, random_crop, split_photos
+from models.training.spikes import PARTS, norms_of
 from models.training.train_style import (
     DEFAULT_CHECKPOINT,
     TrainConfig,
@@ -44,7 +45,6 @@ from models.training.train_style import (
 )
 from models.transformer import (
     ARCHS,
-    ConditionalInstanceNorm2d,
     TransformerConfig,
     TransformerNet,
     arch_name,
@@ -52,22 +52,6 @@ from models.transformer import (
 )
 
 EPS = 1e-5  # F.instance_norm's
-
-
-PARTS = ("residual", "decoder")  # where norms can lose their per-image statistics
-
-
-def norms_of(model: TransformerNet, parts: Sequence[str]) -> dict[str, ConditionalInstanceNorm2d]:
-    """The conditional norms of the residual blocks and/or the decoder, by state-dict prefix."""
-    found: dict[str, ConditionalInstanceNorm2d] = {}
-    if "residual" in parts:
-        for i, block in enumerate(model.residuals):
-            found[f"residuals.{i}.norm1"] = block.norm1
-            found[f"residuals.{i}.norm2"] = block.norm2
-    if "decoder" in parts:
-        for i, block in enumerate(model.upsample):
-            found[f"upsample.{i}.conv.norm"] = block.conv.norm
-    return found
 
 
 @torch.inference_mode()
