@@ -301,7 +301,7 @@ def test_gatys_equivalent_steps_counts_updates_until_gatys_beats_the_network() -
 
 def test_evaluation_of_a_tiny_network_reports_every_style(tmp_path: Path) -> None:
     from models.style_objective import StyleObjective
-    from models.training.eval_style import contact_sheet, evaluate, status_of
+    from models.training.eval_style import contact_sheet, evaluate, markdown_table, status_of
 
     photos, paintings = _tiny_data(tmp_path)
     net = build("fast", num_styles=2).eval().requires_grad_(False)
@@ -312,8 +312,11 @@ def test_evaluation_of_a_tiny_network_reports_every_style(tmp_path: Path) -> Non
     assert set(results) == {"s0", "s1"}
     for r in results.values():
         assert len(r["rows"]) == 2 and r["median_job_style_ratio"] > 0
+        assert 0 < r["median_droplet_spike_share"] <= 1
         assert status_of(r, looked_at=True) in ("production", "experimental")
         assert status_of(r, looked_at=False) == "experimental"
+    table = markdown_table(results, {"s0": "experimental", "s1": "experimental"}).splitlines()
+    assert len(table) == 4 and all(line.count("|") == 8 for line in table)
     contact_sheet(net, ["s0", "s1"], some, 48, tmp_path / "sheet.jpg")
     contact_sheet(net, ["s0", "s1"], some, 48, tmp_path / "private.jpg", with_photos=True)
     committable, private = Image.open(tmp_path / "sheet.jpg"), Image.open(tmp_path / "private.jpg")

@@ -43,6 +43,7 @@ from models.losses import gram_matrix, style_loss
 from models.photos import DATA_DIR, list_photos, split_photos
 from models.style_objective import StyleObjective
 from models.styles import sha256_file
+from models.training.spikes import droplet_score
 from models.training.train_style import DEFAULT_OUT
 from models.transformer import TransformerNet, load_transformer, one_hot_styles, stylize
 from models.vgg import DEFAULT_STYLE_LAYERS, VGG19Features, caffe_preprocess, load_vgg19
@@ -157,6 +158,13 @@ def evaluate(
     ``net``: the multi-style network (style ``names[i]`` is its row ``i``) or any :data:`Painter`.
     """
     paint = network_painter(net, names) if isinstance(net, TransformerNet) else net
+
+    def droplets(name: str, x: Tensor) -> dict[str, float]:
+        if not isinstance(net, TransformerNet):
+            return {}
+        style = one_hot_styles([list(names).index(name)], net.config.num_styles)
+        return {"droplet_spike_share": droplet_score(net, x, style)}
+
     job_defaults = GatysOptions()
     options = gatys_options(objective, size, max_steps, gatys_init)
     results: dict[str, object] = {}
@@ -179,6 +187,7 @@ def evaluate(
             row = {
                 "photo": path.name,
                 "network": net_terms,
+                **droplets(name, x),
                 "photo_loss": objective_loss(vgg, objective, x, x, grams),
                 "gatys_equivalent_steps": steps,
                 "gatys_curve": [round(v, 1) for v in curve],
@@ -200,6 +209,10 @@ def evaluate(
             "median_gatys_equivalent_steps": statistics.median(ges),
             "median_job_style_ratio": statistics.median(r["job_style_ratio"] for r in rows),
         }
+        if rows and "droplet_spike_share" in rows[0]:
+            results[name]["median_droplet_spike_share"] = statistics.median(
+                r["droplet_spike_share"] for r in rows
+            )
     return results
 
 
@@ -244,16 +257,19 @@ def contact_sheet(
 def markdown_table(results: dict[str, dict], statuses: dict[str, str]) -> str:
     lines = [
         "| style | status | median Gatys-equivalent steps | style ratio (Gatys job objective) "
-        "| network content / style | photo style |",
-        "|---|---|---|---|---|---|",
+        "| network content / style | photo style | droplet spike share |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         content = statistics.median(row["network"]["content"] for row in r["rows"])
         style = statistics.median(row["network"]["style"] for row in r["rows"])
         photo = statistics.median(row["photo_loss"]["style"] for row in r["rows"])
+        spikes = r.get("median_droplet_spike_share")
+        droplets = "–" if spikes is None else f"{spikes:.3f}"
         lines.append(
             f"| {name} | {statuses[name]} | {r['median_gatys_equivalent_steps']} "
-            f"| {r['median_job_style_ratio']:.3f} | {content:,.0f} / {style:,.0f} | {photo:,.0f} |"
+            f"| {r['median_job_style_ratio']:.3f} | {content:,.0f} / {style:,.0f} | {photo:,.0f} "
+            f"| {droplets} |"
         )
     return "\n".join(lines)
 
