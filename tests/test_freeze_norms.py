@@ -141,3 +141,30 @@ def test_a_frozen_network_exports_to_onnx_with_style_codes() -> None:
         expected = frozen.forward_code(x, code).numpy()
     got = session.run(None, {"image": x.numpy(), "style_code": code.numpy()})[0]
     np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_fixed_norms_of_a_fresh_network_are_calibrated_like_instance_norm() -> None:
+    from models.training.fixed_norms import calibrate_fixed_norms, norms_of
+
+    torch.manual_seed(0)
+    net = build("medium-affine-res", num_styles=3).eval()
+    crops = [pil_to_tensor(photo_like(48, 48, seed=k)) for k in range(4)]
+    assert calibrate_fixed_norms(net, crops) == 12  # 5 blocks x 2 + the decoder's 2
+    normalized: dict[str, list[torch.Tensor]] = {}
+    hooks = [
+        norm.register_forward_hook(
+            lambda m, i, _o, name=name: normalized.setdefault(name, []).append(
+                (i[0] - m.mean[:, None, None]) / m.spread[:, None, None]
+            )
+        )
+        for name, norm in norms_of(net).items()
+    ]
+    with torch.inference_mode():
+        for crop in crops:
+            net(crop, torch.full((1, 3), 1 / 3))
+    for h in hooks:
+        h.remove()
+    for name, maps in normalized.items():
+        z = torch.cat(maps)
+        assert z.mean((0, 2, 3)).abs().max() < 1e-3, name
+        assert (z.var((2, 3), unbiased=False).mean(0) - 1).abs().max() < 1e-3, name

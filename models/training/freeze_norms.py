@@ -33,7 +33,7 @@ from torch import Tensor
 
 from models.imaging import pil_to_tensor
 from models.photos import list_photos, random_crop, split_photos
-from models.training.spikes import PARTS, norms_of
+from models.training.fixed_norms import EPS, PARTS, norms_of
 from models.training.train_style import (
     DEFAULT_CHECKPOINT,
     TrainConfig,
@@ -50,8 +50,6 @@ from models.transformer import (
     arch_name,
     one_hot_styles,
 )
-
-EPS = 1e-5  # F.instance_norm's
 
 
 @torch.inference_mode()

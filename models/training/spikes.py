@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from models.training.fixed_norms import PARTS, norms_of
 from models.transformer import ConditionalAffine2d, ConditionalInstanceNorm2d, TransformerNet, stylize
 
 TOP_SHARE = 0.005
@@ -35,22 +36,6 @@ def spike_share(x: Tensor) -> Tensor:
     energy = (x.float() - x.float().mean((2, 3), keepdim=True)).square().flatten(2)
     k = max(1, round(energy.shape[2] * TOP_SHARE))
     return energy.topk(k, dim=2).values.sum(2) / energy.sum(2).clamp_min(1e-12)
-
-
-PARTS = ("residual", "decoder")  # the norms after the encoder
-
-
-def norms_of(model: TransformerNet, parts: Sequence[str] = PARTS) -> dict[str, ConditionalInstanceNorm2d]:
-    """The conditional norms of the residual blocks and/or the decoder, by state-dict prefix."""
-    found: dict[str, ConditionalInstanceNorm2d] = {}
-    if "residual" in parts:
-        for i, block in enumerate(model.residuals):
-            found[f"residuals.{i}.norm1"] = block.norm1
-            found[f"residuals.{i}.norm2"] = block.norm2
-    if "decoder" in parts:
-        for i, block in enumerate(model.upsample):
-            found[f"upsample.{i}.conv.norm"] = block.conv.norm
-    return found
 
 
 class SpikePenalty:

@@ -52,6 +52,7 @@ from models.photos import DATA_DIR, HOLDOUT_PERCENT, list_photos, random_crop, s
 from models.precision import use_bf16
 from models.style_objective import StyleObjective, stack_grams
 from models.styles import sha256_file
+from models.training.fixed_norms import calibrate_fixed_norms
 from models.training.spikes import SpikePenalty
 from models.transformer import (
     ARCHS,
@@ -328,6 +329,12 @@ def train(cfg: TrainConfig, resume_from: Path | None = None) -> dict[str, object
     params = list(model.parameters())
     iteration = 0
     optimizer = torch.optim.Adam(params, lr=cfg.warmup_lr)
+    if resume_from is None and "affine" in (config.decoder_norm, config.residual_norm):
+        # Fixed statistics start as instance norm's average (see calibrate_fixed_norms).
+        rng = random.Random(cfg.seed)
+        crops = [random_crop(photos[rng.randrange(len(photos))], cfg.crop_at(0), rng) for _ in range(16)]
+        count = calibrate_fixed_norms(model, [pil_to_tensor(c).to(device) for c in crops])
+        print(f"calibrated {count} fixed-statistics norms on {len(crops)} training crops", flush=True)
     if resume_from is not None:
         meta, tensors = load_checkpoint(resume_from)
         iteration = int(meta["iteration"])
