@@ -30,7 +30,7 @@ def norms_of(model: TransformerNet, parts: Sequence[str] = PARTS) -> dict[str, C
     return found
 
 
-def _record_stats(
+def record_stats(
     seen: list[tuple[Tensor, Tensor]], _module: torch.nn.Module, inputs: tuple[Tensor, ...], _out: Tensor
 ) -> None:
     """Forward hook: the per-image, per-channel mean and (biased) variance of the module's input."""
@@ -42,11 +42,11 @@ def _record_stats(
 def calibrate_fixed_norms(model: TransformerNet, crops: Sequence[Tensor]) -> int:
     """Set every fixed-statistics norm's ``mean``/``spread`` to what instance norm would divide by.
 
-    For a network trained from scratch with fixed statistics: at initialization the buffers are 0
-    and 1, so the unnormalized decoder's contribution is tiny and training only learned palettes
-    (1,500 iterations from scratch: colours, no strokes, style loss flat from iteration 600). Measured
-    in forward order (each norm sees its predecessors already calibrated), the network starts out
-    as its instance-norm twin does on average, without the per-image adaptivity. Returns the count.
+    For a network trained from scratch with fixed statistics, whose buffers start at 0 and 1: measured
+    in forward order (each norm sees its predecessors already calibrated), the network starts out as
+    its instance-norm twin does on average, without the per-image adaptivity. (It did not make such
+    a network paint: calibrated or not, 1,500 iterations from scratch learned palettes, no strokes;
+    model card, "The droplets".) Returns how many norms were calibrated.
     """
     weights = torch.full((1, model.config.num_styles), 1.0 / model.config.num_styles)
     calibrated = 0
@@ -54,7 +54,7 @@ def calibrate_fixed_norms(model: TransformerNet, crops: Sequence[Tensor]) -> int
         if not isinstance(norm, ConditionalAffine2d):
             continue
         seen: list[tuple[Tensor, Tensor]] = []
-        handle = norm.register_forward_hook(partial(_record_stats, seen))
+        handle = norm.register_forward_hook(partial(record_stats, seen))
         try:
             for crop in crops:
                 model(crop, weights)

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import argparse
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,7 +38,7 @@ from torch import Tensor
 
 from models.imaging import pil_to_tensor
 from models.photos import list_photos, random_crop, split_photos
-from models.training.fixed_norms import EPS, PARTS, norms_of
+from models.training.fixed_norms import EPS, PARTS, norms_of, record_stats
 from models.training.train_style import (
     DEFAULT_CHECKPOINT,
     TrainConfig,
@@ -64,14 +65,7 @@ def norm_stats(
     norms = norms_of(model, parts)
     seen: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in norms}
 
-    def hook_for(name: str) -> Callable[..., None]:
-        def hook(_module: torch.nn.Module, inputs: tuple[Tensor, ...], _out: Tensor) -> None:
-            x = inputs[0].float()
-            seen[name].append((x.mean((2, 3)), x.var((2, 3), unbiased=False)))
-
-        return hook
-
-    handles = [norm.register_forward_hook(hook_for(name)) for name, norm in norms.items()]
+    handles = [norm.register_forward_hook(partial(record_stats, seen[name])) for name, norm in norms.items()]
     n_styles = model.config.num_styles
     try:
         for s in range(n_styles):
