@@ -54,8 +54,10 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for field in ("decoder_norm", "residual_norm"):
-            if getattr(self, field) not in ("instance", "affine"):
-                raise ValueError(f"{field} must be 'instance' or 'affine', got {getattr(self, field)!r}")
+            if getattr(self, field) not in ("instance", "affine", "robust"):
+                raise ValueError(
+                    f"{field} must be 'instance', 'affine' or 'robust', got {getattr(self, field)!r}"
+                )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -86,6 +88,16 @@ ARCHS: dict[str, TransformerConfig] = {
         color_skip=True,
         decoder_norm="affine",
         residual_norm="affine",
+    ),
+    # ... or with statistics that ignore outliers (median and MAD) in the same places.
+    "medium-robust": TransformerConfig(
+        channels=(32, 48, 96),
+        blocks=5,
+        separable=True,
+        edge_kernel=9,
+        color_skip=True,
+        decoder_norm="robust",
+        residual_norm="robust",
     ),
 }
 
@@ -187,9 +199,33 @@ class ConditionalAffine2d(ConditionalInstanceNorm2d):
         return normalized * scale + shift
 
 
+class RobustInstanceNorm2d(ConditionalInstanceNorm2d):
+    """Instance norm whose spread ignores outliers: deviations beyond each map's 99th percentile are
+    clipped to it before the spread is taken.
+
+    Keeps what instance norm gives a style network (each photo's contrast normalized) while a few
+    planted spikes (the droplets hold their maps' top 0.5% of pixels) can no longer set the spread,
+    which is how they steer ordinary instance norm (see :class:`ConditionalAffine2d`).
+    """
+
+    quantile = 0.99
+
+    def forward(self, x: Tensor, code: Tensor) -> Tensor:
+        c = self.weight.shape[1]
+        scale = self._slice(code, 0, c).to(x.dtype)[:, :, None, None]
+        shift = self._slice(code, c, c).to(x.dtype)[:, :, None, None]
+        flat = x.float().flatten(2)
+        centered = flat - flat.mean(dim=2, keepdim=True)
+        k = max(1, round(self.quantile * flat.shape[2]))
+        limit = centered.abs().kthvalue(k, dim=2, keepdim=True).values.detach()
+        spread = (torch.minimum(centered.abs(), limit).square().mean(dim=2, keepdim=True) + 1e-5).sqrt()
+        return (centered / spread).view_as(x).to(x.dtype) * scale + shift
+
+
 NORMS: dict[str, type[ConditionalInstanceNorm2d]] = {
     "instance": ConditionalInstanceNorm2d,
     "affine": ConditionalAffine2d,
+    "robust": RobustInstanceNorm2d,
 }
 
 

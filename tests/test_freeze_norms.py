@@ -168,3 +168,21 @@ def test_fixed_norms_of_a_fresh_network_are_calibrated_like_instance_norm() -> N
         z = torch.cat(maps)
         assert z.mean((0, 2, 3)).abs().max() < 1e-3, name
         assert (z.var((2, 3), unbiased=False).mean(0) - 1).abs().max() < 1e-3, name
+
+
+def test_robust_instance_norm_ignores_a_planted_spike_that_steers_instance_norm() -> None:
+    from models.transformer import ConditionalInstanceNorm2d, RobustInstanceNorm2d
+
+    torch.manual_seed(0)
+    plain, robust = ConditionalInstanceNorm2d(4, 1), RobustInstanceNorm2d(4, 1)
+    code = plain.code_rows()  # scale 1, shift 0
+    x = torch.randn(1, 4, 32, 32)
+    spiked = x.clone()
+    spiked[..., 3:5, 3:5] = 60.0  # 0.4% of the pixels
+    rest = torch.ones(32, 32, dtype=torch.bool)
+    rest[3:5, 3:5] = False
+    with torch.no_grad():
+        shrink_plain = plain(spiked, code)[..., rest].std() / plain(x, code)[..., rest].std()
+        shrink_robust = robust(spiked, code)[..., rest].std() / robust(x, code)[..., rest].std()
+    assert shrink_plain < 0.4  # instance norm: the spike sets the spread and dims everything else
+    assert shrink_robust > 0.85  # the robust spread barely moves
