@@ -34,6 +34,7 @@ from torch import Tensor, nn
 DOWNSAMPLE = 4  # two stride-2 convs
 METADATA_ARCH_KEY = "atelier.arch"
 MIN_SIDE = 16  # below this the 9×9 reflection pads have nothing to reflect
+NORM_KINDS = ("instance", "affine", "robust")  # the keys of NORMS (defined with the norm classes)
 
 
 @dataclass(frozen=True)
@@ -47,17 +48,16 @@ class TransformerConfig:
     num_styles: int = 1  # rows of every conditional instance norm
     color_skip: bool = False  # add a per-style 3×3 colour transform of the input to the output
     # "instance": conditional instance norms (Johnson, Dumoulin); "affine": fixed statistics, then the
-    # per-style scale and shift (see ConditionalAffine2d). For the decoder's two norms and for the
-    # residual blocks' norms; the encoder's always normalize each photo.
+    # per-style scale and shift (see ConditionalAffine2d); "robust": a spread that ignores outliers
+    # (RobustInstanceNorm2d). For the decoder's two norms and for the residual blocks' norms; the
+    # encoder's always normalize each photo.
     decoder_norm: str = "instance"
     residual_norm: str = "instance"
 
     def __post_init__(self) -> None:
         for field in ("decoder_norm", "residual_norm"):
-            if getattr(self, field) not in ("instance", "affine", "robust"):
-                raise ValueError(
-                    f"{field} must be 'instance', 'affine' or 'robust', got {getattr(self, field)!r}"
-                )
+            if getattr(self, field) not in NORM_KINDS:
+                raise ValueError(f"{field} must be one of {NORM_KINDS}, got {getattr(self, field)!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -69,36 +69,18 @@ class TransformerConfig:
         return cls(**raw)
 
 
+_MEDIUM = TransformerConfig(channels=(32, 48, 96), blocks=5, separable=True, edge_kernel=9, color_skip=True)
+
 ARCHS: dict[str, TransformerConfig] = {
     "reference": TransformerConfig(),
     "fast": TransformerConfig(channels=(16, 32, 64), blocks=5, separable=True, edge_kernel=9),
-    "medium": TransformerConfig(
-        channels=(32, 48, 96), blocks=5, separable=True, edge_kernel=9, color_skip=True
-    ),
+    "medium": _MEDIUM,
     # ``medium`` without instance statistics in the decoder: no incentive for droplet artifacts.
-    "medium-affine": TransformerConfig(
-        channels=(32, 48, 96), blocks=5, separable=True, edge_kernel=9, color_skip=True, decoder_norm="affine"
-    ),
+    "medium-affine": replace(_MEDIUM, decoder_norm="affine"),
     # ... and none in the residual blocks either.
-    "medium-affine-res": TransformerConfig(
-        channels=(32, 48, 96),
-        blocks=5,
-        separable=True,
-        edge_kernel=9,
-        color_skip=True,
-        decoder_norm="affine",
-        residual_norm="affine",
-    ),
-    # ... or with statistics that ignore outliers (median and MAD) in the same places.
-    "medium-robust": TransformerConfig(
-        channels=(32, 48, 96),
-        blocks=5,
-        separable=True,
-        edge_kernel=9,
-        color_skip=True,
-        decoder_norm="robust",
-        residual_norm="robust",
-    ),
+    "medium-affine-res": replace(_MEDIUM, decoder_norm="affine", residual_norm="affine"),
+    # ... or with a spread that ignores outliers (RobustInstanceNorm2d) in the same places.
+    "medium-robust": replace(_MEDIUM, decoder_norm="robust", residual_norm="robust"),
 }
 
 
@@ -141,11 +123,15 @@ class ConditionalInstanceNorm2d(_Coded):
         self.weight = nn.Parameter(torch.ones(num_styles, channels))
         self.bias = nn.Parameter(torch.zeros(num_styles, channels))
 
+    def normalize(self, x: Tensor) -> Tensor:
+        """The input in the units this norm divides by (here: each map's own mean and spread)."""
+        return F.instance_norm(x, eps=1e-5)
+
     def forward(self, x: Tensor, code: Tensor) -> Tensor:
         c = self.weight.shape[1]
         scale = self._slice(code, 0, c).to(x.dtype)[:, :, None, None]
         shift = self._slice(code, c, c).to(x.dtype)[:, :, None, None]
-        return F.instance_norm(x, eps=1e-5) * scale + shift
+        return self.normalize(x) * scale + shift
 
 
 class ColorSkip(_Coded):
@@ -191,12 +177,8 @@ class ConditionalAffine2d(ConditionalInstanceNorm2d):
         self.register_buffer("mean", torch.zeros(channels))
         self.register_buffer("spread", torch.ones(channels))
 
-    def forward(self, x: Tensor, code: Tensor) -> Tensor:
-        c = self.weight.shape[1]
-        scale = self._slice(code, 0, c).to(x.dtype)[:, :, None, None]
-        shift = self._slice(code, c, c).to(x.dtype)[:, :, None, None]
-        normalized = (x - self.mean.to(x.dtype)[:, None, None]) / self.spread.to(x.dtype)[:, None, None]
-        return normalized * scale + shift
+    def normalize(self, x: Tensor) -> Tensor:
+        return (x - self.mean.to(x.dtype)[:, None, None]) / self.spread.to(x.dtype)[:, None, None]
 
 
 class RobustInstanceNorm2d(ConditionalInstanceNorm2d):
@@ -210,23 +192,18 @@ class RobustInstanceNorm2d(ConditionalInstanceNorm2d):
 
     quantile = 0.99
 
-    def forward(self, x: Tensor, code: Tensor) -> Tensor:
-        c = self.weight.shape[1]
-        scale = self._slice(code, 0, c).to(x.dtype)[:, :, None, None]
-        shift = self._slice(code, c, c).to(x.dtype)[:, :, None, None]
+    def normalize(self, x: Tensor) -> Tensor:
         flat = x.float().flatten(2)
         centered = flat - flat.mean(dim=2, keepdim=True)
         k = max(1, round(self.quantile * flat.shape[2]))
         limit = centered.abs().kthvalue(k, dim=2, keepdim=True).values.detach()
         spread = (torch.minimum(centered.abs(), limit).square().mean(dim=2, keepdim=True) + 1e-5).sqrt()
-        return (centered / spread).view_as(x).to(x.dtype) * scale + shift
+        return (centered / spread).view_as(x).to(x.dtype)
 
 
-NORMS: dict[str, type[ConditionalInstanceNorm2d]] = {
-    "instance": ConditionalInstanceNorm2d,
-    "affine": ConditionalAffine2d,
-    "robust": RobustInstanceNorm2d,
-}
+NORMS: dict[str, type[ConditionalInstanceNorm2d]] = dict(
+    zip(NORM_KINDS, (ConditionalInstanceNorm2d, ConditionalAffine2d, RobustInstanceNorm2d), strict=True)
+)
 
 
 class ConvNormReLU(nn.Module):

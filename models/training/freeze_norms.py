@@ -129,7 +129,8 @@ def convert_checkpoint(
     rewarm: int = 500,
     parts: Sequence[str] = PARTS,
 ) -> TrainConfig:
-    """Read a train-state, fold its decoder norms, write a train-state that ``--resume`` continues."""
+    """Read a train-state, fix the statistics of its ``parts``' norms, write a train-state that
+    ``--resume`` continues."""
     meta, tensors = load_checkpoint(source)
     cfg = TrainConfig.from_json(meta["config"])
     model = TransformerNet(TransformerConfig.from_json(meta["arch"]))

@@ -1,4 +1,4 @@
-"""Activation spikes at the decoder's norms: the droplet artifact, measured and penalized.
+"""Activation spikes at the norms after the encoder: the droplet artifact, measured and penalized.
 
 A style network with instance norms learns to plant a few huge activations that set a norm's
 spread (see :class:`models.transformer.ConditionalAffine2d`); they reach the output as small
@@ -20,17 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.training.fixed_norms import PARTS, norms_of
-from models.transformer import ConditionalAffine2d, ConditionalInstanceNorm2d, TransformerNet, stylize
+from models.transformer import ConditionalInstanceNorm2d, TransformerNet, stylize
 
 TOP_SHARE = 0.005
-
-
-def standardized(norm: ConditionalInstanceNorm2d, x: Tensor) -> Tensor:
-    """The norm's input in the units it divides by: its fixed statistics, or each map's own."""
-    x = x.float()
-    if isinstance(norm, ConditionalAffine2d):
-        return (x - norm.mean[:, None, None]) / norm.spread[:, None, None]
-    return (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True).clamp_min(1e-5)
 
 
 def spike_share(x: Tensor) -> Tensor:
@@ -66,11 +58,12 @@ class SpikePenalty:
                 h.remove()
 
     def value(self) -> Tensor:
-        """Mean over the recorded norms of mean((|z| - threshold)₊²), z in the norm's units."""
+        """Mean over the recorded norms of mean((|z| - threshold)₊²), z in the units each norm divides by."""
         if not self._inputs:
             raise RuntimeError("no forward pass was recorded")
         terms = [
-            F.relu(standardized(norm, x).abs() - self.threshold).square().mean() for norm, x in self._inputs
+            F.relu(norm.normalize(x.float()).abs() - self.threshold).square().mean()
+            for norm, x in self._inputs
         ]
         return torch.stack(terms).mean()
 

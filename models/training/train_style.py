@@ -94,7 +94,8 @@ class TrainConfig:
     # set when a run continues with a changed network and a fresh optimizer (models.training.freeze_norms).
     rewarm_at: int = 0
     rewarm_iterations: int = 0
-    # weight of the penalty on decoder activations beyond spike_threshold units (models.training.spikes)
+    # weight of the penalty on activations beyond spike_threshold units at every norm after the encoder
+    # (models.training.spikes)
     spike_weight: float = 0.0
     spike_threshold: float = 6.0
     clip_grad: float = 0.0  # 0: no clipping (the norm is still computed and checked)
