@@ -315,10 +315,16 @@ def test_killed_worker_is_reaped_and_replaced_and_crash_loops_are_reported(up_fa
         eventually(lambda v=victim: proc(v.pid) is None, 2, "the dead worker reaped (no zombie)")
         eventually(lambda v=victim: [p for p in up.worker_procs() if p.pid != v.pid], 5, "a replacement")
 
+    # A report published between the third death and its restart says crash_looping 1 with 2 restarts
+    # done: wait for the one after the restart (the count is of restarts made, not scheduled).
     looping = eventually(
-        lambda: (b := up.readyz()) and b["checks"]["workers"]["crash_looping"] == 1 and b, 10, "crash loop"
+        lambda: (b := up.readyz())
+        and b["checks"]["workers"]["crash_looping"] == 1
+        and b["checks"]["workers"]["restarts"] == restarts
+        and b,
+        10,
+        f"crash loop reported with {restarts} restarts",
     )
-    assert looping["checks"]["workers"]["restarts"] == restarts
     assert "was killed by SIGKILL" in looping["checks"]["workers"]["supervisors"][0]["last_restart"]
     counted = re.search(
         r'^atelier_worker_restarts_total\{supervisor="[^"]+"\} (\S+)$', up.http.get("/metrics").text, re.M
