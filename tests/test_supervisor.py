@@ -318,10 +318,12 @@ def test_killed_worker_is_reaped_and_replaced_and_crash_loops_are_reported(up_fa
     # A report published between the third death and its restart says crash_looping 1 with 2 restarts
     # done: wait for the one after the restart (the count is of restarts made, not scheduled).
     looping = eventually(
-        lambda: (b := up.readyz())
-        and b["checks"]["workers"]["crash_looping"] == 1
-        and b["checks"]["workers"]["restarts"] == restarts
-        and b,
+        lambda: (
+            (b := up.readyz())
+            and b["checks"]["workers"]["crash_looping"] == 1
+            and b["checks"]["workers"]["restarts"] == restarts
+            and b
+        ),
         10,
         f"crash loop reported with {restarts} restarts",
     )
