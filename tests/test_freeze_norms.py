@@ -126,21 +126,26 @@ def test_the_spike_penalty_grows_with_outliers_and_the_share_finds_them() -> Non
     assert spike_share(smooth).max() < 0.1 < 0.9 < spike_share(spiked).min()
 
 
-def test_a_frozen_network_exports_to_onnx_with_style_codes() -> None:
+@pytest.mark.parametrize("despike", [0.0, 1.0])
+def test_a_frozen_network_exports_to_onnx_with_style_codes(despike: float) -> None:
     ort = pytest.importorskip("onnxruntime")
     import numpy as np
 
     from models.transformer import export_onnx
 
     net = _trained_like(2)
-    frozen = freeze_norms(net, norm_stats(net, [pil_to_tensor(photo_like(48, 48))], parts=["decoder"])).eval()
+    stats = norm_stats(net, [pil_to_tensor(photo_like(48, 48))], parts=["decoder"])
+    frozen = freeze_norms(net, stats, despike).eval()
     session = ort.InferenceSession(export_onnx(frozen, style_input=True), providers=["CPUExecutionProvider"])
     x = torch.rand(2, 3, 40, 56)
     code = frozen.style_code(torch.tensor([[1.0, 0.0], [0.3, 0.7]]), 2).detach()
     with torch.inference_mode():
         expected = frozen.forward_code(x, code).numpy()
     got = session.run(None, {"image": x.numpy(), "style_code": code.numpy()})[0]
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    if not despike:
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    else:  # rounding moves a value across the threshold now and then: equal nearly everywhere
+        assert np.mean(np.abs(got - expected) < 1e-4) > 0.999
 
 
 def test_fixed_norms_of_a_fresh_network_are_calibrated_like_instance_norm() -> None:

@@ -82,8 +82,13 @@ def norm_stats(
     return stats
 
 
-def freeze_norms(model: TransformerNet, stats: dict[str, tuple[Tensor, Tensor]]) -> TransformerNet:
+def freeze_norms(
+    model: TransformerNet, stats: dict[str, tuple[Tensor, Tensor]], despike: float = 0.0
+) -> TransformerNet:
     """The same network with the measured norms (keys of ``stats``) on fixed statistics.
+
+    ``despike > 0`` (decoder only) also inpaints the decoder's spikes, which changes the function:
+    see :func:`models.transformer.despike`.
 
     Each norm divides by statistics shared by all styles (their mean over styles); what differs per
     style is folded into that style's row: with shared ``μ, σ`` and the style's own ``μ_s, σ_s``,
@@ -93,7 +98,7 @@ def freeze_norms(model: TransformerNet, stats: dict[str, tuple[Tensor, Tensor]])
     changes = {f"{part}_norm": "affine" for part in parts}
     if not parts or any(getattr(model.config, field) != "instance" for field in changes):
         raise ValueError(f"nothing to freeze: {sorted(changes) or 'no norm measured'} already fixed")
-    frozen = TransformerNet(replace(model.config, **changes))
+    frozen = TransformerNet(replace(model.config, **changes, despike=despike))
     loaded = frozen.load_state_dict(model.state_dict(), strict=False)
     new_buffers = {f"{name}.{b}" for name in stats for b in ("mean", "spread")}
     if loaded.unexpected_keys or set(loaded.missing_keys) != new_buffers:  # only the buffers are new
@@ -128,6 +133,7 @@ def convert_checkpoint(
     size: int,
     rewarm: int = 500,
     parts: Sequence[str] = PARTS,
+    despike: float = 0.0,
 ) -> TrainConfig:
     """Read a train-state, fix the statistics of its ``parts``' norms, write a train-state that
     ``--resume`` continues."""
@@ -136,7 +142,7 @@ def convert_checkpoint(
     model = TransformerNet(TransformerConfig.from_json(meta["arch"]))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     restore(model, optimizer, tensors)
-    frozen = freeze_norms(model.eval(), norm_stats(model, training_crops(cfg, crops, size), parts))
+    frozen = freeze_norms(model.eval(), norm_stats(model, training_crops(cfg, crops, size), parts), despike)
     new_arch = arch_name(frozen.config)
     if new_arch not in ARCHS:
         raise ValueError(f"{source}: the folded network matches no registered arch")
@@ -169,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--rewarm", type=int, default=500, help="iterations over which the lr ramps up again")
     p.add_argument("--parts", default=",".join(PARTS), help="comma-separated: residual, decoder")
+    p.add_argument(
+        "--despike", type=float, default=0.0, help="> 0: the decoder also inpaints spikes beyond this"
+    )
     a = p.parse_args(argv)
     source = a.source
     if source is None:
@@ -178,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parts = tuple(part.strip() for part in a.parts.split(","))
     if not parts or set(parts) - set(PARTS):
         raise SystemExit(f"--parts: choose from {', '.join(PARTS)}")
-    cfg = convert_checkpoint(source, a.out, a.checkpoint, a.crops, a.size, a.rewarm, parts)
+    cfg = convert_checkpoint(source, a.out, a.checkpoint, a.crops, a.size, a.rewarm, parts, a.despike)
     print(f"{source} -> {a.checkpoint} (arch {cfg.arch}); resume with --out {cfg.out}")
 
 

@@ -70,9 +70,12 @@ class SpikePenalty:
 
 @torch.inference_mode()
 def droplet_score(model: TransformerNet, x: Tensor, style: Tensor) -> float:
-    """Median over channels of :func:`spike_share` at the last decoder norm's input, for one photo.
+    """Median over channels of :func:`spike_share` of the last decoder norm's normalized input (what
+    it scales and shifts), for one photo.
 
-    ~0.005-0.05 without spikes; 0.9+ when a few droplets hold the feature maps' variance.
+    ~0.005-0.05 without spikes; 0.9+ when a few droplets hold the feature maps' variance. The share
+    ignores each map's mean and scale, so for a plain norm this is its input's share; a despiking
+    norm (:func:`models.transformer.despike`) is measured after it removed the spikes.
     """
     norm = model.upsample[-1].conv.norm
     seen: list[Tensor] = []
@@ -81,4 +84,4 @@ def droplet_score(model: TransformerNet, x: Tensor, style: Tensor) -> float:
         stylize(model, x, style)
     finally:
         handle.remove()
-    return float(spike_share(seen[0]).median())
+    return float(spike_share(norm.normalize(seen[0])).median())
