@@ -254,7 +254,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"{h['pairs']} pairs",
         *(
             f"* {k.removeprefix('estimated_ratio_')}: estimated ratio **{v}** (today's end-to-end minus the "
-            "served net's bare ONNX forward plus the candidate's; not served, random weights)"
+            "served net's bare ONNX forward plus the candidate's; not served)"
             for k, v in h.items()
             if k.startswith("estimated_ratio_")
         ),
@@ -321,6 +321,12 @@ def main() -> None:
         action="store_true",
         help="also time the served arch with full (not depthwise-separable) residual convs, random init",
     )
+    p.add_argument(
+        "--candidate-weights",
+        action="append",
+        default=[],
+        help="also time this weights file's bare forwards (e.g. the network served before), side by side",
+    )
     a = p.parse_args()
 
     weights_dir = Path(a.weights_dir)
@@ -345,6 +351,8 @@ def main() -> None:
     if a.candidate_full_convs:
         torch.manual_seed(0)
         candidates["served-full-convs"] = build(replace(fast.config, separable=False)).eval()
+    for path in map(Path, a.candidate_weights):
+        candidates[f"candidate-{path.stem}"] = load_transformer(path)[0].eval()
     result["archs"] = {
         name: {"params": count_params(m), "gflop_512": round(2 * conv_macs(m, 512, 512) / 1e9, 1)}
         for name, m in (("reference", reference), ("served", fast), *candidates.items())
