@@ -179,8 +179,9 @@ def test_tiny_multistyle_run_writes_weights_log_previews_and_resumes_exactly(tmp
     other.mkdir()
     first, _ = parse_args(_tiny_args(other, photos, paintings, "--stop-after", "4"))
     assert train(first)["iterations"] == 4
-    resumed, resume = parse_args(_tiny_args(other, photos, paintings, "--resume", "--stop-after", "0"))
+    resumed, resume = parse_args(_tiny_args(other, photos, paintings, "--resume"))
     assert resume and resumed.iterations == 4 and resumed.warmup_iterations == 2
+    assert resumed.stop_after == 0  # the first process's limit is not the recipe's
     summary = train(resumed, newest_checkpoint(resumed))
     assert summary["iterations"] == 6
     rows_split = [

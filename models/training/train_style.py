@@ -510,7 +510,9 @@ def _resumed_config(given: dict[str, object]) -> TrainConfig:
     mutable = {"iterations", "max_minutes", "stop_after", "threads", "log_every", "preview_every"}
     mutable |= {"spike_weight", "spike_threshold"}  # a regularizer that may be switched on mid-run
     mutable |= {"checkpoint_minutes", "out"}
-    changed = {k: v for k, v in given.items() if k in mutable}
+    # Limits of one process are not part of the recipe: a run stopped after N iterations once
+    # must not stop again after N on every later resume.
+    changed = {"stop_after": 0, "max_minutes": 0.0} | {k: v for k, v in given.items() if k in mutable}
     # The train-state read is the one to keep overwriting (a converted or copied state may record
     # another machine's path).
     changed["checkpoint"] = str(probe.checkpoint) if path == Path(probe.checkpoint) else stored.checkpoint
