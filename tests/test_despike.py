@@ -13,6 +13,7 @@ from models.training.freeze_norms import freeze_norms, norm_stats
 from models.transformer import (
     ConditionalAffine2d,
     TransformerConfig,
+    TransformerNet,
     box_row,
     despike,
     load_transformer,
@@ -82,3 +83,17 @@ def test_a_despiking_network_keeps_its_threshold_through_the_weights_file(tmp_pa
         assert (loaded(photo, style) - spiky(photo, style)).abs().mean() < 1e-3
         # A threshold this low touches ordinary activations too: the function visibly changes.
         assert not torch.allclose(spiky(photo, style), plain(photo, style), atol=1e-3)
+
+
+def test_the_half_resolution_norm_fills_spikes_and_the_full_resolution_one_clips_them() -> None:
+    net = TransformerNet(TransformerConfig(channels=(4, 6, 8), blocks=1, decoder_norm="affine", despike=2.0))
+    half, full = (block.conv.norm for block in net.upsample)
+    z = torch.zeros(1, 1, 5, 5)
+    z[0, 0, 2, 2] = 9.0
+    z[0, 0, 0, 0] = -1.5
+    for norm in (half, full):  # statistics 0 and 1: normalize sees z itself
+        assert float(norm.mean.abs().max()) == 0 and float(norm.spread.min()) == 1
+    filled = half.normalize(z.expand(1, 6, 5, 5))[0, 0]
+    clipped = full.normalize(z.expand(1, 4, 5, 5))[0, 0]
+    assert filled[2, 2] == pytest.approx(-1.5 / 24)  # the mean of the other 24 pixels in its window
+    assert clipped[2, 2] == 2.0 and clipped[0, 0] == -1.5
