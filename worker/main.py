@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 HORSE_POLL_S = 0.1
+PUBSUB_POLL_S = 1.0
 
 
 class AtelierWorker(Worker):
@@ -105,6 +106,21 @@ class AtelierWorker(Worker):
     def _supervisor_gone(self) -> bool:
         """Only the worker itself asks: a work horse's parent is the worker, not the supervisor."""
         return bool(self.supervisor_pid) and not self.is_horse and os.getppid() != self.supervisor_pid
+
+    def subscribe(self) -> None:
+        """RQ's command channel, read by a thread that wakes every ``PUBSUB_POLL_S`` instead of 60 s.
+
+        At teardown RQ sends UNSUBSCRIBE and then stops the thread, and redis-py's ``stop()`` waits
+        for it. When the reply wakes the thread before the stop flag is set (a busy CPU is enough),
+        the thread goes back to a blocking read and an idle worker took up to 60 s to exit on SIGTERM;
+        a short read bounds that wait.
+        """
+        self.log.info("Worker %s: subscribing to channel %s", self.name, self.pubsub_channel_name)
+        self.pubsub = self.connection.pubsub()
+        self.pubsub.subscribe(**{self.pubsub_channel_name: self.handle_payload})
+        self.pubsub_thread = self.pubsub.run_in_thread(
+            sleep_time=PUBSUB_POLL_S, daemon=True, exception_handler=self._pubsub_exception_handler
+        )
 
     # --- shutdown -------------------------------------------------------------------------------
 
