@@ -58,6 +58,10 @@ class TransformerConfig:
     # beyond by its neighbours' mean (see despike); the full-resolution one, where ~0.01% of values
     # exceed it, clips (a fill there cost ~15% of the forward in ONNX Runtime, for no visible change).
     despike: float = 0.0
+    # Encoder features added to the decoder at the same resolution through 1×1 convs (shared by all
+    # styles, zero at first so a trained network converts without changing its function): the photo's
+    # detail need not survive the 1/4-resolution bottleneck, where the content loss is mostly lost.
+    skips: bool = False
 
     def __post_init__(self) -> None:
         for field in ("decoder_norm", "residual_norm"):
@@ -93,6 +97,8 @@ ARCHS: dict[str, TransformerConfig] = {
     "medium-robust": replace(_MEDIUM, decoder_norm="robust", residual_norm="robust"),
     # ``medium-affine`` whose decoder inpaints the spikes (``freeze_norms --despike``).
     "medium-despike": replace(_MEDIUM, decoder_norm="affine", despike=3.0),
+    # ... with encoder-to-decoder skips (``models.training.add_skips`` converts a trained run).
+    "medium-despike-skips": replace(_MEDIUM, decoder_norm="affine", despike=3.0, skips=True),
 }
 
 
@@ -359,6 +365,13 @@ class TransformerNet(nn.Module):
             if isinstance(block.conv.norm, ConditionalAffine2d):
                 block.conv.norm.despike = self.config.despike
                 block.conv.norm.despike_fill = i == 0  # see TransformerConfig.despike
+        self.bridges = (
+            nn.ModuleList([nn.Conv2d(c2, c2, 1), nn.Conv2d(c1, c1, 1)]) if self.config.skips else None
+        )
+        if self.bridges is not None:
+            for bridge in self.bridges:
+                nn.init.zeros_(bridge.weight)
+                nn.init.zeros_(bridge.bias)
         self.head = ConvLayer(c1, 3, k)
         self.skip = ColorSkip(n) if self.config.color_skip else None
         if self.skip is not None:  # start as the identity: the painted difference begins near zero
@@ -391,8 +404,16 @@ class TransformerNet(nn.Module):
             raise ValueError(f"style codes must be B×{self.code_size}, got {tuple(code.shape)}")
         code = code.float().expand(x.shape[0], -1) if code.shape[0] == 1 else code.float()
         h = x
-        for layer in (*self.encoder, *self.residuals, *self.upsample):
+        encoded: list[Tensor] = []
+        for layer in self.encoder:
             h = layer(h, code)
+            encoded.append(h)
+        for layer in self.residuals:
+            h = layer(h, code)
+        for i, layer in enumerate(self.upsample):
+            h = layer(h, code)
+            if self.bridges is not None:  # half resolution first, then full
+                h = h + self.bridges[i](encoded[1 - i])
         out = self.head(h)
         return out if self.skip is None else out + self.skip(x, code)
 
