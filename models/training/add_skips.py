@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from models.training.train_style import TrainConfig, load_checkpoint, restore, run_dir, save_checkpoint
-from models.transformer import ARCHS, TransformerConfig, TransformerNet, arch_name
+from models.training.train_style import TrainConfig, load_run, save_converted
+from models.transformer import ARCHS, TransformerNet, arch_name
 
 
 def with_skips(model: TransformerNet) -> TransformerNet:
@@ -53,16 +53,11 @@ def convert_checkpoint(
     decay_from: float,
 ) -> TrainConfig:
     """Read a train-state, add skips, write a train-state that ``--resume`` continues."""
-    meta, tensors = load_checkpoint(source)
-    cfg = TrainConfig.from_json(meta["config"])
-    model = TransformerNet(TransformerConfig.from_json(meta["arch"]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    restore(model, optimizer, tensors)
+    cfg, model, optimizer, iteration = load_run(source)
     grown = with_skips(model)
     new_arch = arch_name(grown.config)
     if new_arch not in ARCHS:
         raise ValueError(f"{source}: the network with skips matches no registered arch")
-    iteration = int(meta["iteration"])
     style_iteration = iteration - cfg.warmup_iterations
     if iterations <= style_iteration:
         raise ValueError(f"--iterations must exceed the {style_iteration} style iterations done")
@@ -83,10 +78,7 @@ def convert_checkpoint(
         if name in old_params and old_params[name] in optimizer.state:
             new_optimizer.state[param] = optimizer.state[old_params[name]]
     info = {"converted_from": str(source), "at_iteration": iteration, "added": "skips"}
-    save_checkpoint(checkpoint, grown.train(), new_optimizer, iteration, new_cfg, exact=False, info=info)
-    stale = run_dir(new_cfg) / "state.safetensors"
-    if stale.exists():  # --resume would prefer a newer fp32 state of an earlier run with this name
-        stale.unlink()
+    save_converted(checkpoint, grown.train(), new_optimizer, iteration, new_cfg, info)
     return new_cfg
 
 

@@ -42,15 +42,12 @@ from models.training.fixed_norms import EPS, PARTS, norms_of, record_stats
 from models.training.train_style import (
     DEFAULT_CHECKPOINT,
     TrainConfig,
-    load_checkpoint,
+    load_run,
     newest_checkpoint,
-    restore,
-    run_dir,
-    save_checkpoint,
+    save_converted,
 )
 from models.transformer import (
     ARCHS,
-    TransformerConfig,
     TransformerNet,
     arch_name,
     one_hot_styles,
@@ -137,16 +134,11 @@ def convert_checkpoint(
 ) -> TrainConfig:
     """Read a train-state, fix the statistics of its ``parts``' norms, write a train-state that
     ``--resume`` continues."""
-    meta, tensors = load_checkpoint(source)
-    cfg = TrainConfig.from_json(meta["config"])
-    model = TransformerNet(TransformerConfig.from_json(meta["arch"]))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    restore(model, optimizer, tensors)
+    cfg, model, _, iteration = load_run(source)
     frozen = freeze_norms(model.eval(), norm_stats(model, training_crops(cfg, crops, size), parts), despike)
     new_arch = arch_name(frozen.config)
     if new_arch not in ARCHS:
         raise ValueError(f"{source}: the folded network matches no registered arch")
-    iteration = int(meta["iteration"])
     new_cfg = replace(
         cfg,
         arch=new_arch,
@@ -157,10 +149,7 @@ def convert_checkpoint(
     )
     new_optimizer = torch.optim.Adam(frozen.parameters(), lr=new_cfg.lr)  # fresh moments (see above)
     info = {"converted_from": str(source), "at_iteration": iteration, "stat_crops": crops, "crop_size": size}
-    save_checkpoint(checkpoint, frozen.train(), new_optimizer, iteration, new_cfg, exact=False, info=info)
-    stale = run_dir(new_cfg) / "state.safetensors"
-    if stale.exists():  # --resume would prefer a newer fp32 state of an earlier run with this name
-        stale.unlink()
+    save_converted(checkpoint, frozen.train(), new_optimizer, iteration, new_cfg, info)
     return new_cfg
 
 

@@ -270,6 +270,32 @@ def run_dir(cfg: TrainConfig) -> Path:
     return Path(cfg.runs_dir) / Path(cfg.out).stem
 
 
+def load_run(path: Path) -> tuple[TrainConfig, TransformerNet, torch.optim.Adam, int]:
+    """A train-state's recipe, network, optimizer and iteration: what a conversion starts from."""
+    meta, tensors = load_checkpoint(path)
+    cfg = TrainConfig.from_json(meta["config"])
+    model = TransformerNet(TransformerConfig.from_json(meta["arch"]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    restore(model, optimizer, tensors)
+    return cfg, model, optimizer, int(meta["iteration"])
+
+
+def save_converted(
+    path: Path,
+    model: TransformerNet,
+    optimizer: torch.optim.Adam,
+    iteration: int,
+    cfg: TrainConfig,
+    info: dict[str, object],
+) -> None:
+    """Write a converted run's train-state for ``--resume``, removing an earlier run's fp32 state
+    under the same name, which ``--resume`` would otherwise prefer when newer."""
+    save_checkpoint(path, model, optimizer, iteration, cfg, exact=False, info=info)
+    stale = run_dir(cfg) / "state.safetensors"
+    if stale.exists():
+        stale.unlink()
+
+
 # --- training -------------------------------------------------------------------------------------
 
 
