@@ -36,7 +36,7 @@ import platform
 import random
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,11 +236,16 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, str], dict[str, Tensor]]:
+    return checkpoint_meta(path), load_file(str(path))
+
+
+def checkpoint_meta(path: Path) -> dict[str, str]:
+    """A training checkpoint's metadata, without reading its tensors."""
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
     if meta.get("atelier.checkpoint") != "1":
         raise ValueError(f"{path} is not a training checkpoint")
-    return meta, load_file(str(path))
+    return meta
 
 
 def restore(model: TransformerNet, optimizer: torch.optim.Adam, tensors: dict[str, Tensor]) -> None:
@@ -257,13 +262,42 @@ def restore(model: TransformerNet, optimizer: torch.optim.Adam, tensors: dict[st
 
 
 def newest_checkpoint(cfg: TrainConfig) -> Path | None:
-    """The fp32 run-dir checkpoint when it is at least as far along as the committed one."""
+    """The fp32 run-dir checkpoint when it is at least as far along as the committed one.
+
+    A run-dir state is only a candidate when it belongs to the committed checkpoint's run (same
+    arch and recipe): another run that happens to share the ``--out`` stem must never be loaded,
+    nor overwritten by this one's checkpoints.
+    """
+    committed, state = Path(cfg.checkpoint), run_dir(cfg) / "state.safetensors"
     candidates = []
-    for path in (run_dir(cfg) / "state.safetensors", Path(cfg.checkpoint)):
-        if path.is_file():
-            meta, _ = load_checkpoint(path)
-            candidates.append((int(meta["iteration"]), path == Path(cfg.checkpoint), path))
-    return max(candidates, key=lambda c: (c[0], not c[1]))[2] if candidates else None
+    committed_meta = checkpoint_meta(committed) if committed.is_file() else None
+    if committed_meta is not None:
+        candidates.append((int(committed_meta["iteration"]), False, committed))
+    if state.is_file():
+        state_meta = checkpoint_meta(state)
+        if committed_meta is None or same_run(committed_meta, state_meta):
+            candidates.append((int(state_meta["iteration"]), True, state))  # exact: wins ties
+        else:
+            print(f"ignoring {state}: its recipe differs from {committed}'s (another run)", flush=True)
+    return max(candidates, key=lambda c: (c[0], c[1]))[2] if candidates else None
+
+
+# What a resume may change without making it another run (everything else is the recipe).
+RESUME_MUTABLE = frozenset(
+    {"iterations", "max_minutes", "stop_after", "threads", "log_every", "preview_every"}
+    | {"spike_weight", "spike_threshold"}  # a regularizer that may be switched on mid-run
+    | {"checkpoint_minutes", "out", "checkpoint", "runs_dir"}
+)
+
+
+def same_run(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
+    """Two checkpoints' metadata describe one run: same arch, same recipe up to the resumable knobs."""
+    if a.get("arch") != b.get("arch"):
+        return False
+    recipe_a, recipe_b = (
+        {k: v for k, v in json.loads(m["config"]).items() if k not in RESUME_MUTABLE} for m in (a, b)
+    )
+    return recipe_a == recipe_b
 
 
 def run_dir(cfg: TrainConfig) -> Path:
@@ -526,19 +560,35 @@ def _csv_of(kind: type) -> object:
 
 
 def _resumed_config(given: dict[str, object]) -> TrainConfig:
-    """The stored recipe; only the run length and machine-side knobs may change on resume."""
-    probe = TrainConfig(**{k: v for k, v in given.items() if k in ("out", "checkpoint", "runs_dir")})
+    """The stored recipe; only the run length and machine-side knobs may change on resume.
+
+    The run dir is the one the committed checkpoint's run wrote (unless ``--runs-dir`` says
+    otherwise), not the default: a default ``runs/train_style/<out stem>`` may hold another run.
+    """
+    located = {k: v for k, v in given.items() if k in ("out", "checkpoint", "runs_dir")}
+    committed = Path(str(located.get("checkpoint", TrainConfig.checkpoint)))
+    if committed.is_file():
+        recorded = TrainConfig.from_json(checkpoint_meta(committed)["config"])
+        located = {"out": recorded.out, "runs_dir": recorded.runs_dir} | located
+    probe = TrainConfig(**located)
+    state = run_dir(probe) / "state.safetensors"
+    if (
+        committed.is_file()
+        and state.is_file()
+        and not same_run(checkpoint_meta(committed), checkpoint_meta(state))
+    ):
+        raise SystemExit(
+            f"--resume: {state} holds another run's state (its recipe differs from {committed}'s); "
+            "resuming would overwrite it: pass another --out or --runs-dir"
+        )
     path = newest_checkpoint(probe)
     if path is None:
         raise SystemExit(f"--resume: no checkpoint at {probe.checkpoint} or {run_dir(probe)}")
-    meta, _ = load_checkpoint(path)
-    stored = TrainConfig.from_json(meta["config"])
-    mutable = {"iterations", "max_minutes", "stop_after", "threads", "log_every", "preview_every"}
-    mutable |= {"spike_weight", "spike_threshold"}  # a regularizer that may be switched on mid-run
-    mutable |= {"checkpoint_minutes", "out"}
+    stored = TrainConfig.from_json(checkpoint_meta(path)["config"])
     # Limits of one process are not part of the recipe: a run stopped after N iterations once
     # must not stop again after N on every later resume.
-    changed = {"stop_after": 0, "max_minutes": 0.0} | {k: v for k, v in given.items() if k in mutable}
+    changed = {"stop_after": 0, "max_minutes": 0.0} | {k: v for k, v in given.items() if k in RESUME_MUTABLE}
+    changed |= {"out": probe.out, "runs_dir": probe.runs_dir}
     # The train-state read is the one to keep overwriting (a converted or copied state may record
     # another machine's path).
     changed["checkpoint"] = str(probe.checkpoint) if path == Path(probe.checkpoint) else stored.checkpoint
