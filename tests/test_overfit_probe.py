@@ -27,7 +27,7 @@ def test_training_on_the_pair_lowers_the_loss_and_reports_every_point(tmp_path: 
     points = report["points"]
     assert [p["iteration"] for p in points] == [0, 15, 30]
     assert points[-1]["median_total"] < 0.8 * points[0]["median_total"]
-    assert len(report["gatys_curves"][0]) >= 2 and report["trained_on"] == "the judged photo"
+    assert len(report["gatys_curves"][0]) >= 2 and report["trained_on"] == "the judged photos"
     curve = report["gatys_curves"][0]
     for p in points:  # the steps are where the loss falls on Gatys' curve
         assert p["rows"][0]["gatys_equivalent_steps"] == steps_to_beat(curve, p["median_total"])

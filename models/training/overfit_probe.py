@@ -84,7 +84,8 @@ def probe(
 ) -> dict[str, object]:
     """Train ``model`` in one style; its loss and Gatys-equivalent steps on ``photo_paths`` as it goes.
 
-    Without ``train_photos`` it trains on the judged photo itself (one photo: the pair's upper bound);
+    Without ``train_photos`` it trains on the judged photos themselves (one photo: the pair's upper
+    bound; a few: how fast that bound falls with the number of photos the network must serve);
     with them, on random crops of those (one style, every photo: what sharing 13 styles costs).
     """
     painting = Image.open(painting_path).convert("RGB")
@@ -100,8 +101,8 @@ def probe(
     rng = random.Random(0)
 
     def batch() -> Tensor:
-        if not pool:
-            return pil_to_tensor(judged[0])
+        if not pool:  # the judged photos themselves, all at once (same size: resized alike)
+            return torch.cat([pil_to_tensor(img) for img in judged])
         return torch.cat([pil_to_tensor(random_crop(rng.choice(pool), crop, rng)) for _ in range(batch_size)])
 
     model.requires_grad_(True)  # a loaded network comes frozen for serving
@@ -146,7 +147,7 @@ def probe(
         optimizer.step()
     return {
         "photos": [p.name for p in photo_paths],
-        "trained_on": "the judged photo" if not pool else f"{len(pool)} training photos, {crop} px crops",
+        "trained_on": "the judged photos" if not pool else f"{len(pool)} training photos, {crop} px crops",
         "painting": painting_path.name,
         "size": size,
         "bf16": bf16,
