@@ -32,9 +32,9 @@ from models.numerics import finite_or_raise
 from models.photos import DATA_DIR, list_photos, random_crop, split_photos
 from models.precision import use_bf16
 from models.style_objective import StyleObjective
+from models.styles import DEFAULT_WEIGHTS_DIR, styles_dir
 from models.training.eval_style import gatys_equivalent_steps, gatys_options, objective_loss
 from models.training.fixed_norms import calibrate_fixed_norms
-from models.training.train_style import DEFAULT_OUT
 from models.transformer import (
     TransformerNet,
     build,
@@ -46,7 +46,7 @@ from models.transformer import (
 )
 from models.vgg import caffe_preprocess, load_vgg19
 
-SERVED = Path("models/weights/styles/multistyle.safetensors")
+SERVED = styles_dir(DEFAULT_WEIGHTS_DIR) / "multistyle.safetensors"
 
 
 def steps_to_beat(curve: Sequence[float], loss: float) -> int | None:
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(a.threads)
     judged = [Path(n) if Path(n).suffix else Path(a.photos) / f"{n}.jpg" for n in a.photo.split(",")]
     train_photos = split_photos(list_photos(Path(a.photos)))[0] if a.train_photos else []
-    objective_file = Path(a.init or a.objective_from or DEFAULT_OUT)
+    objective_file = Path(a.init or a.objective_from)
     objective = StyleObjective.from_json(read_metadata(objective_file)["atelier.objective"])
     start = pil_to_tensor(resize_longest(Image.open(judged[0]).convert("RGB"), 256))
     model, style = network_for(Path(a.init) if a.init else None, a.arch, a.style, start)

@@ -264,22 +264,31 @@ def restore(model: TransformerNet, optimizer: torch.optim.Adam, tensors: dict[st
 def newest_checkpoint(cfg: TrainConfig) -> Path | None:
     """The fp32 run-dir checkpoint when it is at least as far along as the committed one.
 
-    A run-dir state is only a candidate when it belongs to the committed checkpoint's run (same
-    arch and recipe): another run that happens to share the ``--out`` stem must never be loaded,
-    nor overwritten by this one's checkpoints.
+    A run-dir state of another run (see :func:`foreign_state`) is never a candidate: a run that
+    happens to share the ``--out`` stem must not be loaded, nor overwritten by this one's checkpoints.
     """
     committed, state = Path(cfg.checkpoint), run_dir(cfg) / "state.safetensors"
-    candidates = []
-    committed_meta = checkpoint_meta(committed) if committed.is_file() else None
-    if committed_meta is not None:
-        candidates.append((int(committed_meta["iteration"]), False, committed))
-    if state.is_file():
-        state_meta = checkpoint_meta(state)
-        if committed_meta is None or same_run(committed_meta, state_meta):
-            candidates.append((int(state_meta["iteration"]), True, state))  # exact: wins ties
-        else:
-            print(f"ignoring {state}: its recipe differs from {committed}'s (another run)", flush=True)
-    return max(candidates, key=lambda c: (c[0], c[1]))[2] if candidates else None
+    foreign = foreign_state(cfg)
+    if foreign is not None:
+        print(f"ignoring {foreign}: its recipe differs from {committed}'s (another run)", flush=True)
+    candidates = [
+        (int(checkpoint_meta(path)["iteration"]), path == state, path)  # the exact state wins ties
+        for path in (committed, state)
+        if path.is_file() and path != foreign
+    ]
+    return max(candidates)[2] if candidates else None
+
+
+def foreign_state(cfg: TrainConfig) -> Path | None:
+    """The run dir's fp32 state when it belongs to another run than the committed checkpoint's."""
+    committed, state = Path(cfg.checkpoint), run_dir(cfg) / "state.safetensors"
+    if (
+        committed.is_file()
+        and state.is_file()
+        and not same_run(checkpoint_meta(committed), checkpoint_meta(state))
+    ):
+        return state
+    return None
 
 
 # What a resume may change without making it another run (everything else is the recipe).
@@ -571,14 +580,10 @@ def _resumed_config(given: dict[str, object]) -> TrainConfig:
         recorded = TrainConfig.from_json(checkpoint_meta(committed)["config"])
         located = {"out": recorded.out, "runs_dir": recorded.runs_dir} | located
     probe = TrainConfig(**located)
-    state = run_dir(probe) / "state.safetensors"
-    if (
-        committed.is_file()
-        and state.is_file()
-        and not same_run(checkpoint_meta(committed), checkpoint_meta(state))
-    ):
+    foreign = foreign_state(probe)
+    if foreign is not None:
         raise SystemExit(
-            f"--resume: {state} holds another run's state (its recipe differs from {committed}'s); "
+            f"--resume: {foreign} holds another run's state (its recipe differs from {committed}'s); "
             "resuming would overwrite it: pass another --out or --runs-dir"
         )
     path = newest_checkpoint(probe)
