@@ -97,8 +97,10 @@ ARCHS: dict[str, TransformerConfig] = {
     "medium-robust": replace(_MEDIUM, decoder_norm="robust", residual_norm="robust"),
     # ``medium-affine`` whose decoder inpaints the spikes (``freeze_norms --despike``).
     "medium-despike": replace(_MEDIUM, decoder_norm="affine", despike=3.0),
-    # ... with encoder-to-decoder skips (``models.training.add_skips`` converts a trained run).
+    # ... with encoder-to-decoder skips (``models.training.grow_network`` converts a trained run).
     "medium-despike-skips": replace(_MEDIUM, decoder_norm="affine", despike=3.0, skips=True),
+    # ... or with full 3×3 convs in its residual blocks: 8× their parameters (growth ``dense-residuals``).
+    "medium-despike-dense": replace(_MEDIUM, decoder_norm="affine", despike=3.0, separable=False),
 }
 
 
