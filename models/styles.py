@@ -249,6 +249,11 @@ def publish(
 
 def _publish(args: argparse.Namespace) -> None:
     weights_dir = Path(args.weights_dir)
+    if Path(args.network).name != args.network:  # the manifest names its network relative to its own dir
+        raise SystemExit(
+            f"--network {args.network!r} must be a file name inside {styles_dir(weights_dir)}; "
+            "to publish into another directory, pass --weights-dir"
+        )
     served = styles_dir(weights_dir) / args.network
     report = json.loads(Path(args.eval).read_text()) if args.eval else None
     evaluated = (report or {}).get("weights_sha256")
@@ -287,7 +292,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--weights-dir", default=str(DEFAULT_WEIGHTS_DIR))
     sub = p.add_subparsers(required=True)
     pub = sub.add_parser("publish", help="manifest + thumbnails for the network's styles")
-    pub.add_argument("--network", default="multistyle.safetensors")
+    pub.add_argument(
+        "--network", default="multistyle.safetensors", help="file name inside <weights-dir>/styles"
+    )
     pub.add_argument(
         "--source", default="", help="copy this network file in first (e.g. a training checkpoint)"
     )

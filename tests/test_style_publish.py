@@ -78,3 +78,18 @@ def test_a_noise_initialised_evaluation_is_not_publishable(dirs: tuple[Path, Pat
     with pytest.raises(SystemExit, match="noise"):
         _publish(weights, paintings, "--source", str(candidate), "--eval", str(report))
     assert not (styles_dir(weights) / "multistyle.safetensors").exists()
+
+
+def test_a_network_path_outside_the_weights_dir_is_refused_and_nothing_changes(
+    dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A path as ``--network`` once rewrote the default manifest to point at a file elsewhere."""
+    weights, paintings = dirs
+    served = _network(tmp_path / "served.safetensors", seed=1)
+    _publish(weights, paintings, "--source", str(served))
+    manifest = (styles_dir(weights) / "manifest.json").read_text()
+
+    elsewhere = _network(tmp_path / "elsewhere" / "multistyle.safetensors", seed=2)
+    with pytest.raises(SystemExit, match="--weights-dir"):
+        _publish(weights, paintings, "--network", str(elsewhere))
+    assert (styles_dir(weights) / "manifest.json").read_text() == manifest
