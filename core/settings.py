@@ -157,10 +157,10 @@ class Settings(BaseSettings):
         None, gt=0, description="Custom styles expire this long after they are made; default: never."
     )
     custom_style_default_iterations: int = Field(
-        150,
+        300,
         ge=1,
-        description="Fine-tuning iterations when a POST /styles request gives none (about 16 min on 2 "
-        "shared cores: bench/results/finetune-style-cpu-2026-11-23.md).",
+        description="Fine-tuning iterations when a POST /styles request gives none: where the held-out "
+        "figure levels off, about 2 min on 2 quiet cores (bench/results/finetune-style-cpu-2026-12-06.md).",
     )
     custom_style_max_iterations: int = Field(
         2000, ge=1, description="Most fine-tuning iterations a POST /styles request may ask for."
