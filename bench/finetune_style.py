@@ -32,11 +32,21 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from models.finetune_style import FinetuneConfig, finetune_code, mean_code, network_with_code  # noqa: E402
+from models.finetune_style import (  # noqa: E402
+    BALANCES,
+    FinetuneConfig,
+    balance_for,
+    finetune_code,
+    mean_code,
+    network_with_code,
+    trained_painting_grams,
+)
+from models.imaging import pil_to_tensor, resize_longest, tensor_to_pil  # noqa: E402
 from models.photos import DATA_DIR, list_photos, split_photos  # noqa: E402
 from models.style_objective import StyleObjective  # noqa: E402
 from models.styles import DEFAULT_WEIGHTS_DIR, load_network  # noqa: E402
 from models.training.eval_style import GES_BAR, evaluate  # noqa: E402
+from models.transformer import stylize  # noqa: E402
 from models.vgg import load_vgg19  # noqa: E402
 
 BUDGET_MINUTES = 20  # the target: a custom style within 20 minutes on 2 cores
@@ -92,6 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-steps", type=int, default=60, help="Gatys cap (the bar is 50)")
     p.add_argument("--reference-style", default="starry_night", help="a trained style, for context")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--balance", choices=BALANCES, default="trained", help="the style-weight balance (as the worker's)"
+    )
+    p.add_argument("--tag", default="", help="suffix for the result files (several runs on one day)")
+    p.add_argument("--previews", help="write the last code's held-out outputs (native size) here, to look at")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -105,6 +120,13 @@ def main(argv: list[str] | None = None) -> None:
     train, held_out = split_photos(list_photos(DATA_DIR / "photos"))
     photos = held_out[: a.n_photos]
     checkpoints = sorted({int(c) for c in a.checkpoints.split(",")})
+    trained = trained_painting_grams(network, Path(a.weights_dir), objective, vgg)
+    fixed_objective = objective
+    if a.balance == "trained":  # as the worker does: the count is under the objective it trained with
+        objective, style_scale = balance_for(objective, vgg, grams, train, trained)
+    else:
+        style_scale = 1.0
+    print(f"style weight {fixed_objective.style_weight} x {style_scale:.4f}", flush=True)
 
     # The worker's recipe, for at most --minutes; the code is kept at every checkpoint.
     cfg = FinetuneConfig(iterations=max(checkpoints), batch_size=a.batch_size, crop=a.crop, lr=a.lr)
@@ -154,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
             vgg,
             ref_net,
             [a.reference_style],
-            objective,
+            fixed_objective,
             {a.reference_style: ref_painting},
             photos,
             a.size,
@@ -163,6 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         reference = {"style": a.reference_style, **summary(ref)}
         print(json.dumps(reference), flush=True)
     eval_seconds = time.monotonic() - eval_started
+    if a.previews:
+        write_previews(Path(a.previews), network_with_code(network.model, snapshots[max(snapshots)]), photos)
 
     per_step = statistics.median(step_times[1:] or step_times) if step_times else float("nan")
     body = {
@@ -183,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
             "lr": cfg.lr,
             "init": "mean",
             "bf16": "auto",
+            "balance": a.balance,
+            "style_weight": round(objective.style_weight, 4),
+            "style_weight_scale": round(style_scale, 4),
         },
         "iterations_done": max(snapshots),
         "seconds_per_iteration_median": round(per_step, 2),
@@ -201,10 +228,19 @@ def main(argv: list[str] | None = None) -> None:
     }
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"finetune-style-cpu-{datetime.now(UTC):%Y-%m-%d}"
+    stem = out / f"finetune-style-cpu-{datetime.now(UTC):%Y-%m-%d}{'-' + a.tag if a.tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps(body, indent=1) + "\n")
     stem.with_suffix(".md").write_text(markdown(body) + "\n")
     print(markdown(body))
+
+
+def write_previews(folder: Path, net: torch.nn.Module, photos: list[Path]) -> None:
+    """The held-out photos painted with the last code, at their native size (for looking, not committing)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for photo in photos:
+        x = pil_to_tensor(resize_longest(Image.open(photo).convert("RGB"), 512))
+        with torch.inference_mode():
+            tensor_to_pil(stylize(net, x)).save(folder / f"{photo.stem}.jpg", quality=90)
 
 
 def markdown(b: dict[str, Any]) -> str:

@@ -173,6 +173,12 @@ class Settings(BaseSettings):
         "mean",
         description="Start from the mean of the trained styles' codes, or from the nearest painting's.",
     )
+    custom_style_balance: Literal["trained", "fixed"] = Field(
+        "trained",
+        description="'trained' lowers the style weight for a painting far from photos' statistics to the "
+        "balance the network was trained at (else its texture covers the photo); 'fixed' keeps the "
+        "network's weight.",
+    )
     custom_style_poll_s: float = Field(
         2.0, gt=0, le=60, description="How often each API process checks Redis for new or deleted styles."
     )

@@ -74,6 +74,7 @@ class CustomStyleMeta:
     losses: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     init: str = "mean"
+    style_weight_scale: float = 1.0  # the balance the code was fine-tuned at (models.finetune_style)
     owner: str | None = None  # digest of the API key that asked for it (never shown)
 
     def to_json(self) -> str:

@@ -10,6 +10,9 @@ the shipped network) with every convolution frozen. This module is that loop, pu
 * each step stylizes a batch of random crops of training photos with the code, and minimizes the
   network's own objective (:class:`models.style_objective.StyleObjective`, stored in the weights'
   metadata) against the new painting's Grams; only the code receives gradients;
+* the style weight is balanced for the painting (:func:`balanced_objective`): a painting whose
+  statistics sit far from photos' (small high-contrast tiles) would otherwise let the style term
+  swamp the content term, and the photo disappears under the painting's texture;
 * bf16 autocast and a bf16 loss network where bf16 is native (:mod:`models.precision`);
 * every step checks the loss terms, the code's gradient and the output are finite and stops with
   the step and the offending term otherwise (:mod:`models.numerics`, as the training script does);
@@ -23,6 +26,7 @@ one-style network for :mod:`models.training.eval_style`.
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,10 +41,14 @@ from models.numerics import finite_or_raise
 from models.photos import random_crop
 from models.precision import use_bf16
 from models.style_objective import StyleObjective
+from models.styles import LoadedNetwork, styles_dir
 from models.transformer import DOWNSAMPLE, TransformerNet, stylize
 from models.vgg import VGG19Features, caffe_preprocess
 
 INITS = ("mean", "nearest")
+BALANCES = ("trained", "fixed")
+BALANCE_PHOTOS = 8  # photos whose unstylized style loss measures a painting's distance from photos
+MIN_STYLE_SCALE = 0.1  # the balance never weakens the style term by more than this
 MIN_CROP = 32  # relu4_1 sits behind three poolings; smaller crops leave it a few pixels wide
 AVERAGED_STEPS = 20  # the reported final losses are the mean of this many last steps
 
@@ -127,6 +135,92 @@ def initial_code(
         with torch.no_grad():
             return model.style_table()[row : row + 1].detach().float().cpu(), f"row {row}"
     return mean_code(model), "mean"
+
+
+def photo_grams(
+    objective: StyleObjective, vgg: VGG19Features, photos: Sequence[Path | Image.Image]
+) -> list[dict[str, Tensor]]:
+    """Grams of up to :data:`BALANCE_PHOTOS` photos spread evenly over ``photos``, taken as a
+    painting's are (longest side ``objective.style_size``)."""
+    picked = list(photos)[:: max(1, len(photos) // BALANCE_PHOTOS)][:BALANCE_PHOTOS]
+    return [objective.painting_grams(vgg, _open_photo(p)) for p in picked]
+
+
+def photo_style_loss(
+    objective: StyleObjective, grams: Mapping[str, Tensor], photos_grams: Sequence[Mapping[str, Tensor]]
+) -> float:
+    """The median style term of unstylized photos against the painting whose ``grams`` are given.
+
+    This is where the style term starts before any styling: a painting far from photos' statistics
+    starts (and stays) large against the content term.
+    """
+    if not photos_grams:
+        raise ValueError("no photos to measure the painting against")
+    scale = objective.style_weight
+    return statistics.median(scale * gram_distance(objective, grams, g) for g in photos_grams)
+
+
+def balanced_objective(
+    objective: StyleObjective, painting_loss: float, reference_loss: float
+) -> tuple[StyleObjective, float]:
+    """The objective with its style weight scaled so the painting sits at the trained balance.
+
+    ``painting_loss`` is the new painting's :func:`photo_style_loss`, ``reference_loss`` the median
+    of the trained paintings' on the same photos. The network's convolutions learned to keep the
+    photo at that balance; a painting far above it (``mosaic``: ~7x) fine-tuned at the fixed weight
+    covers the photo with its texture. The scale only ever lowers the weight, and by at most
+    1/:data:`MIN_STYLE_SCALE`: a painting closer to photos than the trained ones keeps the weight
+    they were trained at. Returns the objective and the scale.
+    """
+    if not (painting_loss > 0 and reference_loss > 0):
+        raise ValueError(f"losses must be positive, got {painting_loss} and {reference_loss}")
+    scale = min(1.0, max(MIN_STYLE_SCALE, reference_loss / painting_loss))
+    return replace(objective, style_weight=objective.style_weight * scale), scale
+
+
+def reference_style_loss(
+    objective: StyleObjective,
+    trained_grams: Mapping[int, Mapping[str, Tensor]],
+    photos_grams: Sequence[Mapping[str, Tensor]],
+) -> float:
+    """The median over the trained paintings of their :func:`photo_style_loss`: the trained balance."""
+    if not trained_grams:
+        raise ValueError("no trained paintings to take the balance from")
+    return statistics.median(photo_style_loss(objective, g, photos_grams) for g in trained_grams.values())
+
+
+def balance_for(
+    objective: StyleObjective,
+    vgg: VGG19Features,
+    grams: Mapping[str, Tensor],
+    photos: Sequence[Path | Image.Image],
+    trained_grams: Mapping[int, Mapping[str, Tensor]],
+) -> tuple[StyleObjective, float]:
+    """:func:`balanced_objective` for a painting, measured on ``photos`` against ``trained_grams``.
+
+    With no trained paintings to compare with (a network shipped without thumbnails) the objective
+    is returned unchanged, scale 1.
+    """
+    if not trained_grams:
+        return objective, 1.0
+    measured = photo_grams(objective, vgg, photos)
+    return balanced_objective(
+        objective,
+        photo_style_loss(objective, grams, measured),
+        reference_style_loss(objective, trained_grams, measured),
+    )
+
+
+def trained_painting_grams(
+    network: LoadedNetwork, weights_dir: Path, objective: StyleObjective, vgg: VGG19Features
+) -> dict[int, dict[str, Tensor]]:
+    """Grams of the trained styles' paintings by row, from the shipped thumbnails (256 px)."""
+    out = {}
+    for entry in network.manifest.styles:
+        path = styles_dir(weights_dir) / entry.thumbnail if entry.thumbnail else None
+        if path is not None and path.is_file():
+            out[network.rows[entry.name]] = objective.painting_grams(vgg, Image.open(path))
+    return out
 
 
 def _open_photo(photo: Path | Image.Image) -> Image.Image:

@@ -27,12 +27,13 @@ from app.main import create_app
 from core import style_store
 from core.settings import Settings
 from core.style_store import CustomStyleMeta, StyleKeys
-from models.finetune_style import network_with_code
+from models.finetune_style import balance_for, network_with_code, trained_painting_grams
 from models.imaging import pil_to_tensor
-from models.photos import split_photos
+from models.photos import list_photos, split_photos
 from models.style_objective import StyleObjective
 from models.styles import load_network, publish, styles_dir
 from models.transformer import build, save_transformer, stylize
+from models.vgg import load_vgg19
 from tests.conftest import WorkerProcess, _purge, make_settings
 from tests.images import encode, photo_like, stripes
 
@@ -236,6 +237,9 @@ def test_a_trained_style_is_served_by_every_api_process_without_a_restart(
     meta = stored.meta
     assert (meta.title, meta.artist, meta.iterations) == ("Stripes", "A. Test", 4)
     assert meta.init == "row 0"  # nearest: starry_night is the only trained style with a thumbnail
+    # Finer stripes than the trained painting's: fine-tuned at the trained balance, a lower style weight.
+    assert meta.style_weight_scale == pytest.approx(expected_balance(settings, painting), abs=1e-3)
+    assert meta.style_weight_scale < 0.9
     assert meta.painting_sha256 == hashlib.sha256(painting).hexdigest()
     assert meta.network_sha256 == network.manifest.network.sha256 and meta.created_at.endswith("Z")
     assert len(redis.hget(keys.style("stripes"), "code")) == 4 * network.model.code_size
@@ -243,6 +247,7 @@ def test_a_trained_style_is_served_by_every_api_process_without_a_restart(
 
     # The other process lists and serves it within a few seconds (it only polls Redis).
     entry = wait_for(lambda: listed(app_b, "stripes"), 10, "app B to list the style")
+    assert entry["custom"]["style_weight_scale"] == meta.style_weight_scale
     assert entry["status"] == "custom" and entry["title"] == "Stripes" and entry["has_thumbnail"]
     assert entry["custom"]["iterations"] == 4 and "owner" not in json.dumps(entry)
     thumb = app_b.get("/styles/stripes/thumbnail")
@@ -280,6 +285,17 @@ def test_a_trained_style_is_served_by_every_api_process_without_a_restart(
     assert_problem(app_a.get("/styles/stripes/thumbnail"), 404, "not-found", "name")
     assert_problem(app_a.delete("/styles/stripes"), 404, "not-found", "name")
     assert leftovers(settings, "stripes", job["id"]) == []
+
+
+def expected_balance(settings: Settings, painting: bytes) -> float:
+    """The style-weight scale the worker should have used, computed here from the same inputs."""
+    network = load_network(settings.weights_dir)
+    objective = StyleObjective.from_json(network.metadata["atelier.objective"])
+    vgg = load_vgg19(objective.deepest)
+    grams = objective.painting_grams(vgg, Image.open(io.BytesIO(painting)))
+    train, _ = split_photos(list_photos(settings.data_dir / "photos"))
+    trained = trained_painting_grams(network, settings.weights_dir, objective, vgg)
+    return balance_for(objective, vgg, grams, train, trained)[1]
 
 
 def stylize_locally(network, code: torch.Tensor, photo: Image.Image) -> np.ndarray:

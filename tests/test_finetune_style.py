@@ -7,13 +7,18 @@ import pytest
 import torch
 
 from models.finetune_style import (
+    MIN_STYLE_SCALE,
     FinetuneConfig,
+    balance_for,
+    balanced_objective,
     batch_at,
     finetune_code,
     initial_code,
     mean_code,
     network_with_code,
     objective_terms,
+    photo_grams,
+    photo_style_loss,
 )
 from models.numerics import NonFiniteError
 from models.style_objective import StyleObjective
@@ -136,3 +141,47 @@ def test_a_stop_request_from_the_callback_ends_the_run(net, vgg, grams, photos) 
     with pytest.raises(Stop):
         finetune_code(net, OBJECTIVE, vgg, grams, photos, cfg, init=mean_code(net), on_step=stop_at_two)
     assert all(p.requires_grad for p in net.parameters())  # restored even when stopped
+
+
+# --- the style-weight balance --------------------------------------------------------------------
+
+
+def test_the_balance_lowers_the_style_weight_only_for_paintings_above_the_trained_balance() -> None:
+    fitted, scale = balanced_objective(OBJECTIVE, painting_loss=8e6, reference_loss=2e6)
+    assert scale == pytest.approx(0.25)
+    assert fitted.style_weight == pytest.approx(OBJECTIVE.style_weight * 0.25)
+    assert (fitted.content_weight, fitted.tv_weight, fitted.style_layers) == (
+        OBJECTIVE.content_weight,
+        OBJECTIVE.tv_weight,
+        OBJECTIVE.style_layers,
+    )
+    assert balanced_objective(OBJECTIVE, 1e6, 2e6) == (OBJECTIVE, 1.0)  # nearer photos: never raised
+    assert balanced_objective(OBJECTIVE, 1e9, 1e6)[1] == MIN_STYLE_SCALE  # bounded below
+    for bad in ((0.0, 1.0), (1.0, 0.0), (float("nan"), 1.0)):
+        with pytest.raises(ValueError, match="positive"):
+            balanced_objective(OBJECTIVE, *bad)
+
+
+def test_a_painting_far_from_photos_costs_more_before_styling(vgg, photos) -> None:
+    measured = photo_grams(OBJECTIVE, vgg, photos)
+    assert len(measured) == len(photos)
+    near = OBJECTIVE.painting_grams(vgg, photo_like(96, 64, seed=11))
+    far = OBJECTIVE.painting_grams(vgg, stripes(96, 96, period=3))
+    assert photo_style_loss(OBJECTIVE, measured[0], measured[:1]) == 0.0  # a photo against itself
+    assert photo_style_loss(OBJECTIVE, far, measured) > 3 * photo_style_loss(OBJECTIVE, near, measured)
+    with pytest.raises(ValueError, match="no photos"):
+        photo_style_loss(OBJECTIVE, far, [])
+
+
+def test_balance_for_measures_against_the_trained_paintings(vgg, photos, grams) -> None:
+    # The painting is itself the trained balance: nothing changes.
+    assert balance_for(OBJECTIVE, vgg, grams, photos, {0: grams}) == (OBJECTIVE, 1.0)
+    # No trained paintings to compare with: unchanged.
+    assert balance_for(OBJECTIVE, vgg, grams, photos, {}) == (OBJECTIVE, 1.0)
+    # Trained on paintings nearer photos than this one: its weight comes down by the ratio.
+    near = {0: OBJECTIVE.painting_grams(vgg, photo_like(96, 64, seed=11))}
+    fitted, scale = balance_for(OBJECTIVE, vgg, grams, photos, near)
+    measured = photo_grams(OBJECTIVE, vgg, photos)
+    ratio = photo_style_loss(OBJECTIVE, near[0], measured) / photo_style_loss(OBJECTIVE, grams, measured)
+    assert scale == pytest.approx(max(MIN_STYLE_SCALE, ratio)) and scale < 1
+    assert fitted.style_weight == pytest.approx(OBJECTIVE.style_weight * scale)

@@ -30,13 +30,19 @@ from rq import get_current_job
 from core.settings import Settings, get_settings
 from core.store import JobKeys
 from core.style_store import CustomStyleMeta, StyleKeys, release, save_style
-from models.finetune_style import FinetuneConfig, finetune_code, initial_code, network_with_code
+from models.finetune_style import (
+    FinetuneConfig,
+    balance_for,
+    finetune_code,
+    initial_code,
+    network_with_code,
+    trained_painting_grams,
+)
 from models.imaging import encode_image, pil_to_tensor, resize_longest, tensor_to_pil
 from models.photos import list_photos, split_photos
 from models.style_objective import StyleObjective
-from models.styles import LoadedNetwork, load_network, styles_dir, thumbnail
+from models.styles import LoadedNetwork, load_network, thumbnail
 from models.transformer import stylize
-from models.vgg import VGG19Features
 from worker import runtime
 from worker.jobs import _load_image, _progress_reporter, raise_if_canceled, record_job_failure, store_result
 from worker.patience import patiently
@@ -64,18 +70,6 @@ def _objective(network: LoadedNetwork) -> StyleObjective:
     if not text:
         raise ValueError("the served style network has no stored objective (atelier.objective)")
     return StyleObjective.from_json(text)
-
-
-def _trained_grams(
-    network: LoadedNetwork, weights_dir: Path, objective: StyleObjective, vgg: VGG19Features
-) -> dict[int, dict]:
-    """Grams of the trained styles' paintings by row, from the shipped thumbnails (256 px)."""
-    out = {}
-    for entry in network.manifest.styles:
-        path = styles_dir(weights_dir) / entry.thumbnail if entry.thumbnail else None
-        if path is not None and path.is_file():
-            out[network.rows[entry.name]] = objective.painting_grams(vgg, Image.open(path))
-    return out
 
 
 def _jpeg(img: Image.Image) -> bytes:
@@ -117,17 +111,21 @@ def train_style_job(
         device = runtime.resolve_device(settings.device)
         vgg = runtime.vgg_on(device)
         grams = objective.painting_grams(vgg, painting)
+        balance = settings.custom_style_balance == "trained"
         trained = (
-            _trained_grams(network, settings.weights_dir, objective, vgg)
-            if settings.custom_style_init == "nearest"
+            trained_painting_grams(network, settings.weights_dir, objective, vgg)
+            if balance or settings.custom_style_init == "nearest"
             else {}
         )
         init, how = initial_code(
             network.model, settings.custom_style_init, objective=objective, grams=grams, trained_grams=trained
         )
+        fitted, style_scale = (
+            balance_for(objective, vgg, grams, train, trained) if balance else (objective, 1.0)
+        )
         result = finetune_code(
             network.model,
-            objective,
+            fitted,
             vgg,
             grams,
             train,
@@ -149,6 +147,7 @@ def train_style_job(
             losses={k: round(v, 4) for k, v in result.losses.items()},
             seconds=result.seconds,
             init=how,
+            style_weight_scale=round(style_scale, 4),
             owner=owner,
         )
         preview = _preview_png(network, result.code, (held_out or train)[0])
@@ -174,6 +173,7 @@ def train_style_job(
             "iterations": result.iterations,
             "losses": meta.losses,
             "seconds": result.seconds,
+            "style_weight_scale": round(style_scale, 4),
             "bf16": result.bf16,
             "device": device.type,
             "network_sha256": meta.network_sha256,

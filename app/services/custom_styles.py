@@ -97,6 +97,7 @@ class CustomStyleRegistry:
                     "painting_sha256": meta.painting_sha256,
                     "network_sha256": meta.network_sha256,
                     "seconds": meta.seconds,
+                    "style_weight_scale": meta.style_weight_scale,
                 },
             }
             if style.reason:
