@@ -41,6 +41,7 @@ class JobStatus(BaseModel):
     result_url: str | None = Field(None, description="Set once the job has finished.")
     result_info: dict[str, object] | None = Field(
         None,
-        description="What a finished video job reports: frames, size, frames/s, codec, what happened "
-        "to each audio track, and flicker (input, raw network, output).",
+        description="What a finished job reports. Video: frames, size, frames/s, codec, what happened "
+        "to each audio track, and flicker (input, raw network, output). Train-style: the style's name, "
+        "iterations, final losses, seconds, style_weight_scale, bf16, device and network sha256.",
     )

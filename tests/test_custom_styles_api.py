@@ -242,6 +242,11 @@ def test_a_trained_style_is_served_by_every_api_process_without_a_restart(
     assert meta.style_weight_scale < 0.9
     assert meta.painting_sha256 == hashlib.sha256(painting).hexdigest()
     assert meta.network_sha256 == network.manifest.network.sha256 and meta.created_at.endswith("Z")
+    # The finished job reports what it made.
+    info = done["result_info"]
+    assert (info["style"], info["iterations"], info["losses"]) == ("stripes", 4, meta.losses)
+    assert info["style_weight_scale"] == meta.style_weight_scale
+    assert info["network_sha256"] == meta.network_sha256
     assert len(redis.hget(keys.style("stripes"), "code")) == 4 * network.model.code_size
     assert redis.ttl(keys.style("stripes")) == -1 and not redis.hexists(keys.pending, "stripes")
 

@@ -151,6 +151,17 @@ def train_style_job(
             owner=owner,
         )
         preview = _preview_png(network, result.code, (held_out or train)[0])
+        info = {
+            "style": name,
+            "iterations": result.iterations,
+            "losses": meta.losses,
+            "seconds": result.seconds,
+            "style_weight_scale": meta.style_weight_scale,
+            "bf16": result.bf16,
+            "device": device.type,
+            "network_sha256": meta.network_sha256,
+        }
+        job.meta["result_info"] = info  # GET /jobs/{id} shows it once the job has finished
         job.meta["progress"] = {
             "step": result.iterations,
             "total_steps": result.iterations,
@@ -168,16 +179,7 @@ def train_style_job(
 
         seconds = time.monotonic() - started
         store_result(redis, keys, job.id, preview, settings.result_ttl_s, seconds, keys.style(job.id, 0))
-        return {
-            "style": name,
-            "iterations": result.iterations,
-            "losses": meta.losses,
-            "seconds": result.seconds,
-            "style_weight_scale": round(style_scale, 4),
-            "bf16": result.bf16,
-            "device": device.type,
-            "network_sha256": meta.network_sha256,
-        }
+        return info
     except BaseException as exc:
         with contextlib.suppress(RedisError):  # the failure itself is what must be recorded
             release(redis, style_keys, name, job.id)
