@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         "--balance", choices=BALANCES, default="trained", help="the style-weight balance (as the worker's)"
     )
     p.add_argument("--tag", default="", help="suffix for the result files (several runs on one day)")
-    p.add_argument("--previews", help="write the last code's held-out outputs (native size) here, to look at")
+    p.add_argument("--previews", help="write the last code's held-out outputs (512 px) here, to look at")
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_previews(folder: Path, net: torch.nn.Module, photos: list[Path]) -> None:
-    """The held-out photos painted with the last code, at their native size (for looking, not committing)."""
+    """The held-out photos painted with the last code, 512 px longest side (to look at, not commit)."""
     folder.mkdir(parents=True, exist_ok=True)
     for photo in photos:
         x = pil_to_tensor(resize_longest(Image.open(photo).convert("RGB"), 512))

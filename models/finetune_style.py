@@ -156,8 +156,8 @@ def photo_style_loss(
     """
     if not photos_grams:
         raise ValueError("no photos to measure the painting against")
-    scale = objective.style_weight
-    return statistics.median(scale * gram_distance(objective, grams, g) for g in photos_grams)
+    weight = objective.style_weight
+    return statistics.median(weight * gram_distance(objective, grams, g) for g in photos_grams)
 
 
 def balanced_objective(
