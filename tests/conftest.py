@@ -38,8 +38,12 @@ def _ping(url: str) -> bool:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """The machine's real Redis; started here if it is down and redis-server is installed."""
+def redis_url() -> Iterator[str]:
+    """The machine's real Redis; started here if it is down and redis-server is installed.
+
+    At the end of the session every key of this run is deleted, under whichever of the run's names
+    (``make_settings(name=...)``) a test used, so runs leave nothing behind in the shared Redis.
+    """
     if not _ping(REDIS_URL):
         server = shutil.which("redis-server")
         if server is None:
@@ -49,7 +53,8 @@ def redis_url() -> str:
             if _ping(REDIS_URL):
                 break
             time.sleep(0.1)
-    return REDIS_URL
+    yield REDIS_URL
+    _purge_patterns(REDIS_URL, f"atelier-test-{RUN_ID}-*", f"rq:*atelier-test-{RUN_ID}-*")
 
 
 def make_settings(redis_url: str, name: str = "main", **overrides) -> Settings:
@@ -69,11 +74,15 @@ def make_settings(redis_url: str, name: str = "main", **overrides) -> Settings:
     return Settings(**base)
 
 
-def _purge(settings: Settings) -> None:
-    redis = Redis.from_url(settings.redis_url)
-    for pattern in (f"{settings.key_prefix}*", f"rq:*{settings.queue_name}*"):
+def _purge_patterns(redis_url: str, *patterns: str) -> None:
+    redis = Redis.from_url(redis_url)
+    for pattern in patterns:
         for key in redis.scan_iter(match=pattern, count=500):
             redis.delete(key)
+
+
+def _purge(settings: Settings) -> None:
+    _purge_patterns(settings.redis_url, f"{settings.key_prefix}*", f"rq:*{settings.queue_name}*")
 
 
 @pytest.fixture(scope="session")
