@@ -2,8 +2,9 @@
 
     python docs/screenshot.py
 
-Starts the API under uvicorn (own queue and key prefix), stylizes a synthetic scene (no photo from
-the data set is committed) in headless Chromium, and saves a palette PNG under 300 KB.
+Starts the API under uvicorn and one job worker (own queue and key prefix, as a real install has),
+stylizes the CC0 cat in ``docs/examples/`` (no photo from the data set is ever committed) in headless
+Chromium, and saves a palette PNG under 300 KB.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ sys.path.insert(0, str(ROOT))
 
 from PIL import Image  # noqa: E402
 
-from bench.webcam import scene  # noqa: E402
 from core.settings import Settings  # noqa: E402
 from tests.browser import LiveServer, start_chromium, wait_for  # noqa: E402
+from tests.conftest import WorkerProcess, _purge  # noqa: E402
 
 OUT = ROOT / "docs" / "web-page.png"
+PHOTO = ROOT / "docs" / "examples" / "cat.jpg"
 
 
 def main() -> None:
@@ -30,15 +32,14 @@ def main() -> None:
     settings = Settings(queue_name=f"atelier-docs-{tag}", key_prefix=f"atelier-docs-{tag}:")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        photo = work / "landscape.jpg"
-        scene(640, 480, 0.35).save(photo, quality=92)
+        worker = WorkerProcess(settings)
         server = LiveServer(settings, work / "uvicorn.log")
         driver = start_chromium(work / "profile")
         try:
             driver.set_window_size(1280, 900)
             driver.get(f"{server.url}/#stylize")
             wait_for(driver, "document.body.dataset.ready === 'true'")
-            driver.find_element("css selector", "#stylize-file").send_keys(str(photo))
+            driver.find_element("css selector", "#stylize-file").send_keys(str(PHOTO))
             driver.find_element("css selector", "#stylize-submit").click()
             wait_for(driver, "document.querySelector('#stylize-result').naturalWidth > 0")
             driver.execute_script("window.scrollTo(0, 0); document.activeElement.blur();")
@@ -46,8 +47,10 @@ def main() -> None:
         finally:
             driver.quit()
             server.stop()
+            worker.stop()
+            _purge(settings)
         shot = Image.open(work / "shot.png").convert("RGB")
-        shot.quantize(colors=192, method=Image.Quantize.MEDIANCUT).save(OUT, optimize=True)
+        shot.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(OUT, optimize=True)
     print(f"{OUT} ({OUT.stat().st_size // 1024} KB)")
 
 
