@@ -160,7 +160,8 @@ class Settings(BaseSettings):
         300,
         ge=1,
         description="Fine-tuning iterations when a POST /styles request gives none: where the held-out "
-        "figure levels off, about 2 min on 2 quiet cores (bench/results/finetune-style-cpu-2026-12-06.md).",
+        "figure levels off; about 2 min on 2 quiet cores with native bf16, 5 min on an AVX2-only CPU in fp32 "
+        "(bench/results/finetune-style-cpu-2026-12-06*.md).",
     )
     custom_style_max_iterations: int = Field(
         2000, ge=1, description="Most fine-tuning iterations a POST /styles request may ask for."
