@@ -262,6 +262,8 @@ def _publish(args: argparse.Namespace) -> None:
         raise SystemExit(f"{args.eval} evaluated other weights ({evaluated[:12]}...) than {incoming}")
     if (report or {}).get("gatys_init", "content") != "content":
         raise SystemExit(f"{args.eval} started Gatys from noise: a diagnostic, not the quality bar")
+    if (report or {}).get("split", "held-out") != "held-out":
+        raise SystemExit(f"{args.eval} judged training photos: a diagnostic, not the quality bar")
     if args.source:  # a training candidate becomes the served network, with its manifest, in one step
         styles_dir(weights_dir).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.source, served)

@@ -369,13 +369,14 @@ def test_the_any_painting_model_is_evaluated_like_the_network(tmp_path: Path) ->
     assert all(row["job_style_ratio"] > 0 for r in results.values() for row in r["rows"])
 
 
-def test_only_gatys_from_the_photo_can_make_a_style_production() -> None:
+def test_only_held_out_photos_and_gatys_from_the_photo_can_make_a_style_production() -> None:
     from models.style_objective import StyleObjective
     from models.training.eval_style import gatys_options, status_of
 
     meets = {"median_gatys_equivalent_steps": 60, "median_job_style_ratio": 0.1}
     assert status_of(meets, looked_at=True) == "production"
     assert status_of(meets, looked_at=True, gatys_init="noise") == "experimental"
+    assert status_of(meets, looked_at=True, split="train") == "experimental"
     assert status_of({**meets, "median_gatys_equivalent_steps": 49}, looked_at=True) == "experimental"
     assert gatys_options(StyleObjective(), 64, 5, "noise").init == "noise"
     assert gatys_options(StyleObjective(), 64, 5).init == "content"

@@ -17,6 +17,10 @@ A style is ``production`` when its median Gatys-equivalent steps is at least 50,
 most 0.25 and a person has looked at its outputs at 512 and 1024 px (``--looked-at``); otherwise
 ``experimental``. A contact sheet (held-out photos x styles) is written for that look.
 
+``--split train`` judges photos the network trained on instead, and ``--gatys-init noise`` starts
+Gatys from noise: diagnostics (how much of the gap is generalization; Gatys' own start) that can never
+mark a style ``production``, and that ``models.styles publish`` refuses.
+
     python -m models.training.eval_style --json models/weights/styles/eval.json --n-photos 6 \\
         --sheet models/weights/styles/contact-sheet.jpg
 """
@@ -216,10 +220,14 @@ def evaluate(
     return results
 
 
-def status_of(summary: dict[str, object], looked_at: bool, gatys_init: str = "content") -> str:
-    """``production`` only by the bar as defined: Gatys from the photo, and a person looked."""
-    meets = gatys_init == "content" and (
-        summary["median_gatys_equivalent_steps"] >= GES_BAR
+def status_of(
+    summary: dict[str, object], looked_at: bool, gatys_init: str = "content", split: str = "held-out"
+) -> str:
+    """``production`` only by the bar as defined: held-out photos, Gatys from the photo, a person looked."""
+    meets = (
+        gatys_init == "content"
+        and split == "held-out"
+        and summary["median_gatys_equivalent_steps"] >= GES_BAR
         and summary["median_job_style_ratio"] <= STYLE_RATIO_BAR
     )
     return "production" if meets and looked_at else "experimental"
@@ -280,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--photos", default=str(DATA_DIR / "photos"))
     p.add_argument("--paintings", default=str(DATA_DIR / "styles"), help="folder with the paintings")
     p.add_argument("--style", action="append", help="style name(s) to evaluate (default: all)")
-    p.add_argument("--n-photos", type=int, default=6, help="first N held-out photos (0: all)")
+    p.add_argument("--n-photos", type=int, default=6, help="first N photos of the split (0: all)")
     p.add_argument("--size", type=int, default=256, help="longest side of every output")
     p.add_argument("--max-steps", type=int, default=300, help="Gatys cap per photo")
     p.add_argument(
@@ -294,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         choices=("content", "noise"),
         default="content",
         help="Gatys starts from the photo (the bar's definition) or from seeded noise (diagnostic only)",
+    )
+    p.add_argument(
+        "--split",
+        choices=("held-out", "train"),
+        default="held-out",
+        help="judge on held-out photos (the bar) or on photos the network trained on (diagnostic only: "
+        "how much of the gap is generalization)",
     )
     p.add_argument("--looked-at", action="store_true", help="a person checked the 512/1024 px outputs")
     p.add_argument("--json", default="", help="write the results here")
@@ -309,8 +324,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     names = json.loads(meta["atelier.styles"])
     objective = StyleObjective.from_json(meta["atelier.objective"])
     chosen = [n for n in names if not a.style or n in a.style]
-    held = split_photos(list_photos(Path(a.photos)))[1]
-    photos = held[: a.n_photos] if a.n_photos else held
+    train, held = split_photos(list_photos(Path(a.photos)))
+    pool = held if a.split == "held-out" else train
+    photos = pool[: a.n_photos] if a.n_photos else pool
     paintings = {n: Image.open(Path(a.paintings) / f"{n}.jpg").convert("RGB") for n in chosen}
     vgg = load_vgg19("relu5_1")
     if a.model == "arbitrary":  # judged under the network's objective, so the figures compare
@@ -318,7 +334,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         model = subset_of_styles(net, names, chosen)
     results = evaluate(vgg, model, chosen, objective, paintings, photos, a.size, a.max_steps, a.gatys_init)
-    statuses = {n: status_of(r, a.looked_at, a.gatys_init) for n, r in results.items()}
+    statuses = {n: status_of(r, a.looked_at, a.gatys_init, a.split) for n, r in results.items()}
     if a.sheet:
         contact_sheet(model, chosen, photos, a.size, Path(a.sheet), a.sheet_with_photos)
     if a.json:
@@ -330,6 +346,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "size": a.size,
             "max_steps": a.max_steps,
             "gatys_init": a.gatys_init,
+            "split": a.split,
             "photos": [p.name for p in photos],
             "torch": torch.__version__,
             "bars": {"gatys_equivalent_steps": GES_BAR, "job_style_ratio": STYLE_RATIO_BAR},
