@@ -120,9 +120,9 @@ def main(argv: list[str] | None = None) -> None:
     train, held_out = split_photos(list_photos(DATA_DIR / "photos"))
     photos = held_out[: a.n_photos]
     checkpoints = sorted({int(c) for c in a.checkpoints.split(",")})
-    trained = trained_painting_grams(network, Path(a.weights_dir), objective, vgg)
     fixed_objective = objective
     if a.balance == "trained":  # as the worker does: the count is under the objective it trained with
+        trained = trained_painting_grams(network, Path(a.weights_dir), objective, vgg)
         objective, style_scale = balance_for(objective, vgg, grams, train, trained)
     else:
         style_scale = 1.0
