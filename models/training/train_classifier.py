@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from models import calibration, cifar
 from models.classifier import CifarNet, init_whitening, load_classifier, save_classifier
 from models.precision import PRECISIONS, use_bf16
-from models.training import photo_resample
+from models.training import photo_resample, teacher
 
 CHECKPOINT_FORMAT = "atelier-cifar-train-checkpoint/1"
 DEFAULT_HOLDOUT = 2500
@@ -84,6 +84,8 @@ class Recipe:
     final_lr: float = 0.07  # lr factor at the last step
     drop_last: bool = True
     photo_resample: float = 0.0  # share of each epoch's images swapped for their photo round trip
+    distill_weight: float = 0.0  # share of the loss that matches a teacher's soft targets (0 = labels only)
+    distill_temperature: float = 1.0
 
 
 AIRBENCH96 = {
@@ -137,6 +139,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of each epoch's images replaced by their photo round trip (upscale, JPEG, served "
         "downscale) for robustness to big uploads; 0 = off",
     )
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        help="a trained classifier (e.g. the served ensemble) to distil: its mirror-TTA logits become soft "
+        "targets, weighted by --distill-weight",
+    )
+    p.add_argument("--distill-weight", type=float, help="share of the loss on the teacher's targets (0-1)")
+    p.add_argument("--distill-temperature", type=float, help="softmax temperature of the soft targets")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument(
         "--threads",
@@ -202,7 +212,7 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
         preset["width"] = tuple(int(w) for w in args.width.split(","))
     if args.depth:
         preset["depth"] = tuple(int(d) for d in args.depth.split(","))
-    for key in ("epochs", "batch_size", "lr", "photo_resample"):
+    for key in ("epochs", "batch_size", "lr", "photo_resample", "distill_weight", "distill_temperature"):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     return Recipe(**preset)
@@ -303,9 +313,15 @@ class Training:
         seed: int,
         check_every: int = 50,
         resampled_x: Tensor | None = None,
+        teacher_logits: Tensor | None = None,
     ) -> None:
         if recipe.photo_resample and resampled_x is None:
             raise ValueError("recipe.photo_resample needs the resampled copy of the training images")
+        if not 0 <= recipe.distill_weight <= 1 or recipe.distill_temperature <= 0:
+            raise ValueError("distill_weight must be in [0, 1] and distill_temperature positive")
+        if recipe.distill_weight and (teacher_logits is None or len(teacher_logits) != len(train_y)):
+            raise ValueError("recipe.distill_weight needs the teacher's logits for every training image")
+        self.teacher_logits = teacher_logits if recipe.distill_weight else None
         self.recipe, self.train_x, self.train_y = recipe, train_x, train_y
         self.resampled_x = resampled_x if recipe.photo_resample else None
         self.device, self.amp, self.seed, self.check_every = device, amp, seed, check_every
@@ -343,7 +359,18 @@ class Training:
         y = self.train_y[idx]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.model(x)
-        loss = self.loss_fn(logits.float(), y)
+        if self.teacher_logits is None:
+            loss = self.loss_fn(logits.float(), y)
+        else:
+            r = self.recipe
+            loss = teacher.distillation_loss(
+                logits.float(),
+                y,
+                self.teacher_logits[idx],
+                r.distill_weight,
+                r.distill_temperature,
+                r.label_smoothing,
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         loss_value = self._check_finite(loss)
@@ -781,10 +808,29 @@ def main(argv: list[str] | None = None) -> int:
     if recipe.photo_resample:
         copy = photo_resample.resampled_copy(train_split.images[keep], cache_dir=args.cache_dir)
         resampled_x = cifar.to_tensor(copy, device)
+    teacher_logits, teacher_sha = None, None
+    if recipe.distill_weight:
+        if args.teacher is None:
+            print("--distill-weight needs --teacher", file=sys.stderr)
+            return 1
+        teacher_logits, teacher_sha = teacher.teacher_logits(args.teacher, train_x.cpu(), args.cache_dir, amp)
+        agree = float((teacher_logits.argmax(1) == train_y.cpu()).double().mean())
+        print(
+            f"teacher {args.teacher} (sha256 {teacher_sha[:12]}): {agree:.4f} of training labels", flush=True
+        )
+        teacher_logits = teacher_logits.to(device)
     load_s = time.perf_counter() - t0
 
     training = Training(
-        recipe, train_x, train_y, device, amp, args.seed, args.check_every, resampled_x=resampled_x
+        recipe,
+        train_x,
+        train_y,
+        device,
+        amp,
+        args.seed,
+        args.check_every,
+        resampled_x=resampled_x,
+        teacher_logits=teacher_logits,
     )
     if args.resume:
         assert resume_from is not None
@@ -843,8 +889,10 @@ def main(argv: list[str] | None = None) -> int:
     weights = args.out / "classifier.safetensors"
     depth_tag = "" if recipe.depth == (2, 2, 2) else "-d" + "".join(map(str, recipe.depth))
     photo_tag = f"-pr{round(100 * recipe.photo_resample)}" if recipe.photo_resample else ""
+    kd_tag = f"-kd{round(100 * recipe.distill_weight)}" if recipe.distill_weight else ""
     version = (
-        f"cifar-{'-'.join(map(str, recipe.width))}{depth_tag}-e{recipe.epochs:g}{photo_tag}-s{args.seed}"
+        f"cifar-{'-'.join(map(str, recipe.width))}{depth_tag}-e{recipe.epochs:g}{photo_tag}{kd_tag}"
+        f"-s{args.seed}"
     )
     meta = {
         "version": version,
@@ -906,6 +954,7 @@ def main(argv: list[str] | None = None) -> int:
         "data_load_seconds": round(load_s, 1),
         "eval_seconds": round(eval_s, 1),
         "recipe": asdict(recipe),
+        "teacher": {"path": str(args.teacher), "sha256": teacher_sha} if teacher_sha else None,
         "preset": args.preset,
         "amp_bf16": amp,
         "seed": args.seed,
