@@ -18,9 +18,7 @@ import argparse
 import io
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +34,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from PIL import Image, PngImagePlugin  # noqa: E402
 
+from bench.machine import describe, machine, uptime  # noqa: E402
 from bench.serve import HOST, free_port, start_api  # noqa: E402
 from models.arbitrary import (  # noqa: E402
     PREDICT_FILE,
@@ -52,25 +51,6 @@ from models.arbitrary import (  # noqa: E402
 DATA_DIR = Path(os.environ.get("ATELIER_DATA_DIR", ROOT.parent / "shared" / "data"))
 SIZES = (256, 512, 1024)
 SHAPES = [(256, 256), (512, 512), (1024, 1024), (1024, 768)]  # width, height
-
-
-def machine() -> dict[str, Any]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lscpu.splitlines())}
-    flags = set(fields.get("Flags", "").split())
-    return {
-        "cpu_model": fields.get("Model name", ""),
-        "cpus": os.cpu_count(),
-        "hypervisor": fields.get("Hypervisor vendor", ""),
-        "simd": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16") if f in flags],
-        "onnxruntime": ort.__version__,
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def summary(times: list[float]) -> dict[str, float]:
@@ -213,9 +193,7 @@ def write_results(result: dict[str, Any], tag: str) -> Path:
     lines = [
         f"# Any painting as a style (`style_image`) on CPU — {m['date']}",
         "",
-        f"Machine: {m['cpu_model']}, {m['cpus']} logical CPUs ({m['hypervisor'] or 'bare metal'}), "
-        f"SIMD: {', '.join(m['simd'])}; onnxruntime {m['onnxruntime']} (default intra-op threads), "
-        f"Python {m['python']}.",
+        f"{describe(m)} (onnxruntime at its default intra-op threads).",
         f"Load before: `{result['load_before']}`; after: `{result['load_after']}` (the cores are shared "
         "with other jobs: absolute numbers are noisy, configs are interleaved round by round).",
         "",
@@ -255,7 +233,7 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the results file name (e.g. the host)")
     parser.add_argument("--skip-http", action="store_true")
     args = parser.parse_args()
-    result: dict[str, Any] = {"machine": machine(), "load_before": uptime()}
+    result: dict[str, Any] = {"machine": machine(onnxruntime=ort.__version__), "load_before": uptime()}
     result["model"] = bench_model(args.repeats)
     print(json.dumps(result["model"], indent=1))
     result["http"] = [] if args.skip_http else bench_http(args.http_repeats)

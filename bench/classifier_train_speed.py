@@ -18,10 +18,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe, machine, uptime  # noqa: E402
 from models import cifar  # noqa: E402
 from models.precision import use_bf16  # noqa: E402
 from models.training.train_classifier import PRESETS, Recipe, StepInfo, Training  # noqa: E402
@@ -40,21 +38,6 @@ DEFAULT_CONFIGS = (
     "airbench94:fp32:1,airbench94:bf16:1,airbench94:fp32:2,airbench94:bf16:2,"
     "long:bf16:1,long:bf16:2,long:fp32:1"
 )
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
-def cpu() -> dict[str, Any]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    return {
-        "cpu_model": fields.get("Model name", "").strip(),
-        "cpus": os.cpu_count(),
-        "simd": [f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags],
-    }
 
 
 def measure(
@@ -110,12 +93,11 @@ def measure(
 
 
 def markdown(report: dict[str, Any]) -> str:
-    c = report["cpu"]
+    m = report["machine"]
     lines = [
-        f"# Classifier training speed, CPU, {report['date']}",
+        f"# Classifier training speed, CPU, {report['machine']['date']}",
         "",
-        f"- CPU: {c['cpu_model']}, {c['cpus']} logical CPUs, {' '.join(c['simd'])}; torch {report['torch']}; "
-        f"Python {report['python']}",
+        f"- {describe(m)}",
         f"- Command: `{report['command']}`",
         f"- {report['note']}",
         "",
@@ -154,10 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result), flush=True)
         results.append(result)
     report = {
-        "cpu": cpu(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": machine(torch=torch.__version__),
         "command": " ".join(
             ["python", "bench/classifier_train_speed.py", *(argv if argv is not None else sys.argv[1:])]
         ),

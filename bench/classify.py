@@ -17,8 +17,6 @@ import asyncio
 import http.client
 import io
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,6 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import describe, machine, uptime  # noqa: E402
 from bench.serve import HOST, free_port, start_api  # noqa: E402
 
 TARGETS = {"p50_c1_ms": 25.0, "rps_ratio_c32_over_c1": 5.0, "p99_c32_ms": 250.0}
@@ -223,33 +222,6 @@ def model_bench(seconds: float, threads: int) -> dict[str, Any]:
     return {name: [latency(run, x, b, seconds) for b in (1, 256)] for name, run in runners.items()}
 
 
-def machine() -> dict[str, Any]:
-    import torch
-
-    from core.settings import Settings
-
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
-    settings = Settings()
-    return {
-        "cpu_model": fields.get("Model name", "").strip(),
-        # int8 and bf16 kernels differ with these (see models/weights/classifier/README.md)
-        "simd": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16") if f in flags],
-        "classify_max_batch": settings.classify_max_batch,
-        "classify_batch_wait_ms": settings.classify_batch_wait_ms,
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-    }
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-
-
 def verdicts(http: list[dict[str, Any]]) -> dict[str, Any]:
     c1, c32 = http[0], http[1]
     ratio = round(c32["rps"] / c1["rps"], 2) if c1["rps"] and c32["rps"] else None
@@ -272,13 +244,27 @@ def verdicts(http: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def classify_machine() -> dict[str, Any]:
+    """The machine, the torch build and the micro-batching settings /classify ran with."""
+    import torch
+
+    from core.settings import Settings
+
+    settings = Settings()
+    return machine(
+        torch=torch.__version__,
+        torch_threads=torch.get_num_threads(),
+        classify_max_batch=settings.classify_max_batch,
+        classify_batch_wait_ms=settings.classify_batch_wait_ms,
+    )
+
+
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
         f"# POST /classify benchmark, CPU, {m['date']}",
         "",
-        f"- CPU: {m['cpu_model']}, {m['cpus']} logical CPUs, {' '.join(m['simd'])}; torch {m['torch']} "
-        f"({m['torch_threads']} threads); Python {m['python']}",
+        f"- {describe(m)}",
         f"- Load before: `{report['uptime_before']}`",
         f"- Load after: `{report['uptime_after']}`",
         "- Server: `uvicorn app.main:create_app --factory`, 1 process, "
@@ -367,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     model = model_bench(args.model_seconds, args.threads)
     report = {
-        "machine": machine(),
+        "machine": classify_machine(),
         "uptime_before": before,
         "uptime_after": uptime(),
         "threads": args.threads,

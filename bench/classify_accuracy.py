@@ -31,7 +31,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.classify import machine, readiness, start_server, uptime  # noqa: E402
+from bench.classify import classify_machine, readiness, start_server, uptime  # noqa: E402
+from bench.machine import describe  # noqa: E402
 from bench.serve import HOST, free_port  # noqa: E402
 from models import calibration, cifar  # noqa: E402
 
@@ -117,8 +118,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# /classify accuracy over HTTP, {m['date']}",
         "",
-        f"- CPU: {m['cpu_model']}, {m['cpus']} logical CPUs, {' '.join(m['simd'])}; torch {m['torch']}; "
-        f"Python {m['python']}",
+        f"- {describe(m)}",
         f"- Command: `{report['command']}`",
         f"- Data: {report['dataset']}, each image uploaded as its stored JPEG file, "
         f"{report['per_request']} files a request, {report['concurrency']} requests in flight",
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     files, labels = test_jpegs(cifar.data_dir(args.data))
     files, labels = files[: args.limit], labels[: args.limit]
     report: dict[str, Any] = {
-        "machine": machine(),
+        "machine": classify_machine(),
         "command": shlex.join(["python", "bench/classify_accuracy.py", *(argv or sys.argv[1:])]),
         "dataset": f"CIFAR-10 test (JPEG copy), {len(labels)} images",
         "per_request": args.per_request,

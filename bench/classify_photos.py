@@ -22,9 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.services.classifier import ClassifierService, load_service  # noqa: E402
 from app.uploads import decode_image  # noqa: E402
+from bench.machine import describe, machine, uptime  # noqa: E402
 from models import calibration, cifar  # noqa: E402
 from models.classifier import INPUT_SIZE, RESIZE_FILTER, RESIZE_REDUCING_GAP, to_pixels  # noqa: E402
 
@@ -126,10 +124,6 @@ def timed(fn: Callable[[bytes], np.ndarray], blobs: list[bytes]) -> tuple[np.nda
     t = time.perf_counter()
     out = np.stack([fn(b) for b in blobs])
     return out, (time.perf_counter() - t) / max(1, len(blobs)) * 1000
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,9 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         resize_12mp_ms[name] = round((time.perf_counter() - t) / 3 * 1000, 1)
 
     report = {
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "cpu": cpu_model(),
-        "python": platform.python_version(),
+        "machine": machine(),
         "service": {**service.describe(), "temperature": service.temperature, "tta_flip": service.tta_flip},
         "command": " ".join(
             ["python", "bench/classify_photos.py", *(argv if argv is not None else sys.argv[1:])]
@@ -260,18 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def cpu_model() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    return f"{fields.get('Model name', '').strip()}, {os.cpu_count()} logical CPUs"
-
-
 def markdown(report: dict[str, Any]) -> str:
     mr, s = report["main"], report["service"]
     lines = [
-        f"# /classify on phone-photo-like uploads, {report['date']}",
+        f"# /classify on phone-photo-like uploads, {report['machine']['date']}",
         "",
-        f"- CPU: {report['cpu']}; Python {report['python']}",
+        f"- {describe(report['machine'])}",
         f"- Service: backend `{s['backend']}`, model `{s['version']}`, temperature {s['temperature']}, "
         f"mirror TTA {s['tta_flip']}",
         f"- Photos: {report['photos']}",

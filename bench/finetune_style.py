@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from bench.machine import describe, machine, uptime  # noqa: E402
 from models.finetune_style import (  # noqa: E402
     BALANCES,
     FinetuneConfig,
@@ -54,24 +54,6 @@ BUDGET_MINUTES = 20  # the target: a custom style within 20 minutes on 2 cores
 
 class _OutOfTime(Exception):
     pass
-
-
-def machine() -> dict[str, Any]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lscpu.splitlines())}
-    flags = fields.get("Flags", "").split()
-    return {
-        "model": fields.get("Model name", ""),
-        "cpus": fields.get("CPU(s)", ""),
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx": "amx_tile" in flags,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     per_step = statistics.median(step_times[1:] or step_times) if step_times else float("nan")
     body = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": machine(torch=torch.__version__, torch_threads=torch.get_num_threads()),
         "load_before": load_before,
         "load_after": uptime(),
         "network": {
@@ -248,8 +230,7 @@ def markdown(b: dict[str, Any]) -> str:
     lines = [
         f"# Custom style: fine-tuning only the style code ({b['date']})",
         "",
-        f"Machine: {m['model']}, {m['cpus']} vCPUs, avx512_bf16={m['avx512_bf16']}, torch {m['torch']}, "
-        f"{m['torch_threads']} threads. Load before: `{b['load_before']}`; after: `{b['load_after']}`.",
+        f"{describe(m)}. Load before: `{b['load_before']}`; after: `{b['load_after']}`.",
         f"Network: {n['arch']} `{n['sha256'][:12]}` ({n['trained_iterations']} training iterations), "
         f"P = {n['code_size']}. Painting: `{b['painting']}` (not one of the trained styles). Recipe: "
         f"{b['recipe']}.",

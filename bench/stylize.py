@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from app.services.stylizer import OnnxRunner  # noqa: E402
+from bench.machine import describe, machine, uptime  # noqa: E402
 from bench.serve import HOST, free_port, start_api  # noqa: E402
 from models.photos import DATA_DIR, list_photos, split_photos  # noqa: E402
 from models.precision import bf16_runnable  # noqa: E402
@@ -54,22 +54,13 @@ def median_ms(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     return {"median_ms": round(statistics.median(times), 1), "min_ms": round(min(times), 1), "n": repeats}
 
 
-def machine() -> dict[str, Any]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    keep = ("Model name", "CPU(s)", "Thread(s) per core", "L3 cache", "Hypervisor vendor")
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lscpu.splitlines())}
-    flags = fields.get("Flags", "").split()
+def stylize_machine() -> dict[str, Any]:
+    """The machine and the torch and ONNX Runtime builds /stylize ran with."""
     import onnxruntime
 
-    return {
-        **{k: fields.get(k, "") for k in keep},
-        "avx512_bf16": "avx512_bf16" in flags,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
+    return machine(
+        torch=torch.__version__, torch_threads=torch.get_num_threads(), onnxruntime=onnxruntime.__version__
+    )
 
 
 def rss_mb(pid: int) -> float:
@@ -78,10 +69,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return round(int(line.split()[1]) / 1024, 1)
     return float("nan")
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 def square_photo(size: int) -> Image.Image:
@@ -237,9 +224,7 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# POST /stylize on CPU — {m['date']}",
         "",
-        f"Machine: {m['Model name']}, {m['CPU(s)']} vCPUs ({m['Hypervisor vendor']} guest), "
-        f"avx512_bf16={m['avx512_bf16']}; torch {m['torch']} ({m['torch_threads']} threads), "
-        f"onnxruntime {m['onnxruntime']}.",
+        f"{describe(m)}.",
         f"Load before: `{result['uptime_before']}`; after: `{result['uptime_after']}` (the 2 cores are shared"
         " with other jobs, so absolute numbers are noisy; the headline ratio is measured interleaved).",
         f"Style `{result['style']}` ({result['model']}); reference net: {result['reference_weights']}.",
@@ -340,7 +325,7 @@ def main() -> None:
         torch.manual_seed(0)
         reference = build("reference").eval()
     result: dict[str, Any] = {
-        "machine": machine(),
+        "machine": stylize_machine(),
         "uptime_before": uptime(),
         "style": style,
         "styles_loaded": len(loaded.names),

@@ -28,8 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench.machine import describe  # noqa: E402
 from bench.serve import HOST, free_port  # noqa: E402
-from bench.stylize import jpeg, machine, request, rss_mb, square_photo, start_server, uptime  # noqa: E402
+from bench.stylize import jpeg, request, rss_mb, square_photo, start_server, stylize_machine, uptime  # noqa: E402
 from core.settings import Settings  # noqa: E402
 
 SIZES = {512: 16, 1024: 8}  # size -> requests per round
@@ -61,7 +62,7 @@ def main() -> None:
     default_cap = Settings.model_fields["stylize_max_batch_pixels"].default
     configs = {"no pixel cap": 0, f"cap {default_cap:,} px (default)": default_cap}
     bodies = {size: jpeg(square_photo(size)) for size in SIZES}
-    result: dict[str, Any] = {"machine": machine(), "uptime_before": uptime(), "servers": {}}
+    result: dict[str, Any] = {"machine": stylize_machine(), "uptime_before": uptime(), "servers": {}}
     servers = {name: start(Path(a.weights_dir), cap) for name, cap in configs.items()}
     try:
         style = httpx.get(f"http://{HOST}:{next(iter(servers.values()))[0]}/styles").json()["styles"][0][
@@ -96,8 +97,7 @@ def main() -> None:
     lines = [
         f"# /stylize batch pixel cap — {m['date']}",
         "",
-        f"Machine: {m['Model name']}, {m['CPU(s)']} vCPUs; torch {m['torch']}, "
-        f"onnxruntime {m['onnxruntime']}.",
+        f"{describe(m)}.",
         f"Load before: `{result['uptime_before']}`; after: `{result['uptime_after']}`. Two servers side by"
         f" side, rounds alternating ({a.rounds} rounds, {CLIENTS} concurrent clients, medians over rounds).",
         "",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.machine import describe, machine  # noqa: E402
 from bench.serve import HOST, free_port, start_api  # noqa: E402
 from core.settings import get_settings  # noqa: E402
 from models.frame_stylizer import named_style_frames  # noqa: E402
@@ -85,20 +85,6 @@ def make_source(path: Path, seconds: float) -> None:
             chunk.sample_rate, chunk.pts = 44100, start
             out.mux(audio.encode(chunk))
         out.mux(audio.encode(None))
-
-
-def machine() -> dict[str, Any]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lscpu.splitlines())}
-    flags = set(fields.get("Flags", "").split())
-    return {
-        "cpu": fields.get("Model name", platform.processor()),
-        "cpus": os.cpu_count(),
-        "simd": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16") if f in flags],
-        "torch": torch.__version__,
-        "pyav": av.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def load() -> str:
@@ -225,8 +211,7 @@ def write_markdown(path: Path, record: dict[str, Any]) -> None:
     lines = [
         f"# Video stylization, CPU, {record['date']}",
         "",
-        f"Machine: {m['cpu']}, {m['cpus']} CPUs, SIMD {', '.join(m['simd'])}; torch {m['torch']}, "
-        f"PyAV {m['pyav']}, Python {m['python']}.",
+        f"{describe(m)}.",
         f"Load before: `{record['load_before']}`; after: `{record['load_after']}`.",
         "",
         f"Source: synthetic {SOURCE_SIZE[0]}x{SOURCE_SIZE[1]} {FPS} fps H.264 (CRF 23) + AAC, "
@@ -283,7 +268,7 @@ def main() -> None:
     args = p.parse_args()
     record: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "machine": machine(torch=torch.__version__, pyav=av.__version__),
         "load_before": load(),
         "batch": get_settings().video_batch_frames,
         "pipeline_frames": args.frames,

@@ -17,10 +17,7 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -35,6 +32,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 
+from bench.machine import describe, machine, uptime  # noqa: E402
 from bench.serve import HOST, free_port, start_api  # noqa: E402
 
 STYLE = "starry_night"
@@ -139,26 +137,12 @@ async def scenario(port: int, longest: int, clients: int, args: argparse.Namespa
     }
 
 
-def machine() -> dict[str, Any]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = set(fields.get("Flags", "").split())
+def webcam_machine() -> dict[str, Any]:
+    """The machine and the torch and ONNX Runtime builds the server ran with."""
     import onnxruntime
     import torch
 
-    return {
-        "cpu_model": fields.get("Model name", "").strip(),
-        "simd": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16") if f in flags],
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return machine(torch=torch.__version__, onnxruntime=onnxruntime.__version__)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -166,8 +150,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Live webcam stylization (WS /ws/stylize), CPU, {m['date']}",
         "",
-        f"Machine: {m['cpu_model']}, {m['cpus']} CPUs, SIMD {', '.join(m['simd'])}; torch {m['torch']}, "
-        f"onnxruntime {m['onnxruntime']}, Python {m['python']}. Style `{STYLE}` (fast arch, ONNX Runtime).",
+        f"{describe(m)}. Style `{STYLE}` (fast arch, ONNX Runtime).",
         f"Load before: `{report['uptime_before']}`; after: `{report['uptime_after']}`.",
         "",
         f"Each client sends JPEG frames (quality 80) of a moving synthetic scene at {report['send_fps']} "
@@ -235,7 +218,7 @@ def main() -> None:
         server.terminate()
         server.wait(timeout=30)
     report = {
-        "machine": machine(),
+        "machine": webcam_machine(),
         "uptime_before": before,
         "uptime_after": uptime(),
         "send_fps": args.send_fps,
