@@ -175,11 +175,14 @@ def readiness(port: int) -> dict[str, Any]:
         conn.close()
 
 
-def start_server(port: int, backend: str, threads: int, tta: bool = False) -> subprocess.Popen[bytes]:
+def start_server(
+    port: int, backend: str, threads: int, tta: bool = False, weights_dir: str = ""
+) -> subprocess.Popen[bytes]:
     env = {
         "ATELIER_CLASSIFY_BACKEND": backend,
         "ATELIER_TORCH_THREADS": str(threads),
         "ATELIER_CLASSIFY_TTA": "1" if tta else "0",
+        **({"ATELIER_WEIGHTS_DIR": weights_dir} if weights_dir else {}),
     }
     return start_api(port, env, lambda p: readiness(p)["checks"]["classifier"]["ok"])
 
@@ -277,8 +280,8 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for srv in report["servers"]:
         lines += [
-            f"## Over HTTP, backend `{srv['backend']}`, mirror TTA {'on' if srv.get('tta') else 'off'} "
-            f"(load after: `{srv['uptime_after']}`)",
+            f"## Over HTTP, model `{srv.get('model_version')}`, backend `{srv['backend']}`, mirror TTA "
+            f"{'on' if srv.get('tta') else 'off'} (load after: `{srv['uptime_after']}`)",
             "",
             "| phase | concurrency | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -304,10 +307,13 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def server_bench(backend: str, image: bytes, args: argparse.Namespace, tta: bool = False) -> dict[str, Any]:
-    """One server process with ``backend``: the HTTP phases, target verdicts, its batching counters."""
+def server_bench(
+    backend: str, image: bytes, args: argparse.Namespace, tta: bool = False, weights_dir: str = ""
+) -> dict[str, Any]:
+    """One server process with ``backend`` (and ``weights_dir``, else the default weights): the HTTP
+    phases, target verdicts, its batching counters."""
     port = free_port()
-    server = start_server(port, backend, args.threads, tta)
+    server = start_server(port, backend, args.threads, tta, weights_dir)
     try:
         http = asyncio.run(http_bench(port, image, args))
         check = readiness(port)["checks"]["classifier"]
@@ -315,6 +321,8 @@ def server_bench(backend: str, image: bytes, args: argparse.Namespace, tta: bool
         server.terminate()
         server.wait(timeout=30)
     return {
+        "weights_dir": weights_dir or "(default)",
+        "model_version": check.get("version"),
         "backend": check.get("backend", backend),
         "tta": check.get("tta_flip", tta),
         "temperature": check.get("temperature"),
@@ -341,6 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tta", choices=["off", "on", "both"], default="off", help="ATELIER_CLASSIFY_TTA of the servers"
     )
+    p.add_argument(
+        "--weights-dirs",
+        default="",
+        help="comma-separated ATELIER_WEIGHTS_DIR values to compare, a server each (default: the service's)",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="repeat the server runs, alternating, N times")
     p.add_argument("--out-dir", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--tag", default="", help="suffix for the result file names")
     args = p.parse_args(argv)
@@ -349,7 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     image = bench_image()
     tta_modes = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
     servers = [
-        server_bench(backend, image, args, tta) for backend in args.backends.split(",") for tta in tta_modes
+        server_bench(backend, image, args, tta, weights_dir)
+        for _ in range(args.rounds)
+        for weights_dir in args.weights_dirs.split(",")
+        for backend in args.backends.split(",")
+        for tta in tta_modes
     ]
     model = model_bench(args.model_seconds, args.threads)
     report = {
