@@ -3,6 +3,8 @@
     python -m models.training.train_classifier --preset airbench94 --holdout 0 --seed 0 --out runs/ab94-s0
     python -m models.training.train_classifier --preset long --seed 0 --threads 2 --out runs/long-s0 \\
         --portable-checkpoint models/checkpoints/classifier-long.safetensors [--resume]
+    python -m models.training.train_classifier --preset long --out runs/kd --distill-weight 0.8 \\
+        --teacher models/weights/classifier/classifier.safetensors  # distil it (models.training.teacher)
 
 The recipe is airbench (Keller Jordan, arXiv:2404.00498), the best known accuracy per unit of
 compute on CIFAR-10: frozen patch-whitening stem, BN without scale, GELU, label smoothing 0.2,
