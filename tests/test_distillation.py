@@ -117,3 +117,53 @@ def test_a_distilled_run_stops_and_resumes_exactly(tmp_path: Path) -> None:
     plain = Training(dataclasses.replace(TINY_KD, distill_weight=0.0), x, y, CPU, False, seed=3)
     with pytest.raises(ValueError, match="different run"):
         plain.load_checkpoint(ckpt)
+
+
+class _BrightestPlusOne(torch.nn.Module):
+    """A teacher that reads the image: class = (brightest colour channel + 1) mod 3, confidently."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 8.0 * F.one_hot((x.mean(dim=(2, 3)).argmax(1) + 1) % 3, 10).float()
+
+
+TINY_KD_SAME = dataclasses.replace(TINY_KD, distill_view="same", distill_temperature=1.0)
+
+
+def test_the_same_view_teacher_is_needed_and_the_view_is_checked() -> None:
+    x, y = tiny_data()
+    with pytest.raises(ValueError, match="teacher model"):
+        Training(TINY_KD_SAME, x, y, CPU, False, seed=0)
+    with pytest.raises(ValueError, match="distill_view"):
+        Training(dataclasses.replace(TINY_KD, distill_view="noisy"), x, y, CPU, False, seed=0)
+
+
+def test_a_same_view_teacher_runs_on_the_students_batch_and_is_followed() -> None:
+    x, y = tiny_data()
+    recipe = dataclasses.replace(TINY_KD_SAME, epochs=6.0)
+    training = Training(recipe, x, y, CPU, False, seed=0, teacher_model=_BrightestPlusOne())
+    finished, _ = run_steps(training)
+    assert finished
+    training.model.eval()
+    with torch.no_grad():
+        predicted = training.model(cifar.normalize(x)).argmax(1)
+    assert float((predicted == (y + 1) % 3).double().mean()) > 0.8
+
+
+def test_a_same_view_run_stops_and_resumes_exactly(tmp_path: Path) -> None:
+    x, y = tiny_data()
+
+    def make() -> Training:
+        return Training(TINY_KD_SAME, x, y, CPU, False, seed=3, teacher_model=_BrightestPlusOne())
+
+    _, expected = run_steps(make())
+    ckpt = tmp_path / "ckpt.safetensors"
+    finished, head = run_steps(first := make(), checkpoint=ckpt, stop_after_steps=11)
+    assert not finished and first.step < 28
+    resumed = make()
+    resumed.load_checkpoint(ckpt)
+    _, tail = run_steps(resumed, checkpoint=ckpt)
+    assert [(s.step, s.loss) for s in head + tail] == [(s.step, s.loss) for s in expected]
+    # a cached-teacher checkpoint is another run
+    cached = Training(TINY_KD, x, y, CPU, False, seed=3, teacher_logits=torch.zeros(len(y), 10))
+    with pytest.raises(ValueError, match="different run"):
+        cached.load_checkpoint(ckpt)

@@ -5,11 +5,13 @@ model work per request. Distillation (Hinton, Vinyals & Dean 2015) trains one ne
 ensemble's output distribution as well as the labels, so some of that accuracy comes back at one
 net's cost.
 
-The teacher's logits are computed once per training image, with mirror TTA (what the service answers
-with), and cached next to the CIFAR cache: keyed by the teacher file's sha256 and the images, so a
-``--resume`` reuses them and another teacher never does. They are computed on the clean image and
-used for every augmented view of it (flip, translation, cutout, photo round trip): the augmentations
-are small, and matching the clean image's answer on a degraded view is what the service needs.
+By default (view "clean") the teacher's logits are computed once per training image, with mirror TTA
+(what the service answers with), and cached next to the CIFAR cache: keyed by the teacher file's
+sha256 and the images, so a ``--resume`` reuses them and another teacher never does. They are used for
+every augmented view of the image (flip, translation, cutout, photo round trip). On its own training
+images such a teacher mostly repeats the labels (the served ensemble agrees with 99.2% of them), so
+view "same" runs the teacher on the student's own augmented batch every step instead, where its
+answers on cut-out or degraded images may carry more than the label does.
 """
 
 from __future__ import annotations
@@ -19,11 +21,21 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from models import cifar
 from models.classifier import load_classifier, predict_logits
 from models.styles import sha256_file
+
+VIEWS = ("clean", "same")
+"""Which view the teacher judges: each clean image (logits cached once) or the student's own augmented
+batch, every step (a "consistent" teacher, Beyer et al. 2022: about twice the step cost)."""
+
+
+def load_teacher(weights: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
+    """(the classifier in eval mode, frozen, channels_last; its sha256) for teaching on the fly."""
+    model, _ = load_classifier(weights, device)
+    return model.to(memory_format=torch.channels_last), sha256_file(weights)
 
 
 def images_digest(images: Tensor) -> str:

@@ -88,6 +88,7 @@ class Recipe:
     photo_resample: float = 0.0  # share of each epoch's images swapped for their photo round trip
     distill_weight: float = 0.0  # share of the loss that matches a teacher's soft targets (0 = labels only)
     distill_temperature: float = 1.0
+    distill_view: str = "clean"  # the teacher judges: "clean" images (cached) or the "same" augmented view
 
 
 AIRBENCH96 = {
@@ -149,6 +150,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--distill-weight", type=float, help="share of the loss on the teacher's targets (0-1)")
     p.add_argument("--distill-temperature", type=float, help="softmax temperature of the soft targets")
+    p.add_argument(
+        "--distill-view",
+        choices=teacher.VIEWS,
+        help="clean: the teacher's logits of each clean image, computed once; same: the teacher runs on the "
+        "student's own augmented batch every step (a consistent teacher, ~2x the step cost)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument(
         "--threads",
@@ -214,7 +221,8 @@ def build_recipe(args: argparse.Namespace) -> Recipe:
         preset["width"] = tuple(int(w) for w in args.width.split(","))
     if args.depth:
         preset["depth"] = tuple(int(d) for d in args.depth.split(","))
-    for key in ("epochs", "batch_size", "lr", "photo_resample", "distill_weight", "distill_temperature"):
+    distill = ("distill_weight", "distill_temperature", "distill_view")
+    for key in ("epochs", "batch_size", "lr", "photo_resample", *distill):
         if getattr(args, key) is not None:
             preset[key] = getattr(args, key)
     return Recipe(**preset)
@@ -316,14 +324,25 @@ class Training:
         check_every: int = 50,
         resampled_x: Tensor | None = None,
         teacher_logits: Tensor | None = None,
+        teacher_model: nn.Module | None = None,
     ) -> None:
         if recipe.photo_resample and resampled_x is None:
             raise ValueError("recipe.photo_resample needs the resampled copy of the training images")
         if not 0 <= recipe.distill_weight <= 1 or recipe.distill_temperature <= 0:
             raise ValueError("distill_weight must be in [0, 1] and distill_temperature positive")
-        if recipe.distill_weight and (teacher_logits is None or len(teacher_logits) != len(train_y)):
+        if recipe.distill_view not in teacher.VIEWS:
+            raise ValueError(f"distill_view must be one of {teacher.VIEWS}, got {recipe.distill_view!r}")
+        same_view = recipe.distill_view == "same"
+        if recipe.distill_weight and same_view and teacher_model is None:
+            raise ValueError("recipe.distill_view 'same' needs the teacher model")
+        if (
+            recipe.distill_weight
+            and not same_view
+            and (teacher_logits is None or len(teacher_logits) != len(train_y))
+        ):
             raise ValueError("recipe.distill_weight needs the teacher's logits for every training image")
-        self.teacher_logits = teacher_logits if recipe.distill_weight else None
+        self.teacher_logits = teacher_logits if recipe.distill_weight and not same_view else None
+        self.teacher_model = teacher_model if recipe.distill_weight and same_view else None
         self.recipe, self.train_x, self.train_y = recipe, train_x, train_y
         self.resampled_x = resampled_x if recipe.photo_resample else None
         self.device, self.amp, self.seed, self.check_every = device, amp, seed, check_every
@@ -361,17 +380,13 @@ class Training:
         y = self.train_y[idx]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = self.model(x)
-        if self.teacher_logits is None:
+        targets = self._teacher_targets(idx, x)
+        if targets is None:
             loss = self.loss_fn(logits.float(), y)
         else:
             r = self.recipe
             loss = teacher.distillation_loss(
-                logits.float(),
-                y,
-                self.teacher_logits[idx],
-                r.distill_weight,
-                r.distill_temperature,
-                r.label_smoothing,
+                logits.float(), y, targets, r.distill_weight, r.distill_temperature, r.label_smoothing
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -388,6 +403,15 @@ class Training:
         if self.amp and self.check_every and (self.step == 1 or self.step % self.check_every == 0):
             self._check_bf16(x[:64])
         return StepInfo(self.step, self.epoch, loss_value / len(y), factor)
+
+    def _teacher_targets(self, idx: Tensor, x: Tensor) -> Tensor | None:
+        """The teacher's logits for this batch: cached per clean image, or run on the student's view."""
+        if self.teacher_logits is not None:
+            return self.teacher_logits[idx]
+        if self.teacher_model is None:
+            return None
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            return self.teacher_model(x).float()
 
     def _check_finite(self, loss: Tensor) -> float:
         """Loss and every gradient must be finite; otherwise stop before the optimizer uses them."""
@@ -810,11 +834,14 @@ def main(argv: list[str] | None = None) -> int:
     if recipe.photo_resample:
         copy = photo_resample.resampled_copy(train_split.images[keep], cache_dir=args.cache_dir)
         resampled_x = cifar.to_tensor(copy, device)
-    teacher_logits, teacher_sha = None, None
-    if recipe.distill_weight:
-        if args.teacher is None:
-            print("--distill-weight needs --teacher", file=sys.stderr)
-            return 1
+    teacher_logits, teacher_model, teacher_sha = None, None, None
+    if recipe.distill_weight and args.teacher is None:
+        print("--distill-weight needs --teacher", file=sys.stderr)
+        return 1
+    if recipe.distill_weight and recipe.distill_view == "same":
+        teacher_model, teacher_sha = teacher.load_teacher(args.teacher, device)
+        print(f"teacher {args.teacher} ({teacher_sha[:12]}) runs on every augmented batch", flush=True)
+    elif recipe.distill_weight:
         teacher_logits, teacher_sha = teacher.teacher_logits(args.teacher, train_x.cpu(), args.cache_dir, amp)
         agree = float((teacher_logits.argmax(1) == train_y.cpu()).double().mean())
         print(
@@ -833,6 +860,7 @@ def main(argv: list[str] | None = None) -> int:
         args.check_every,
         resampled_x=resampled_x,
         teacher_logits=teacher_logits,
+        teacher_model=teacher_model,
     )
     if args.resume:
         assert resume_from is not None
