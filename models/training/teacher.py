@@ -32,10 +32,10 @@ VIEWS = ("clean", "same")
 batch, every step (a "consistent" teacher, Beyer et al. 2022: about twice the step cost)."""
 
 
-def load_teacher(weights: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, str]:
-    """(the classifier in eval mode, frozen, channels_last; its sha256) for teaching on the fly."""
+def load_teacher(weights: Path, device: torch.device | str = "cpu") -> nn.Module:
+    """The classifier in eval mode, frozen, channels_last: how both views run it."""
     model, _ = load_classifier(weights, device)
-    return model.to(memory_format=torch.channels_last), sha256_file(weights)
+    return model.to(memory_format=torch.channels_last)
 
 
 def images_digest(images: Tensor) -> str:
@@ -44,10 +44,8 @@ def images_digest(images: Tensor) -> str:
 
 
 @torch.inference_mode()
-def compute_logits(weights: Path, images: Tensor, amp: bool, batch: int = 500) -> Tensor:
-    """The classifier's mirror-TTA logits (fp32, N×10) for uint8 ``images``; bf16 autocast if ``amp``."""
-    model, _ = load_classifier(weights, "cpu")
-    model = model.to(memory_format=torch.channels_last)
+def compute_logits(model: nn.Module, images: Tensor, amp: bool, batch: int = 500) -> Tensor:
+    """The teacher's mirror-TTA logits (fp32, N×10) for uint8 ``images``; bf16 autocast if ``amp``."""
     parts = []
     for i in range(0, len(images), batch):
         x = cifar.normalize(images[i : i + batch]).contiguous(memory_format=torch.channels_last)
@@ -55,7 +53,7 @@ def compute_logits(weights: Path, images: Tensor, amp: bool, batch: int = 500) -
             parts.append(predict_logits(model, x, tta=1).float())
     logits = torch.cat(parts)
     if not bool(torch.isfinite(logits).all()):
-        raise ValueError(f"{weights}: non-finite teacher logits (bf16 autocast {amp})")
+        raise ValueError(f"non-finite teacher logits (bf16 autocast {amp})")
     return logits
 
 
@@ -66,7 +64,10 @@ def teacher_logits(weights: Path, images: Tensor, cache_dir: Path | None, amp: b
     cached = cache_dir / f"teacher-{sha[:16]}-{digest[:16]}.safetensors" if cache_dir else None
     if cached is not None and cached.exists():
         return load_file(str(cached))["logits"], sha
-    logits = compute_logits(weights, images, amp)
+    try:
+        logits = compute_logits(load_teacher(weights), images, amp)
+    except ValueError as exc:
+        raise ValueError(f"{weights}: {exc}") from exc
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")

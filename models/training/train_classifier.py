@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from models import calibration, cifar
 from models.classifier import CifarNet, init_whitening, load_classifier, save_classifier
 from models.precision import PRECISIONS, use_bf16
+from models.styles import sha256_file
 from models.training import photo_resample, teacher
 
 CHECKPOINT_FORMAT = "atelier-cifar-train-checkpoint/1"
@@ -335,11 +336,8 @@ class Training:
         same_view = recipe.distill_view == "same"
         if recipe.distill_weight and same_view and teacher_model is None:
             raise ValueError("recipe.distill_view 'same' needs the teacher model")
-        if (
-            recipe.distill_weight
-            and not same_view
-            and (teacher_logits is None or len(teacher_logits) != len(train_y))
-        ):
+        logits_cover_all = teacher_logits is not None and len(teacher_logits) == len(train_y)
+        if recipe.distill_weight and not same_view and not logits_cover_all:
             raise ValueError("recipe.distill_weight needs the teacher's logits for every training image")
         self.teacher_logits = teacher_logits if recipe.distill_weight and not same_view else None
         self.teacher_model = teacher_model if recipe.distill_weight and same_view else None
@@ -839,7 +837,7 @@ def main(argv: list[str] | None = None) -> int:
         print("--distill-weight needs --teacher", file=sys.stderr)
         return 1
     if recipe.distill_weight and recipe.distill_view == "same":
-        teacher_model, teacher_sha = teacher.load_teacher(args.teacher, device)
+        teacher_model, teacher_sha = teacher.load_teacher(args.teacher, device), sha256_file(args.teacher)
         print(f"teacher {args.teacher} ({teacher_sha[:12]}) runs on every augmented batch", flush=True)
     elif recipe.distill_weight:
         teacher_logits, teacher_sha = teacher.teacher_logits(args.teacher, train_x.cpu(), args.cache_dir, amp)
