@@ -146,8 +146,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--teacher",
         type=Path,
-        help="a trained classifier (e.g. the served ensemble) to distil: its mirror-TTA logits become soft "
-        "targets, weighted by --distill-weight",
+        help="a trained classifier (e.g. the served ensemble) to distil: its logits (see --distill-view) "
+        "become soft targets, weighted by --distill-weight",
     )
     p.add_argument("--distill-weight", type=float, help="share of the loss on the teacher's targets (0-1)")
     p.add_argument("--distill-temperature", type=float, help="softmax temperature of the soft targets")
