@@ -21,6 +21,7 @@ import random
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -169,6 +170,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--style", default="starry_night")
     p.add_argument("--paintings", default=str(DATA_DIR / "styles"))
     p.add_argument("--objective-from", default=str(SERVED), help="weights whose training objective is used")
+    p.add_argument(
+        "--style-weight", type=float, default=None,
+        help="judge and train under this style weight instead of the objective's (a reweighted bar)",
+    )  # fmt: skip
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=100)
@@ -182,13 +187,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     train_photos = split_photos(list_photos(Path(a.photos)))[0] if a.train_photos else []
     objective_file = Path(a.init or a.objective_from)
     objective = StyleObjective.from_json(read_metadata(objective_file)["atelier.objective"])
+    if a.style_weight is not None:
+        objective = replace(objective, style_weight=a.style_weight)
     start = pil_to_tensor(resize_longest(Image.open(judged[0]).convert("RGB"), 256))
     model, style = network_for(Path(a.init) if a.init else None, a.arch, a.style, start)
     report = probe(
         judged, Path(a.paintings) / f"{a.style}.jpg", objective, model, style, a.iterations, a.lr,
         a.eval_every, train_photos, a.batch_size, max_steps=a.max_steps,
     )  # fmt: skip
-    report |= {"arch": a.arch if not a.init else f"init:{a.init}", "style": a.style, "lr": a.lr}
+    report |= {
+        "arch": a.arch if not a.init else f"init:{a.init}", "style": a.style, "lr": a.lr,
+        "objective": json.loads(objective.to_json()),
+    }  # fmt: skip
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=1))
