@@ -6,7 +6,7 @@ from pathlib import Path
 
 from models.imaging import pil_to_tensor
 from models.style_objective import StyleObjective
-from models.training.overfit_probe import network_for, probe, steps_to_beat
+from models.training.overfit_probe import SERVED, judged_objective, network_for, probe, steps_to_beat
 from tests.test_transformer import _tiny_data, photo_like
 
 
@@ -43,3 +43,11 @@ def test_training_on_photos_uses_crops_of_the_training_split(tmp_path: Path) -> 
         max_steps=2,
     )  # fmt: skip
     assert report["trained_on"] == "8 training photos, 32 px crops" and len(report["points"]) == 3
+
+
+def test_the_judged_objective_is_the_served_one_unless_reweighted() -> None:
+    served = judged_objective(SERVED)
+    assert served.style_weight == 30.0 and served.content_layers == ("relu2_2",)
+    heavier = judged_objective(SERVED, style_weight=300.0)
+    assert heavier.style_weight == 300.0
+    assert heavier.style_layer_weights == served.style_layer_weights and heavier.tv_weight == served.tv_weight

@@ -55,6 +55,12 @@ def steps_to_beat(curve: Sequence[float], loss: float) -> int | None:
     return next((k for k, v in enumerate(curve) if v < loss), None)
 
 
+def judged_objective(weights: Path, style_weight: float | None = None) -> StyleObjective:
+    """The objective ``weights`` were trained with, or it reweighted: is the count a matter of balance?"""
+    objective = StyleObjective.from_json(read_metadata(weights)["atelier.objective"])
+    return objective if style_weight is None else replace(objective, style_weight=style_weight)
+
+
 def network_for(init: Path | None, arch: str, style: str, photo: Tensor) -> tuple[TransformerNet, Tensor]:
     """The network to train and its style-weight row: the trained one's row of ``style``, or a fresh one."""
     if init is not None:
@@ -185,10 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(a.threads)
     judged = [Path(n) if Path(n).suffix else Path(a.photos) / f"{n}.jpg" for n in a.photo.split(",")]
     train_photos = split_photos(list_photos(Path(a.photos)))[0] if a.train_photos else []
-    objective_file = Path(a.init or a.objective_from)
-    objective = StyleObjective.from_json(read_metadata(objective_file)["atelier.objective"])
-    if a.style_weight is not None:
-        objective = replace(objective, style_weight=a.style_weight)
+    objective = judged_objective(Path(a.init or a.objective_from), a.style_weight)
     start = pil_to_tensor(resize_longest(Image.open(judged[0]).convert("RGB"), 256))
     model, style = network_for(Path(a.init) if a.init else None, a.arch, a.style, start)
     report = probe(
