@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import shutil
 import signal
@@ -18,7 +19,11 @@ import torch
 from fastapi.testclient import TestClient
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Worker
+from rq import Queue, Worker
+from rq.exceptions import DeserializationError, NoSuchJobError
+from rq.job import Job
+from rq.serializers import JSONSerializer
+from rq.worker_registration import clean_worker_registry
 
 from app.main import create_app
 from core.queue import make_queue
@@ -54,6 +59,7 @@ def redis_url() -> Iterator[str]:
                 break
             time.sleep(0.1)
     yield REDIS_URL
+    _purge_rq(REDIS_URL, f"atelier-test-{RUN_ID}-*")
     _purge_patterns(REDIS_URL, f"atelier-test-{RUN_ID}-*", f"rq:*atelier-test-{RUN_ID}-*")
 
 
@@ -81,7 +87,33 @@ def _purge_patterns(redis_url: str, *patterns: str) -> None:
             redis.delete(key)
 
 
+def _purge_rq(redis_url: str, queue_glob: str) -> None:
+    """What RQ keeps of the queues matching ``queue_glob`` under names that do not carry them.
+
+    Job hashes and results are keyed by job id (``rq:job:<id>``, ``rq:results:<id>``), and a queue's
+    name stays in RQ's set of queues (``rq:queues``) after its own keys are gone: left alone, every
+    test run would leave its jobs behind for a day and its queue names in that set for good.
+    """
+    redis = Redis.from_url(redis_url)
+    for key in redis.scan_iter(match="rq:job:*", count=500):
+        job_id = key.decode().removeprefix("rq:job:")
+        if ":" in job_id:  # a job's dependents or dependencies set, deleted with the job
+            continue
+        origin = redis.hget(key, "origin")
+        if origin is None or not fnmatch.fnmatchcase(origin.decode(), queue_glob):
+            continue
+        try:
+            Job.fetch(job_id, connection=redis, serializer=JSONSerializer).delete()
+        except (NoSuchJobError, DeserializationError):  # gone meanwhile, or half-written
+            redis.delete(key, f"rq:results:{job_id}")
+    for queue in Queue.all(connection=redis):
+        if fnmatch.fnmatchcase(queue.name, queue_glob):
+            clean_worker_registry(queue)  # workers that have exited, from RQ's worker sets
+            queue.delete(delete_jobs=True)
+
+
 def _purge(settings: Settings) -> None:
+    _purge_rq(settings.redis_url, settings.queue_name)
     _purge_patterns(settings.redis_url, f"{settings.key_prefix}*", f"rq:*{settings.queue_name}*")
 
 
