@@ -31,6 +31,7 @@ from app.metrics import (
     job_duration_family,
 )
 from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
+from app.repeated_fields import reject_repeated_fields
 from app.routers import classify, custom_styles, health, job_events, jobs, live, stylize, video_jobs, web
 from core.queue import make_queue
 from core.redis_conn import connect
@@ -152,6 +153,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        dependencies=[Depends(reject_repeated_fields)],
         **_telemetry_option(settings.opentelemetry),
     )
     app.state.settings = settings
