@@ -125,6 +125,12 @@ _STATUS_SLUGS = {
 }
 
 
+def _no_route_detail(path: str) -> str:
+    if path.startswith("/jobs/"):
+        return f"No job at {path}: job ids are the UUIDs that POST /jobs/... returned (see /docs)."
+    return f"Nothing at {path}; the API's paths are listed at /docs."
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Route every error path of the app through problem details."""
 
@@ -143,6 +149,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         if exc.status_code == 400 and "parsing the body" in detail:
             detail = "The request body is not valid multipart/form-data (or a form field is too large)."
         headers = dict(exc.headers or {})
+        if exc.status_code == 404 and detail == "Not Found":  # no route matched: say what would have
+            detail = _no_route_detail(request.url.path)
         if exc.status_code == 405:
             # Starlette names only the methods of the first route it tried; list every route's.
             from app.contract import allowed_methods

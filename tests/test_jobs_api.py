@@ -134,6 +134,9 @@ def test_unknown_and_malformed_job_ids(client):
     assert client.delete(f"/jobs/{uuid.uuid4()}").status_code == 404
     malformed = client.get("/jobs/not-a-uuid")  # ids are UUIDs: any other names no resource
     assert malformed.status_code == 404 and malformed.headers["content-type"] == PROBLEM
+    assert "UUID" in malformed.json()["detail"]  # says why, not just "Not Found"
+    elsewhere = client.get("/no-such-path")
+    assert elsewhere.status_code == 404 and "/docs" in elsewhere.json()["detail"]
     not_allowed = client.get("/jobs/optimize")  # that path exists, for POST only
     assert not_allowed.status_code == 405 and not_allowed.headers["allow"] == "POST"
 
