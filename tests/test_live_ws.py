@@ -101,6 +101,7 @@ def test_oversized_frame_is_refused_before_decoding(client, settings):
         ("style=starry_night&strength=2", "strength", "'strength' must be between 0 and 1."),
         ("style=starry_night&format=gif", "format", "'format' must be one of"),
         ("style=starry_night&colour=1", "colour", "Unknown query parameter(s): colour"),
+        ("style=starry_night&style=great_wave", "style", "'style' was sent more than once"),
     ],
 )
 def test_bad_query_sends_a_problem_then_closes_with_the_reason(client, query, field, reason):

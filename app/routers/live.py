@@ -71,6 +71,9 @@ def parse_options(query: QueryParams, stylizer: Stylizer | None) -> LiveOptions:
             f"Unknown query parameter(s): {', '.join(unknown)}. Accepted: {', '.join(QUERY_FIELDS)}.",
             unknown[0],
         )
+    repeated = [name for name in QUERY_FIELDS if len(query.getlist(name)) > 1]
+    if repeated:
+        raise _invalid(f"'{repeated[0]}' was sent more than once but takes one value.", repeated[0])
     if stylizer is None or not stylizer.available:
         raise Problem(503, "service-unavailable", "No style network is loaded; see /readyz.")
     style = query.get("style", "")
