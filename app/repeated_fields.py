@@ -66,7 +66,7 @@ async def reject_repeated_fields(connection: HTTPConnection) -> None:
         return  # websockets and mounted apps: nothing of ours to check
     query_names, form_names = single_valued(route)
     repeated = _repeated(connection.query_params, query_names)
-    content_type = connection.headers.get("content-type", "")
+    content_type = connection.headers.get("content-type", "").lower()
     if form_names and content_type.startswith(FORM_TYPES):
         # FastAPI has parsed the body before dependencies run; this returns the cached form.
         repeated += _repeated(await connection.form(), form_names)
@@ -77,6 +77,6 @@ async def reject_repeated_fields(connection: HTTPConnection) -> None:
     ]
     hint = " For a blend of styles send one 'style' with comma-separated names (and 'style_weights')."
     detail = "; ".join(f"'{name}' was sent more than once but takes one value" for name in repeated) + "."
-    if "style" in repeated:
+    if "style" in repeated and connection.url.path == "/stylize":
         detail += hint
     raise Problem(422, "validation-error", detail, field=repeated[0], errors=errors)
