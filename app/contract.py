@@ -84,7 +84,10 @@ STANDARD_PROBLEMS: dict[int, tuple[str, dict[str, Any]]] = {
     404: ("No such resource (unknown, expired, or another API key's).", {}),
     409: ("The resource is not in a state that allows this.", {}),
     413: ("An upload or the whole body exceeds the byte limit, or an image has too many pixels.", {}),
-    415: ("An upload is not an image format the API accepts.", {}),
+    415: (
+        "An upload is not an image format the API accepts, or the body is not multipart/form-data.",
+        {},
+    ),
     422: ("A field is missing, malformed, out of range or unknown; or an image is empty or corrupt.", {}),
     429: ("This API key already has as many unfinished jobs as it may.", {"Retry-After": RETRY_AFTER}),
     503: (

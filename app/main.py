@@ -22,6 +22,7 @@ from app.auth import ApiKeys, authenticate
 from app.body_limit import BodyLimitMiddleware
 from app.contract import install_contract
 from app.fleet import fleet_status, forget_dead_workers, heartbeat_window_s
+from app.form_body import require_form_body
 from app.metrics import (
     CallbackCollector,
     HttpMetrics,
@@ -153,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
-        dependencies=[Depends(reject_repeated_fields)],
+        dependencies=[Depends(require_form_body), Depends(reject_repeated_fields)],
         **_telemetry_option(settings.opentelemetry),
     )
     app.state.settings = settings

@@ -7,6 +7,8 @@ errors into the same shape, so clients parse one error format everywhere.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,7 +26,10 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "validation-error": ("Invalid request", "A field is missing, malformed or out of range; see `errors`."),
     "payload-too-large": ("Payload too large", "The upload or request body exceeds the configured limit."),
     "image-too-large": ("Image too large", "The image has more pixels than the service accepts."),
-    "unsupported-media-type": ("Unsupported media type", "The upload is not an image format we accept."),
+    "unsupported-media-type": (
+        "Unsupported media type",
+        "The upload is not an image format we accept, or the body is not a form.",
+    ),
     "invalid-image": ("Invalid image", "The upload is empty, truncated or corrupt."),
     "invalid-video": ("Invalid video", "The video is empty, truncated, corrupt, or has no video frames."),
     "video-too-large": ("Video too large", "Longer, or with more or larger frames, than allowed."),
@@ -108,10 +113,27 @@ def _field_name(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or ".".join(str(p) for p in loc)
 
 
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+
+
+def _is_non_finite(value: Any) -> bool:
+    """``nan``, ``inf``, ``1e999``...: numbers that no range check can place."""
+    try:
+        return not math.isfinite(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return False
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    # A bound check on NaN fails whichever side it tests: "less than or equal to 1" for ``nan``
+    # would send the client looking for a smaller number.
+    if error.get("type") in _BOUND_ERRORS and _is_non_finite(error.get("input")):
+        return f"Input should be a finite number; got {error.get('input')!r}"
+    return error.get("msg", "")
+
+
 def validation_problem(exc: RequestValidationError) -> Problem:
-    errors = [
-        {"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", "")} for e in exc.errors()
-    ]
+    errors = [{"field": _field_name(tuple(e.get("loc", ()))), "message": _message(e)} for e in exc.errors()]
     fields = sorted({e["field"] for e in errors})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "Invalid request."
     return Problem(422, "validation-error", detail, field=fields[0] if fields else None, errors=errors)

@@ -18,9 +18,9 @@ from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection, Request
 
+from app.form_body import FORM_TYPES
 from app.problems import Problem
 
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 _CACHE_ATTR = "_atelier_single_valued"
 _MANY = (list, set, frozenset, tuple, collections.abc.Sequence, collections.abc.Set)
 
