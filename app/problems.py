@@ -124,16 +124,32 @@ def _is_non_finite(value: Any) -> bool:
         return False
 
 
+def _text_for_a_file(error: Mapping[str, Any]) -> bool:
+    """A plain form value where an upload belongs (``-F style=udnie`` instead of ``-F style=@a.jpg``)."""
+    return error.get("type") == "value_error" and "Expected UploadFile" in str(error.get("msg", ""))
+
+
 def _message(error: Mapping[str, Any]) -> str:
     # A bound check on NaN fails whichever side it tests: "less than or equal to 1" for ``nan``
     # would send the client looking for a smaller number.
     if error.get("type") in _BOUND_ERRORS and _is_non_finite(error.get("input")):
         return f"Input should be a finite number; got {error.get('input')!r}"
+    if _text_for_a_file(error):  # pydantic's own words name a Python class
+        text = str(error.get("input", ""))
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        return f"must be an uploaded file (curl: -F name=@path), not the text {shown!r}"
     return error.get("msg", "")
 
 
+def _error_field(error: Mapping[str, Any]) -> str:
+    loc = tuple(error.get("loc", ()))
+    if _text_for_a_file(error) and loc and isinstance(loc[-1], int):
+        loc = loc[:-1]  # "style", not "style.0": the field the client names in its form
+    return _field_name(loc)
+
+
 def validation_problem(exc: RequestValidationError) -> Problem:
-    errors = [{"field": _field_name(tuple(e.get("loc", ()))), "message": _message(e)} for e in exc.errors()]
+    errors = [{"field": _error_field(e), "message": _message(e)} for e in exc.errors()]
     fields = sorted({e["field"] for e in errors})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "Invalid request."
     return Problem(422, "validation-error", detail, field=fields[0] if fields else None, errors=errors)

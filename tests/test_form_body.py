@@ -75,3 +75,29 @@ def test_non_finite_number_is_named_as_such(client: TestClient, value: str) -> N
     body = r.json()
     assert body["field"] == "strength"
     assert "finite number" in body["detail"], body["detail"]
+
+
+@pytest.mark.parametrize(
+    ("path", "form", "field"),
+    [
+        ("/stylize", {"file": "photo.jpg", "style": "udnie"}, "file"),
+        ("/jobs/optimize", {"content": "photo.jpg", "style": "starry_night"}, "content"),
+    ],
+)
+def test_text_where_a_file_belongs_says_so(client: TestClient, path: str, form: dict, field: str) -> None:
+    r = client.post(path, data=form, files={"unused": ("u.txt", b"x", "text/plain")})  # multipart
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["field"] == field
+    assert "uploaded file" in body["detail"] and "UploadFile" not in body["detail"]
+
+
+def test_a_style_name_sent_to_a_gatys_job_names_the_field(client: TestClient) -> None:
+    photo = encode(photo_like(40, 32))
+    r = client.post(
+        "/jobs/optimize", files={"content": ("p.png", photo, "image/png")}, data={"style": "starry_night"}
+    )
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["field"] == "style"  # not "style.0"
+    assert "'starry_night'" in body["detail"] and "uploaded file" in body["detail"]
