@@ -98,7 +98,7 @@ def _service(request: Request) -> ClassifierService:
         503,
         504,
         d413="A file is too large or has too many pixels.",
-        d415="A file is not a supported image format.",
+        d415="A file is not a supported image format, or the body is not multipart/form-data.",
         d422="Missing/invalid field, too many files, unknown field, or an empty or corrupt image.",
         d503="Too many requests already wait for the model (ATELIER_CLASSIFY_MAX_PENDING), or it is "
         "not loaded.",

@@ -202,7 +202,7 @@ def _painting_png(img: Any) -> bytes:
             503,
             d413="The video (or the request) has too many bytes, seconds, frames or pixels per frame, or "
             "more output pixels in all than one job may stylize.",
-            d415="The file is not a video in an accepted container.",
+            d415="The file is not a video in an accepted container, or the body is not multipart/form-data.",
             d422="A field is invalid, or the video is truncated, corrupt, or has no video frames.",
             d429="This API key already has ATELIER_MAX_JOBS_PER_KEY unfinished jobs.",
             d503="The queue is full, a model is not loaded, or Redis is unavailable.",
