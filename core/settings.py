@@ -116,11 +116,16 @@ class Settings(BaseSettings):
     classify_backend: Literal["auto", "torch", "onnx"] = Field(
         "auto", description="auto: ONNX Runtime int8 on the CPU (2x torch's speed, -0.2 pt), torch on a GPU."
     )
-    classify_tta: bool = Field(
+    classify_tta: bool | Literal["auto"] = Field(
         True,
         description="Mirror test-time augmentation: each image is scored with its mirror image and the "
-        "logits averaged (+0.8 pt top-1 and better calibrated, for twice the model time per image: "
-        "-40% peak req/s on 2 cores, bench/results/classify-cpu-2026-12-03-long.md).",
+        "logits averaged (+0.5 pt top-1 and better calibrated, for twice the model time per image: "
+        "-40% peak req/s on 2 cores, bench/results/classify-cpu-2026-12-03-long.md). auto: mirror only "
+        "batches of at most ATELIER_CLASSIFY_TTA_AUTO_MAX_BATCH images, so that under load the model "
+        "work halves instead of the wait growing; each result says which it got (`tta`).",
+    )
+    classify_tta_auto_max_batch: int = Field(
+        4, ge=1, description="With ATELIER_CLASSIFY_TTA=auto: the largest batch still scored with mirrors."
     )
 
     # --- Fast style transfer -------------------------------------------------------------------

@@ -19,6 +19,8 @@ from app.main import create_app
 from app.services.classifier import ClassifierService
 from core.settings import Settings
 from models import cifar
+from models.classifier import normalize_pixels
+from tests.images import encode, photo_like
 
 PROBLEM_JSON = "application/problem+json"
 needs_data = pytest.mark.skipif(
@@ -268,6 +270,59 @@ def test_service_mirror_tta_averages_an_image_with_its_mirror() -> None:
     )
     assert plain.run_sync(x)[0].argmax() == 9  # asymmetric image: a confident answer
     assert np.allclose(mirrored.run_sync(x)[0], 0.1)  # mirror cancels it exactly: uniform
+
+
+def test_auto_tta_mirrors_small_batches_and_skips_busy_ones() -> None:
+    """``tta_max_batch``: a batch above it is scored alone, with the unmirrored temperature, and says so."""
+    calls: list[int] = []
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        calls.append(len(x))
+        diff = x[..., :16].mean(axis=(1, 2, 3)) - x[..., 16:].mean(axis=(1, 2, 3))
+        return np.outer(diff, np.arange(10, dtype=np.float64))
+
+    service = ClassifierService(
+        runner,
+        cifar.CLASSES,
+        version="t",
+        backend="fake",
+        device="cpu",
+        max_batch=8,
+        max_wait_s=0,
+        tta_flip=True,
+        temperature=0.5,
+        tta_max_batch=2,
+        temperature_unmirrored=2.0,
+    )
+    x = np.zeros((3, 32, 32, 3), dtype=np.uint8)
+    x[:, :, :16] = 255
+    small = service._run_batch(None, list(x[:2]))
+    assert calls == [4] and all(r.mirrored for r in small)  # 2 images and their 2 mirrors
+    assert np.allclose(small[0].probabilities, 0.1)  # the mirror cancelled the asymmetry
+    busy = service._run_batch(None, list(x))
+    assert calls == [4, 3] and not any(r.mirrored for r in busy)
+    scaled = runner(normalize_pixels(x[:1]))[0] / 2.0  # the unmirrored temperature, not 0.5
+    expected = np.exp(scaled - scaled.max())
+    assert np.allclose(busy[0].probabilities, expected / expected.sum())
+    with pytest.raises(ValueError, match="tta_max_batch"):
+        ClassifierService(
+            runner,
+            cifar.CLASSES,
+            version="t",
+            backend="f",
+            device="cpu",
+            max_batch=8,
+            max_wait_s=0,
+            tta_max_batch=0,
+        )
+
+
+def test_every_result_says_how_it_was_scored(client: TestClient) -> None:
+    png = encode(photo_like(32, 32))
+    body = client.post("/classify", files={"file": ("a.png", png, "image/png")}).json()
+    assert body["results"][0]["tta"] in ("mirror", "none")
+    check = client.get("/readyz").json()["checks"]["classifier"]
+    assert body["results"][0]["tta"] == ("mirror" if check["tta_flip"] else "none")  # one image: no rush
 
 
 def test_readiness_reports_the_loaded_model(client: TestClient) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
@@ -46,6 +46,11 @@ class PredictionOut(BaseModel):
 class ImageResult(BaseModel):
     filename: str | None = Field(examples=["kitty.jpg"])
     predictions: list[PredictionOut]
+    tta: Literal["mirror", "none"] = Field(
+        description="How this image was scored: with its mirror image averaged in, or alone. With "
+        "ATELIER_CLASSIFY_TTA=auto, images that arrive in a busy batch are scored alone.",
+        examples=["mirror"],
+    )
 
 
 class ClassifyResponse(BaseModel):
@@ -136,9 +141,12 @@ async def classify(
         results=[
             ImageResult(
                 filename=up.filename,
-                predictions=[PredictionOut(label=p.label, probability=p.probability) for p in preds],
+                predictions=[
+                    PredictionOut(label=p.label, probability=p.probability) for p in image.predictions
+                ],
+                tta="mirror" if image.mirrored else "none",
             )
-            for up, preds in zip(file, predictions, strict=True)
+            for up, image in zip(file, predictions, strict=True)
         ],
         inference_ms=took,
     )
@@ -157,7 +165,8 @@ async def startup(app: FastAPI) -> None:
             threads=settings.torch_threads,
             max_batch=settings.classify_max_batch,
             max_wait_s=settings.classify_batch_wait_ms / 1000,
-            tta_flip=settings.classify_tta,
+            tta_flip=settings.classify_tta is True or settings.classify_tta == "auto",
+            tta_max_batch=settings.classify_tta_auto_max_batch if settings.classify_tta == "auto" else None,
         )
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         reason = str(exc)
@@ -174,6 +183,7 @@ async def startup(app: FastAPI) -> None:
         "backend": info["backend"],
         "device": info["device"],
         "tta_flip": service.tta_flip,
+        "tta_max_batch": service.tta_max_batch,
         "temperature": service.temperature,
         "calibration": service.calibration,
         "batches": service.stats.batches,

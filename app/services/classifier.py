@@ -49,6 +49,15 @@ class Ranked:
 
     probabilities: np.ndarray
     order: np.ndarray
+    mirrored: bool = False  # scored with its mirror image (TTA) in this batch
+
+
+@dataclass(frozen=True)
+class ImagePredictions:
+    """One image's top-k, and whether mirror TTA scored it (``auto`` leaves it out of busy batches)."""
+
+    predictions: list[Prediction]
+    mirrored: bool
 
 
 @dataclass(frozen=True)
@@ -116,12 +125,20 @@ class ClassifierService:
         tta_flip: bool = DEFAULT_TTA_FLIP,
         temperature: float = 1.0,
         calibration: str = "none",
+        tta_max_batch: int | None = None,
+        temperature_unmirrored: float | None = None,
     ) -> None:
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not temperature > 0 or not (temperature_unmirrored or temperature) > 0:
+            raise ValueError(f"temperatures must be positive, got {temperature}, {temperature_unmirrored}")
+        if tta_max_batch is not None and tta_max_batch < 1:
+            raise ValueError(f"tta_max_batch must be at least 1, got {tta_max_batch}")
         self._runner = runner
         self.tta_flip = tta_flip
+        # With TTA on, batches larger than this skip the mirrors (``ATELIER_CLASSIFY_TTA=auto``): a
+        # large batch means requests are waiting, and half the model work shortens the wait for all.
+        self.tta_max_batch = tta_max_batch
         self.temperature = temperature  # logits / T before the softmax: calibrated probabilities
+        self.temperature_unmirrored = temperature_unmirrored or temperature  # for batches left unmirrored
         self.calibration = calibration
         self.classes = tuple(classes)
         self.name = MODEL_NAME
@@ -143,21 +160,23 @@ class ClassifierService:
     def _run_batch(self, _key: Any, items: Sequence[np.ndarray]) -> list[Ranked]:
         """Runs in the batcher thread: one forward pass (of the images and, with TTA, their mirrors)."""
         x = normalize_pixels(np.stack(items))
-        if self.tta_flip:
-            n = len(items)
+        n = len(items)
+        mirror = self.tta_flip and (self.tta_max_batch is None or n <= self.tta_max_batch)
+        if mirror:
             both = self._runner(np.concatenate([x, x[..., ::-1]]))
             logits = 0.5 * (both[:n] + both[n:])
         else:
             logits = self._runner(x)
-        probs = _softmax(logits / self.temperature)
+        temperature = self.temperature if mirror or not self.tta_flip else self.temperature_unmirrored
+        probs = _softmax(logits / temperature)
         order = np.argsort(-probs, axis=1, kind="stable")
-        return [Ranked(p, o) for p, o in zip(probs, order, strict=True)]
+        return [Ranked(p, o, mirror) for p, o in zip(probs, order, strict=True)]
 
     def run_sync(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities for uint8 (N, 32, 32, 3) pixels, bypassing the batcher (warm-up, benchmarks)."""
         return np.stack([r.probabilities for r in self._run_batch(None, list(pixels))])
 
-    async def classify(self, images: Sequence[Image.Image], top_k: int) -> list[list[Prediction]]:
+    async def classify(self, images: Sequence[Image.Image], top_k: int) -> list[ImagePredictions]:
         """Top-k predictions per image; every image is its own batcher item.
 
         Small images (CIFAR-sized, thumbnails) are resized right here: it takes microseconds, less
@@ -168,7 +187,7 @@ class ClassifierService:
         else:
             pixels = await run_in_threadpool(to_pixels, images)
         ranked = await asyncio.gather(*(self.batcher.submit(row) for row in pixels))
-        return [self._top_k(r, top_k) for r in ranked]
+        return [ImagePredictions(self._top_k(r, top_k), r.mirrored) for r in ranked]
 
     def _top_k(self, ranked: Ranked, k: int) -> list[Prediction]:
         # Rounded *down* so the reported probabilities can never sum to more than 1.
@@ -231,6 +250,7 @@ def load_service(
     max_batch: int = 64,
     max_wait_s: float = 0.0,
     tta_flip: bool = DEFAULT_TTA_FLIP,
+    tta_max_batch: int | None = None,
 ) -> ClassifierService:
     """Load the committed classifier; raises FileNotFoundError/ValueError with a reason if it cannot.
 
@@ -273,6 +293,8 @@ def load_service(
         tta_flip=tta_flip,
         temperature=calibration.for_tta(tta_flip),
         calibration=calibration.source,
+        tta_max_batch=tta_max_batch,
+        temperature_unmirrored=calibration.for_tta(False),
     )
     service.run_sync(np.zeros((1, 32, 32, 3), dtype=np.uint8))  # warm-up: first call allocates
     return service
