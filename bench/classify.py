@@ -35,6 +35,8 @@ from bench.machine import describe, machine, uptime  # noqa: E402
 from bench.serve import HOST, free_port, start_api  # noqa: E402
 
 TARGETS = {"p50_c1_ms": 25.0, "rps_ratio_c32_over_c1": 5.0, "p99_c32_ms": 250.0}
+# How the report names ATELIER_CLASSIFY_TTA (older records stored a bool).
+TTA_WORDS = {"on": "on", "off": "off", "auto": "auto (busy batches unmirrored)", True: "on", False: "off"}
 
 
 @dataclass
@@ -176,12 +178,12 @@ def readiness(port: int) -> dict[str, Any]:
 
 
 def start_server(
-    port: int, backend: str, threads: int, tta: bool = False, weights_dir: str = ""
+    port: int, backend: str, threads: int, tta: str = "off", weights_dir: str = ""
 ) -> subprocess.Popen[bytes]:
     env = {
         "ATELIER_CLASSIFY_BACKEND": backend,
         "ATELIER_TORCH_THREADS": str(threads),
-        "ATELIER_CLASSIFY_TTA": "1" if tta else "0",
+        "ATELIER_CLASSIFY_TTA": {"off": "0", "on": "1"}.get(tta, tta),
         **({"ATELIER_WEIGHTS_DIR": weights_dir} if weights_dir else {}),
     }
     return start_api(port, env, lambda p: readiness(p)["checks"]["classifier"]["ok"])
@@ -211,7 +213,8 @@ def model_bench(seconds: float, threads: int) -> dict[str, Any]:
     from models.training.export_onnx import latency, onnx_runner, torch_runner
 
     wdir = Settings().weights_dir / "classifier"  # the same files the server loads
-    torch.set_num_threads(threads)
+    if threads > 0:  # 0: the library default, as ATELIER_TORCH_THREADS=0 gives the server
+        torch.set_num_threads(threads)
     model = fold_batchnorm(load_classifier(wdir / "classifier.safetensors")[0])
     x = np.random.default_rng(0).standard_normal((256, 3, 32, 32)).astype(np.float32)
     runners = {"torch-fp32": torch_runner(model)}
@@ -281,7 +284,7 @@ def markdown(report: dict[str, Any]) -> str:
     for srv in report["servers"]:
         lines += [
             f"## Over HTTP, model `{srv.get('model_version')}`, backend `{srv['backend']}`, mirror TTA "
-            f"{'on' if srv.get('tta') else 'off'} (load after: `{srv['uptime_after']}`)",
+            f"{TTA_WORDS.get(srv.get('tta'), srv.get('tta'))} (load after: `{srv['uptime_after']}`)",
             "",
             "| phase | concurrency | requests | errors | req/s | p50 ms | p90 ms | p99 ms | max ms |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -308,7 +311,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def server_bench(
-    backend: str, image: bytes, args: argparse.Namespace, tta: bool = False, weights_dir: str = ""
+    backend: str, image: bytes, args: argparse.Namespace, tta: str = "off", weights_dir: str = ""
 ) -> dict[str, Any]:
     """One server process with ``backend`` (and ``weights_dir``, else the default weights): the HTTP
     phases, target verdicts, its batching counters."""
@@ -324,12 +327,12 @@ def server_bench(
         "weights_dir": weights_dir or "(default)",
         "model_version": check.get("version"),
         "backend": check.get("backend", backend),
-        "tta": check.get("tta_flip", tta),
+        "tta": tta,
         "temperature": check.get("temperature"),
         "uptime_after": uptime(),
         "http": http,
         "targets": verdicts(http),
-        "batch_stats": {k: check.get(k) for k in ("batches", "largest_batch")},
+        "batch_stats": {k: check.get(k) for k in ("batches", "largest_batch", "images_scored")},
     }
 
 
@@ -347,7 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         help="server's ATELIER_TORCH_THREADS (1: a 2-core box is shared with the load generator)",
     )
     p.add_argument(
-        "--tta", choices=["off", "on", "both"], default="off", help="ATELIER_CLASSIFY_TTA of the servers"
+        "--tta",
+        choices=["off", "on", "auto", "both", "all"],
+        default="off",
+        help="ATELIER_CLASSIFY_TTA of the servers (both: off and on; all: off, on and auto)",
     )
     p.add_argument(
         "--weights-dirs",
@@ -361,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
 
     before = uptime()
     image = bench_image()
-    tta_modes = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
+    tta_modes = {"both": ["off", "on"], "all": ["off", "on", "auto"]}.get(args.tta, [args.tta])
     servers = [
         server_bench(backend, image, args, tta, weights_dir)
         for _ in range(args.rounds)

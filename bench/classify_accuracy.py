@@ -31,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.classify import classify_machine, readiness, start_server, uptime  # noqa: E402
+from bench.classify import TTA_WORDS, classify_machine, readiness, start_server, uptime  # noqa: E402
 from bench.machine import describe  # noqa: E402
 from bench.serve import HOST, free_port  # noqa: E402
 from models import calibration, cifar  # noqa: E402
@@ -90,7 +90,7 @@ def scores(probs: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     }
 
 
-def run_server(tta: bool, files: list[bytes], labels: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
+def run_server(tta: str, files: list[bytes], labels: np.ndarray, args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     server = start_server(port, args.backend, args.threads, tta)
     try:
@@ -98,11 +98,13 @@ def run_server(tta: bool, files: list[bytes], labels: np.ndarray, args: argparse
         start = time.perf_counter()
         probs, model, requests = classify_all(port, files, args.per_request, args.concurrency)
         seconds = time.perf_counter() - start
+        scored = readiness(port)["checks"]["classifier"].get("images_scored")
     finally:
         server.terminate()
         server.wait(timeout=30)
     return {
         "tta": tta,
+        "images_scored": scored,
         "model": model,
         "readyz": check,
         "requests": requests,
@@ -130,7 +132,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for s in report["servers"]:
         lines.append(
-            f"| {'on' if s['tta'] else 'off'} | {s['model']['version']} | {s['model']['backend']} | "
+            f"| {TTA_WORDS.get(s['tta'], s['tta'])} | {s['model']['version']} | {s['model']['backend']} | "
             f"{s['readyz'].get('temperature')} | **{100 * s['top1']:.2f}%** | {100 * s['ece15']:.2f}% | "
             f"{s['nll']} | {s['mean_confidence']} | {s['images_per_s']} |"
         )
@@ -138,14 +140,16 @@ def markdown(report: dict[str, Any]) -> str:
     lines.append("|---" * (len(cifar.CLASSES) + 1) + "|")
     for s in report["servers"]:
         cells = " | ".join(f"{100 * s['per_class'][c]:.1f}" for c in cifar.CLASSES)
-        lines.append(f"| {'on' if s['tta'] else 'off'} | {cells} |")
+        lines.append(f"| {TTA_WORDS.get(s['tta'], s['tta'])} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="CIFAR-10 dir (default: the training scripts')")
-    p.add_argument("--tta", default="off,on", help="server TTA settings to measure, e.g. off or off,on")
+    p.add_argument(
+        "--tta", default="off,on", help="server TTA settings to measure (off, on, auto), e.g. off,on"
+    )
     p.add_argument("--backend", default="auto", help="ATELIER_CLASSIFY_BACKEND (default: what make run uses)")
     p.add_argument("--threads", type=int, default=0, help="ATELIER_TORCH_THREADS (0: the server's default)")
     p.add_argument("--limit", type=int, default=None, help="only the first N test images")
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "servers": [],
     }
     for setting in args.tta.split(","):
-        server = run_server(setting.strip() == "on", files, labels, args)
+        server = run_server(setting.strip(), files, labels, args)
         print(json.dumps({k: v for k, v in server.items() if k != "per_class"}), flush=True)
         report["servers"].append(server)
     args.out_dir.mkdir(parents=True, exist_ok=True)

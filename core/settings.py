@@ -117,15 +117,19 @@ class Settings(BaseSettings):
         "auto", description="auto: ONNX Runtime int8 on the CPU (2x torch's speed, -0.2 pt), torch on a GPU."
     )
     classify_tta: bool | Literal["auto"] = Field(
-        True,
+        "auto",
         description="Mirror test-time augmentation: each image is scored with its mirror image and the "
         "logits averaged (+0.5 pt top-1 and better calibrated, for twice the model time per image: "
-        "-40% peak req/s on 2 cores, bench/results/classify-cpu-2026-12-03-long.md). auto: mirror only "
-        "batches of at most ATELIER_CLASSIFY_TTA_AUTO_MAX_BATCH images, so that under load the model "
-        "work halves instead of the wait growing; each result says which it got (`tta`).",
+        "-40% peak req/s on 2 cores, bench/results/classify-cpu-2026-12-03-long.md). auto: mirror a "
+        "batch only while it holds images of at most ATELIER_CLASSIFY_TTA_AUTO_MAX_REQUESTS requests, so "
+        "that under load the model work halves instead of the wait growing; each result says which it "
+        "got (`tta`); bench/results/classify-cpu-2026-12-07-tta-auto.md.",
     )
-    classify_tta_auto_max_batch: int = Field(
-        4, ge=1, description="With ATELIER_CLASSIFY_TTA=auto: the largest batch still scored with mirrors."
+    classify_tta_auto_max_requests: int = Field(
+        4,
+        ge=1,
+        description="With ATELIER_CLASSIFY_TTA=auto: the most requests a batch may hold and still be "
+        "scored with mirrors (a request's own files count once).",
     )
 
     # --- Fast style transfer -------------------------------------------------------------------

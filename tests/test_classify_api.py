@@ -16,7 +16,7 @@ from PIL import Image
 
 from app.batching import BatchStats
 from app.main import create_app
-from app.services.classifier import ClassifierService
+from app.services.classifier import ClassifierService, _Image
 from core.settings import Settings
 from models import cifar
 from models.classifier import normalize_pixels
@@ -273,7 +273,7 @@ def test_service_mirror_tta_averages_an_image_with_its_mirror() -> None:
 
 
 def test_auto_tta_mirrors_small_batches_and_skips_busy_ones() -> None:
-    """``tta_max_batch``: a batch above it is scored alone, with the unmirrored temperature, and says so."""
+    """``tta_max_requests``: a batch of more requests is scored alone, with the unmirrored temperature."""
     calls: list[int] = []
 
     def runner(x: np.ndarray) -> np.ndarray:
@@ -291,20 +291,23 @@ def test_auto_tta_mirrors_small_batches_and_skips_busy_ones() -> None:
         max_wait_s=0,
         tta_flip=True,
         temperature=0.5,
-        tta_max_batch=2,
+        tta_max_requests=2,
         temperature_unmirrored=2.0,
     )
     x = np.zeros((3, 32, 32, 3), dtype=np.uint8)
     x[:, :, :16] = 255
-    small = service._run_batch(None, list(x[:2]))
+    small = service._run_batch(None, [_Image(x[0], 1), _Image(x[1], 2)])
     assert calls == [4] and all(r.mirrored for r in small)  # 2 images and their 2 mirrors
     assert np.allclose(small[0].probabilities, 0.1)  # the mirror cancelled the asymmetry
-    busy = service._run_batch(None, list(x))
+    busy = service._run_batch(None, [_Image(row, i) for i, row in enumerate(x)])  # 3 requests
     assert calls == [4, 3] and not any(r.mirrored for r in busy)
+    one_request = service._run_batch(None, [_Image(row, 7) for row in x])  # 3 files, 1 request
+    assert calls == [4, 3, 6] and all(r.mirrored for r in one_request)
+    assert service.images_scored == {"mirror": 5, "none": 3}
     scaled = runner(normalize_pixels(x[:1]))[0] / 2.0  # the unmirrored temperature, not 0.5
     expected = np.exp(scaled - scaled.max())
     assert np.allclose(busy[0].probabilities, expected / expected.sum())
-    with pytest.raises(ValueError, match="tta_max_batch"):
+    with pytest.raises(ValueError, match="tta_max_requests"):
         ClassifierService(
             runner,
             cifar.CLASSES,
@@ -313,7 +316,7 @@ def test_auto_tta_mirrors_small_batches_and_skips_busy_ones() -> None:
             device="cpu",
             max_batch=8,
             max_wait_s=0,
-            tta_max_batch=0,
+            tta_max_requests=0,
         )
 
 

@@ -166,7 +166,9 @@ async def startup(app: FastAPI) -> None:
             max_batch=settings.classify_max_batch,
             max_wait_s=settings.classify_batch_wait_ms / 1000,
             tta_flip=settings.classify_tta is True or settings.classify_tta == "auto",
-            tta_max_batch=settings.classify_tta_auto_max_batch if settings.classify_tta == "auto" else None,
+            tta_max_requests=settings.classify_tta_auto_max_requests
+            if settings.classify_tta == "auto"
+            else None,
         )
     except (OSError, ValueError, ImportError, RuntimeError) as exc:
         reason = str(exc)
@@ -183,7 +185,8 @@ async def startup(app: FastAPI) -> None:
         "backend": info["backend"],
         "device": info["device"],
         "tta_flip": service.tta_flip,
-        "tta_max_batch": service.tta_max_batch,
+        "tta_max_requests": service.tta_max_requests,
+        "images_scored": dict(service.images_scored),
         "temperature": service.temperature,
         "calibration": service.calibration,
         "batches": service.stats.batches,

@@ -9,6 +9,7 @@ loop stays as small as possible, since on a 2-core box that loop is what limits 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -33,9 +34,10 @@ WEIGHTS_FILE = "classifier.safetensors"
 # The "onnx" backend prefers the static int8 model: within 0.2 pt of fp32 test accuracy at ~1.8x the
 # batch throughput of the fp32 export on CPU (model card, ONNX table). The fp32 export is the fallback.
 ONNX_FILES = (("classifier.int8.onnx", "onnx-int8"), ("classifier.onnx", "onnx"))
-# Mirror TTA (averaging each image with its mirror) buys +0.7 pt test accuracy for 2x the model
+# Mirror TTA (averaging each image with its mirror) buys ~0.5 pt test accuracy for 2x the model
 # cost, and the model is the largest CPU cost per request: measured on 2 cores it roughly halves
-# c=32 throughput (bench/results). So it is off unless ATELIER_CLASSIFY_TTA turns it on.
+# c=32 throughput (bench/results). A bare service leaves it off; the app passes ATELIER_CLASSIFY_TTA
+# (default auto: mirrors while batches are small, see ``tta_max_requests``).
 DEFAULT_TTA_FLIP = False
 INLINE_PREPROCESS_PIXELS = 64 * 64
 # An ONNX model is served only if its logits stay this close to the float model's on probe images
@@ -50,6 +52,14 @@ class Ranked:
     probabilities: np.ndarray
     order: np.ndarray
     mirrored: bool = False  # scored with its mirror image (TTA) in this batch
+
+
+@dataclass(frozen=True)
+class _Image:
+    """A batcher item: one image's uint8 pixels and the request it came with (TTA counts requests)."""
+
+    pixels: np.ndarray
+    request: int
 
 
 @dataclass(frozen=True)
@@ -125,20 +135,24 @@ class ClassifierService:
         tta_flip: bool = DEFAULT_TTA_FLIP,
         temperature: float = 1.0,
         calibration: str = "none",
-        tta_max_batch: int | None = None,
+        tta_max_requests: int | None = None,
         temperature_unmirrored: float | None = None,
     ) -> None:
         if not temperature > 0 or not (temperature_unmirrored or temperature) > 0:
             raise ValueError(f"temperatures must be positive, got {temperature}, {temperature_unmirrored}")
-        if tta_max_batch is not None and tta_max_batch < 1:
-            raise ValueError(f"tta_max_batch must be at least 1, got {tta_max_batch}")
+        if tta_max_requests is not None and tta_max_requests < 1:
+            raise ValueError(f"tta_max_requests must be at least 1, got {tta_max_requests}")
         self._runner = runner
         self.tta_flip = tta_flip
-        # With TTA on, batches larger than this skip the mirrors (``ATELIER_CLASSIFY_TTA=auto``): a
-        # large batch means requests are waiting, and half the model work shortens the wait for all.
-        self.tta_max_batch = tta_max_batch
+        # With TTA on, a batch that holds images of more requests than this skips the mirrors
+        # (``ATELIER_CLASSIFY_TTA=auto``): many requests in one batch means they queued while the model
+        # ran, and half the model work shortens the wait for all. Counted in requests, not images, so
+        # one request with many files still gets mirrors on an idle server.
+        self.tta_max_requests = tta_max_requests
         self.temperature = temperature  # logits / T before the softmax: calibrated probabilities
         self.temperature_unmirrored = temperature_unmirrored or temperature  # for batches left unmirrored
+        self._requests = itertools.count()
+        self.images_scored = {"mirror": 0, "none": 0}  # how TTA went, for /readyz and benchmarks
         self.calibration = calibration
         self.classes = tuple(classes)
         self.name = MODEL_NAME
@@ -157,11 +171,12 @@ class ClassifierService:
     def describe(self) -> dict[str, str]:
         return {"name": self.name, "version": self.version, "backend": self.backend, "device": self.device}
 
-    def _run_batch(self, _key: Any, items: Sequence[np.ndarray]) -> list[Ranked]:
+    def _run_batch(self, _key: Any, items: Sequence[_Image]) -> list[Ranked]:
         """Runs in the batcher thread: one forward pass (of the images and, with TTA, their mirrors)."""
-        x = normalize_pixels(np.stack(items))
+        x = normalize_pixels(np.stack([item.pixels for item in items]))
         n = len(items)
-        mirror = self.tta_flip and (self.tta_max_batch is None or n <= self.tta_max_batch)
+        requests = len({item.request for item in items})
+        mirror = self.tta_flip and (self.tta_max_requests is None or requests <= self.tta_max_requests)
         if mirror:
             both = self._runner(np.concatenate([x, x[..., ::-1]]))
             logits = 0.5 * (both[:n] + both[n:])
@@ -170,11 +185,13 @@ class ClassifierService:
         temperature = self.temperature if mirror or not self.tta_flip else self.temperature_unmirrored
         probs = _softmax(logits / temperature)
         order = np.argsort(-probs, axis=1, kind="stable")
+        self.images_scored["mirror" if mirror else "none"] += n
         return [Ranked(p, o, mirror) for p, o in zip(probs, order, strict=True)]
 
     def run_sync(self, pixels: np.ndarray) -> np.ndarray:
         """Probabilities for uint8 (N, 32, 32, 3) pixels, bypassing the batcher (warm-up, benchmarks)."""
-        return np.stack([r.probabilities for r in self._run_batch(None, list(pixels))])
+        items = [_Image(row, 0) for row in pixels]  # one caller: scored as one request
+        return np.stack([r.probabilities for r in self._run_batch(None, items)])
 
     async def classify(self, images: Sequence[Image.Image], top_k: int) -> list[ImagePredictions]:
         """Top-k predictions per image; every image is its own batcher item.
@@ -186,7 +203,8 @@ class ClassifierService:
             pixels = to_pixels(images)
         else:
             pixels = await run_in_threadpool(to_pixels, images)
-        ranked = await asyncio.gather(*(self.batcher.submit(row) for row in pixels))
+        request = next(self._requests)
+        ranked = await asyncio.gather(*(self.batcher.submit(_Image(row, request)) for row in pixels))
         return [ImagePredictions(self._top_k(r, top_k), r.mirrored) for r in ranked]
 
     def _top_k(self, ranked: Ranked, k: int) -> list[Prediction]:
@@ -250,7 +268,7 @@ def load_service(
     max_batch: int = 64,
     max_wait_s: float = 0.0,
     tta_flip: bool = DEFAULT_TTA_FLIP,
-    tta_max_batch: int | None = None,
+    tta_max_requests: int | None = None,
 ) -> ClassifierService:
     """Load the committed classifier; raises FileNotFoundError/ValueError with a reason if it cannot.
 
@@ -293,8 +311,9 @@ def load_service(
         tta_flip=tta_flip,
         temperature=calibration.for_tta(tta_flip),
         calibration=calibration.source,
-        tta_max_batch=tta_max_batch,
+        tta_max_requests=tta_max_requests,
         temperature_unmirrored=calibration.for_tta(False),
     )
     service.run_sync(np.zeros((1, 32, 32, 3), dtype=np.uint8))  # warm-up: first call allocates
+    service.images_scored = dict.fromkeys(service.images_scored, 0)  # count requests only
     return service
