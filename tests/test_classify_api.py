@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -255,21 +256,17 @@ def test_service_mirror_tta_averages_an_image_with_its_mirror() -> None:
 
     x = np.zeros((1, 32, 32, 3), dtype=np.uint8)  # service input: uint8 pixels, HWC
     x[:, :, :16] = 255
-    plain = ClassifierService(
-        runner, cifar.CLASSES, version="t", backend="fake", device="cpu", max_batch=4, max_wait_s=0
-    )
-    mirrored = ClassifierService(
-        runner,
-        cifar.CLASSES,
-        version="t",
-        backend="fake",
-        device="cpu",
-        max_batch=4,
-        max_wait_s=0,
-        tta_flip=True,
-    )
+    plain = fake_service(runner)
+    mirrored = fake_service(runner, tta_flip=True)
     assert plain.run_sync(x)[0].argmax() == 9  # asymmetric image: a confident answer
     assert np.allclose(mirrored.run_sync(x)[0], 0.1)  # mirror cancels it exactly: uniform
+
+
+def fake_service(runner: Callable[[np.ndarray], np.ndarray], **options: Any) -> ClassifierService:
+    """A service around a stand-in runner (no weights): what its batch function does, alone."""
+    return ClassifierService(
+        runner, cifar.CLASSES, version="t", backend="fake", device="cpu", max_batch=8, max_wait_s=0, **options
+    )
 
 
 def test_auto_tta_mirrors_small_batches_and_skips_busy_ones() -> None:
@@ -281,18 +278,8 @@ def test_auto_tta_mirrors_small_batches_and_skips_busy_ones() -> None:
         diff = x[..., :16].mean(axis=(1, 2, 3)) - x[..., 16:].mean(axis=(1, 2, 3))
         return np.outer(diff, np.arange(10, dtype=np.float64))
 
-    service = ClassifierService(
-        runner,
-        cifar.CLASSES,
-        version="t",
-        backend="fake",
-        device="cpu",
-        max_batch=8,
-        max_wait_s=0,
-        tta_flip=True,
-        temperature=0.5,
-        tta_max_requests=2,
-        temperature_unmirrored=2.0,
+    service = fake_service(
+        runner, tta_flip=True, temperature=0.5, tta_max_requests=2, temperature_unmirrored=2.0
     )
     x = np.zeros((3, 32, 32, 3), dtype=np.uint8)
     x[:, :, :16] = 255
@@ -307,17 +294,10 @@ def test_auto_tta_mirrors_small_batches_and_skips_busy_ones() -> None:
     scaled = runner(normalize_pixels(x[:1]))[0] / 2.0  # the unmirrored temperature, not 0.5
     expected = np.exp(scaled - scaled.max())
     assert np.allclose(busy[0].probabilities, expected / expected.sum())
+    with pytest.raises(ValueError, match="temperatures"):
+        fake_service(runner, temperature_unmirrored=0.0)
     with pytest.raises(ValueError, match="tta_max_requests"):
-        ClassifierService(
-            runner,
-            cifar.CLASSES,
-            version="t",
-            backend="f",
-            device="cpu",
-            max_batch=8,
-            max_wait_s=0,
-            tta_max_requests=0,
-        )
+        fake_service(runner, tta_max_requests=0)
 
 
 def test_every_result_says_how_it_was_scored(client: TestClient) -> None:

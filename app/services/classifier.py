@@ -138,7 +138,7 @@ class ClassifierService:
         tta_max_requests: int | None = None,
         temperature_unmirrored: float | None = None,
     ) -> None:
-        if not temperature > 0 or not (temperature_unmirrored or temperature) > 0:
+        if not temperature > 0 or (temperature_unmirrored is not None and not temperature_unmirrored > 0):
             raise ValueError(f"temperatures must be positive, got {temperature}, {temperature_unmirrored}")
         if tta_max_requests is not None and tta_max_requests < 1:
             raise ValueError(f"tta_max_requests must be at least 1, got {tta_max_requests}")
@@ -150,7 +150,10 @@ class ClassifierService:
         # one request with many files still gets mirrors on an idle server.
         self.tta_max_requests = tta_max_requests
         self.temperature = temperature  # logits / T before the softmax: calibrated probabilities
-        self.temperature_unmirrored = temperature_unmirrored or temperature  # for batches left unmirrored
+        # for batches that auto TTA leaves unmirrored
+        self.temperature_unmirrored = (
+            temperature if temperature_unmirrored is None else temperature_unmirrored
+        )
         self._requests = itertools.count()
         self.images_scored = {"mirror": 0, "none": 0}  # how TTA went, for /readyz and benchmarks
         self.calibration = calibration
