@@ -8,33 +8,26 @@ the content type sent, the one expected and the route's fields says what to chan
 from __future__ import annotations
 
 from fastapi import params
-from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection, Request
 
 from app.problems import Problem
-
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-_CACHE_ATTR = "_atelier_form_fields"
+from app.route_fields import FORM_TYPES, cached_on_route, dependants
 
 
-def _collect(dependant: Dependant, fields: list[str]) -> None:
-    for field in dependant.body_params:
-        if isinstance(field.field_info, params.Form) and field.alias not in fields:  # File is a Form
-            fields.append(field.alias)
-    for sub in dependant.dependencies:
-        _collect(sub, fields)
+def _form_fields(route: APIRoute) -> tuple[str, ...]:
+    found = (
+        field.alias
+        for dependant in dependants(route.dependant)
+        for field in dependant.body_params
+        if isinstance(field.field_info, params.Form)  # File is a Form too
+    )
+    return tuple(dict.fromkeys(found))
 
 
 def form_fields(route: APIRoute) -> tuple[str, ...]:
     """The route's form and file fields in declaration order (empty: it reads no form)."""
-    cached = getattr(route, _CACHE_ATTR, None)
-    if cached is None:
-        found: list[str] = []
-        _collect(route.dependant, found)
-        cached = tuple(found)
-        setattr(route, _CACHE_ATTR, cached)  # routes are unhashable, so no functools.cache
-    return cached
+    return cached_on_route(route, "_atelier_form_fields", _form_fields)
 
 
 async def require_form_body(connection: HTTPConnection) -> None:

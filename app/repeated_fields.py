@@ -14,14 +14,12 @@ import types
 import typing
 from typing import Any
 
-from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from starlette.requests import HTTPConnection, Request
 
-from app.form_body import FORM_TYPES
 from app.problems import Problem
+from app.route_fields import FORM_TYPES, cached_on_route, dependants
 
-_CACHE_ATTR = "_atelier_single_valued"
 _MANY = (list, set, frozenset, tuple, collections.abc.Sequence, collections.abc.Set)
 
 
@@ -35,24 +33,16 @@ def accepts_many(annotation: Any) -> bool:
     return origin in _MANY or annotation in _MANY
 
 
-def _collect(dependant: Dependant, query: set[str], form: set[str]) -> None:
-    """Walk the route's dependency tree (its own parameters and those of its dependencies)."""
-    query.update(f.alias for f in dependant.query_params if not accepts_many(f.field_info.annotation))
-    form.update(f.alias for f in dependant.body_params if not accepts_many(f.field_info.annotation))
-    for sub in dependant.dependencies:
-        _collect(sub, query, form)
+def _single_valued(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
+    tree = list(dependants(route.dependant))  # its own parameters and those of its dependencies
+    query = (f for d in tree for f in d.query_params if not accepts_many(f.field_info.annotation))
+    form = (f for d in tree for f in d.body_params if not accepts_many(f.field_info.annotation))
+    return frozenset(f.alias for f in query), frozenset(f.alias for f in form)
 
 
 def single_valued(route: APIRoute) -> tuple[frozenset[str], frozenset[str]]:
     """The route's single-valued (query, form) field names; computed once per route and kept on it."""
-    cached = getattr(route, _CACHE_ATTR, None)
-    if cached is None:
-        query: set[str] = set()
-        form: set[str] = set()
-        _collect(route.dependant, query, form)
-        cached = (frozenset(query), frozenset(form))
-        setattr(route, _CACHE_ATTR, cached)  # routes are unhashable, so no functools.cache
-    return cached
+    return cached_on_route(route, "_atelier_single_valued", _single_valued)
 
 
 def _repeated(values: Any, names: frozenset[str]) -> list[str]:
