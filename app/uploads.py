@@ -1,7 +1,9 @@
-"""Turning untrusted multipart uploads into clean RGB images, or into a precise 4xx problem.
+"""Turning untrusted multipart uploads into clean sRGB images, or into a precise 4xx problem.
 
 Order matters: size is checked while reading, pixel count from the header *before* decoding (bombs),
-and only then is the image decoded, EXIF-rotated and normalised to 8-bit RGB.
+and only then is the image decoded, EXIF-rotated, converted from its embedded colour profile to
+sRGB and normalised to 8-bit RGB. Phones send HEIC (iPhone) and Display P3 or Adobe RGB photos:
+read as if they were sRGB they come back dull, so the profile is honoured the way browsers do.
 """
 
 from __future__ import annotations
@@ -12,22 +14,67 @@ from collections.abc import Iterable
 
 import numpy as np
 from fastapi import Request, UploadFile
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from app.problems import Problem
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF")
-ACCEPTED_DESCRIPTION = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+register_heif_opener()  # HEIC/HEIF (iPhone photos) through Image.open; AVIF is Pillow's own
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "AVIF", "HEIF", "GIF", "BMP", "TIFF")
+ACCEPTED_DESCRIPTION = "PNG, JPEG, WebP, AVIF, HEIC, GIF, BMP or TIFF"
 READ_CHUNK = 1024 * 1024
 # Decoded on the event loop itself (see read_image): 128x128 decodes in well under a millisecond.
 INLINE_DECODE_PIXELS = 128 * 128
 # Leading bytes of the accepted formats: a file that starts like one but will not open is corrupt
 # (422), anything else is simply not an image we take (415).
 MAGIC_PREFIXES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+# ISO-BMFF images start with an 'ftyp' box naming one of these brands (HEIC, HEIF, AVIF).
+BMFF_IMAGE_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis")
+SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+# The image modes a profile of each colour space can convert (alpha is split off first).
+PROFILE_MODES = {"RGB": ("RGB",), "CMYK": ("CMYK",), "GRAY": ("L",)}
 
 
 def _looks_like_accepted_image(data: bytes) -> bool:
+    if data[4:8] == b"ftyp" and data[8:12] in BMFF_IMAGE_BRANDS:
+        return True
     return data.startswith(MAGIC_PREFIXES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _is_srgb(profile: ImageCms.ImageCmsProfile) -> bool:
+    """The common sRGB profiles (cameras and phones embed them): converting would change nothing."""
+    name = (profile.profile.profile_description or "").strip().lower()
+    return name.startswith("srgb") and "linear" not in name
+
+
+def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """Convert pixels described by an embedded ICC profile to sRGB, as a colour-managed browser shows them.
+
+    No profile means sRGB already. A profile that cannot be parsed, or that does not fit the pixels
+    (an RGB profile on a greyscale image), is ignored as browsers ignore it: the upload is still usable.
+    """
+    if not icc:
+        return img
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    except (OSError, ImageCms.PyCMSError):
+        return img
+    if _is_srgb(source):
+        return img
+    alpha = img.getchannel("A") if img.mode in ("RGBA", "LA") else None
+    colour = img.convert(img.mode[:-1]) if alpha is not None else img
+    if colour.mode not in PROFILE_MODES.get(source.profile.xcolor_space.strip(), ()):
+        return img
+    try:
+        converted = ImageCms.profileToProfile(
+            colour, source, SRGB, renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB"
+        )
+    except ImageCms.PyCMSError:
+        return img
+    if alpha is not None:
+        converted.putalpha(alpha)
+    return converted
 
 
 async def read_upload(upload: UploadFile, field: str, max_bytes: int) -> bytes:
@@ -122,8 +169,9 @@ def finish_decode(img: Image.Image, field: str) -> Image.Image:
     """Decode the pixels of an :func:`open_image` result into an upright 8-bit RGB image."""
     try:
         img.load()
+        icc = img.info.get("icc_profile")
         img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
+        return _to_rgb(_to_srgb(img, icc))
     except Exception:
         raise Problem(
             422, "invalid-image", f"'{field}' is truncated or corrupt and could not be decoded.", field=field

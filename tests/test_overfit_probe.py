@@ -51,3 +51,11 @@ def test_the_judged_objective_is_the_served_one_unless_reweighted() -> None:
     heavier = judged_objective(SERVED, style_weight=300.0)
     assert heavier.style_weight == 300.0
     assert heavier.style_layer_weights == served.style_layer_weights and heavier.tv_weight == served.tv_weight
+
+
+def test_the_judged_objective_can_move_its_content_term() -> None:
+    served = judged_objective(SERVED)
+    moved = judged_objective(SERVED, content_layer="relu4_2", content_weight=0.1)
+    assert moved.content_layers == ("relu4_2",) and moved.content_weight == 0.1
+    assert moved.style_weight == served.style_weight and moved.style_layers == served.style_layers
+    assert moved.deepest == "relu4_2"  # the loss network is cut deeper to reach it

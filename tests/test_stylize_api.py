@@ -15,6 +15,7 @@ from PIL import Image
 from app.main import create_app
 from models.styles import read_manifest
 from tests.conftest import make_settings
+from tests.images import SRGB_COLORANTS, icc_profile
 from tests.test_transformer import WEIGHTS_DIR, photo_like
 
 MANIFEST = read_manifest(WEIGHTS_DIR)
@@ -199,6 +200,26 @@ def test_accepts_jpeg_uploads(client: TestClient, style: str, photo: Image.Image
         "/stylize", files={"file": ("p.jpg", encode(photo, "JPEG"), "image/jpeg")}, data={"style": style}
     )
     assert r.status_code == 200 and decode(r.content).size == photo.size
+
+
+@pytest.mark.parametrize(("fmt", "media_type"), [("HEIF", "image/heic"), ("AVIF", "image/avif")])
+def test_accepts_phone_formats(
+    client: TestClient, style: str, photo: Image.Image, fmt: str, media_type: str
+) -> None:
+    r = client.post("/stylize", files={"file": ("p", encode(photo, fmt), media_type)}, data={"style": style})
+    assert r.status_code == 200, r.text
+    assert decode(r.content).size == photo.size
+
+
+def test_a_colour_managed_photo_comes_back_in_srgb(client: TestClient, style: str) -> None:
+    """strength 0 returns the photo as a colour-managed browser shows it, not its raw numbers."""
+    swapped = dict(SRGB_COLORANTS, r=SRGB_COLORANTS["g"], g=SRGB_COLORANTS["r"])
+    buf = io.BytesIO()
+    Image.new("RGB", (24, 16), (255, 0, 0)).save(buf, "PNG", icc_profile=icc_profile(swapped))
+    r = client.post("/stylize", files={"file": ("p.png", buf.getvalue(), "image/png")},
+                    data={"style": style, "strength": "0"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert decode(r.content).getpixel((3, 3)) == (0, 255, 0)
 
 
 # --- errors ---------------------------------------------------------------------------------------

@@ -6,11 +6,11 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 
 from app.problems import Problem
 from app.uploads import decode_image
-from tests.images import encode, photo_like
+from tests.images import SRGB_COLORANTS, encode, icc_profile, photo_like
 
 LIMIT = 10_000_000
 
@@ -90,3 +90,68 @@ def test_unsupported_but_recognised_format_is_415():
     with pytest.raises(Problem) as err:
         decode_image(buf.getvalue(), "file", LIMIT)
     assert err.value.status == 415 and "ICO" in err.value.detail
+
+
+# --- colour profiles and phone formats ---------------------------------------------------------------
+
+SWAPPED = dict(SRGB_COLORANTS, r=SRGB_COLORANTS["g"], g=SRGB_COLORANTS["r"])  # its red is sRGB's green
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF", "AVIF", "HEIF"])
+def test_an_embedded_colour_profile_is_converted_to_srgb(fmt):
+    red = Image.new("RGB", (16, 16), (255, 0, 0))
+    out = decode_image(encode(red, fmt, icc_profile=icc_profile(SWAPPED)), "file", LIMIT)
+    r, g, b = out.getpixel((8, 8))
+    assert g > 240 and r < 15 and b < 15, (fmt, out.getpixel((8, 8)))
+
+
+def test_the_profile_s_tone_curve_is_applied_too():
+    linear = icc_profile(SRGB_COLORANTS, gamma=1.0, name="Linear test")
+    grey = Image.new("RGB", (4, 4), (50, 50, 50))
+    out = decode_image(encode(grey, icc_profile=linear), "file", LIMIT)
+    assert 120 <= out.getpixel((1, 1))[0] <= 130  # linear 50/255 is sRGB ~124
+
+
+def test_an_srgb_profile_changes_nothing():
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    photo = photo_like()
+    out = decode_image(encode(photo, icc_profile=srgb), "file", LIMIT)
+    assert np.array_equal(np.asarray(out), np.asarray(photo))
+
+
+@pytest.mark.parametrize(
+    ("img", "icc"),
+    [
+        (photo_like(), b"not a colour profile at all"),  # unreadable: ignored, as browsers do
+        (photo_like().convert("L"), icc_profile(SWAPPED)),  # an RGB profile on grey pixels: ignored
+    ],
+)
+def test_unusable_profiles_are_ignored_not_refused(img, icc):
+    out = decode_image(encode(img, icc_profile=icc), "file", LIMIT)
+    assert np.array_equal(np.asarray(out), np.asarray(img.convert("RGB")))
+
+
+def test_transparency_survives_the_profile_conversion():
+    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))
+    rgba.putpixel((0, 0), (255, 0, 0, 255))
+    out = decode_image(encode(rgba, icc_profile=icc_profile(SWAPPED)), "file", LIMIT)
+    assert out.getpixel((5, 5)) == (255, 255, 255)  # transparent: composited on white
+    assert out.getpixel((0, 0))[1] > 240 and out.getpixel((0, 0))[0] < 15
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_phone_formats_decode_and_truncated_ones_are_corrupt_not_unknown(fmt):
+    photo = photo_like(64, 48)
+    data = encode(photo, fmt, quality=90)
+    out = decode_image(data, "file", LIMIT)
+    assert out.size == photo.size
+    assert np.abs(np.asarray(out, dtype=float) - np.asarray(photo, dtype=float)).mean() < 12
+    with pytest.raises(Problem) as err:
+        decode_image(data[: len(data) // 2], "file", LIMIT)
+    assert err.value.status == 422 and err.value.slug == "invalid-image"
+
+
+def test_the_refusal_lists_the_phone_formats():
+    with pytest.raises(Problem) as err:
+        decode_image(b"%PDF-1.4 this is a pdf", "file", LIMIT)
+    assert "HEIC" in err.value.detail and "AVIF" in err.value.detail

@@ -32,7 +32,7 @@ from app.routers.jobs import status_of
 from app.schemas import JobStatus
 from app.services.custom_styles import CustomStyleRegistry
 from app.services.stylizer import Stylizer
-from app.uploads import finish_decode, open_image, read_upload, reject_unknown_fields
+from app.uploads import ACCEPTED_DESCRIPTION, finish_decode, open_image, read_upload, reject_unknown_fields
 from core import style_store
 from core.store import STYLE_JOB_FUNC
 from core.style_store import StyleKeys
@@ -138,7 +138,7 @@ async def create_style(
     queue: QueueDep,
     keys: KeysDep,
     caller: CallerDep,
-    image: Annotated[UploadFile, File(description="The painting (PNG, JPEG, WebP, GIF, BMP or TIFF).")],
+    image: Annotated[UploadFile, File(description=f"The painting ({ACCEPTED_DESCRIPTION}).")],
     name: Annotated[
         str,
         Form(

@@ -30,6 +30,7 @@ from app.services.custom_styles import CustomStyleRegistry, mixed_code
 from app.services.runtime import elapsed_ms
 from app.services.stylizer import Stylizer
 from app.uploads import (
+    ACCEPTED_DESCRIPTION,
     INLINE_DECODE_PIXELS,
     finish_decode,
     open_image,
@@ -303,7 +304,9 @@ def _parse_style(
 async def stylize(
     request: Request,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="The photo (PNG, JPEG, WebP, GIF, BMP or TIFF).")],
+    file: Annotated[
+        UploadFile, File(description=f"The photo ({ACCEPTED_DESCRIPTION}); its colour profile is honoured.")
+    ],
     style: Annotated[
         str | None,
         Form(
@@ -322,7 +325,7 @@ async def stylize(
     style_image: Annotated[
         UploadFile | None,
         File(
-            description="Any painting to use as the style (PNG, JPEG, WebP, GIF, BMP or TIFF), instead of "
+            description=f"Any painting to use as the style ({ACCEPTED_DESCRIPTION}), instead of "
             f"`style`. Its centre square is what the model sees. {STYLE_IMAGE_ORIGIN}"
         ),
     ] = None,

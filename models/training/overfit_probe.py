@@ -55,10 +55,26 @@ def steps_to_beat(curve: Sequence[float], loss: float) -> int | None:
     return next((k for k, v in enumerate(curve) if v < loss), None)
 
 
-def judged_objective(weights: Path, style_weight: float | None = None) -> StyleObjective:
-    """The objective ``weights`` were trained with, or it reweighted: is the count a matter of balance?"""
+def judged_objective(
+    weights: Path,
+    style_weight: float | None = None,
+    content_layer: str | None = None,
+    content_weight: float | None = None,
+) -> StyleObjective:
+    """The objective ``weights`` were trained with, or it changed: is the count a matter of the recipe?
+
+    A heavier style weight asks whether the balance decides the count; another content layer asks
+    whether the network's shortfall is the fine detail a low content layer demands.
+    """
     objective = StyleObjective.from_json(read_metadata(weights)["atelier.objective"])
-    return objective if style_weight is None else replace(objective, style_weight=style_weight)
+    changes: dict[str, object] = {}
+    if style_weight is not None:
+        changes["style_weight"] = style_weight
+    if content_layer is not None:
+        changes["content_layers"] = (content_layer,)
+    if content_weight is not None:
+        changes["content_weight"] = content_weight
+    return replace(objective, **changes)
 
 
 def network_for(init: Path | None, arch: str, style: str, photo: Tensor) -> tuple[TransformerNet, Tensor]:
@@ -180,6 +196,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--style-weight", type=float, default=None,
         help="judge and train under this style weight instead of the objective's (a reweighted bar)",
     )  # fmt: skip
+    p.add_argument("--content-layer", default=None, help="judge and train with content at this VGG layer")
+    p.add_argument("--content-weight", type=float, default=None, help="and this content weight")
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-every", type=int, default=100)
@@ -191,7 +209,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.set_num_threads(a.threads)
     judged = [Path(n) if Path(n).suffix else Path(a.photos) / f"{n}.jpg" for n in a.photo.split(",")]
     train_photos = split_photos(list_photos(Path(a.photos)))[0] if a.train_photos else []
-    objective = judged_objective(Path(a.init or a.objective_from), a.style_weight)
+    objective = judged_objective(
+        Path(a.init or a.objective_from), a.style_weight, a.content_layer, a.content_weight
+    )
     start = pil_to_tensor(resize_longest(Image.open(judged[0]).convert("RGB"), 256))
     model, style = network_for(Path(a.init) if a.init else None, a.arch, a.style, start)
     report = probe(
