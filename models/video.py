@@ -24,6 +24,7 @@ from typing import BinaryIO, Literal
 import av
 import numpy as np
 import torch
+from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 from torch import Tensor
 
@@ -42,6 +43,8 @@ REENCODE_AUDIO = {"mp4": "aac", "webm": "libopus"}
 H264_OPTIONS = {"crf": "20", "preset": "veryfast"}
 VP9_OPTIONS = {"crf": "32", "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
 GIF_COLORS = 256
+# ITU-T H.273 codes: BT.709 (primaries and transfer; sRGB shares its primaries), BT.601's matrix
+BT709, MATRIX_BT601 = 1, 6
 
 
 @dataclass(frozen=True)
@@ -233,6 +236,23 @@ class _Timestamps:
         return pts
 
 
+def to_tagged_yuv(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+    """An sRGB frame as limited-range YUV with the BT.601 matrix, tagged so (primaries BT.709 = sRGB's).
+
+    Left to itself the RGB-to-YUV step uses BT.601 and tags nothing, and players guess from the size:
+    Chromium reads an untagged 1280x720 or a portrait 404x720 clip as BT.709, and reds and greens
+    came back shifted by up to 21 levels. Tagged, every player decodes it as made. BT.601's matrix
+    rather than BT.709's: measured in Chromium, a tagged BT.709 clip lost up to 8 levels of blue,
+    the BT.601 one matched the frames at every size (README, "Video colours").
+    """
+    frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
+        format=pix_fmt, dst_colorspace=Colorspace.ITU601, dst_color_range=ColorRange.MPEG
+    )
+    frame.colorspace, frame.color_primaries, frame.color_trc = MATRIX_BT601, BT709, BT709
+    frame.color_range = ColorRange.MPEG
+    return frame
+
+
 def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     """H×W×3 uint8 at the working size: the same resize for every frame (Lanczos down, bicubic up)."""
     if (frame.width, frame.height) == (width, height):
@@ -299,6 +319,10 @@ class _Renderer:
         sar = self.video_in.sample_aspect_ratio
         if sar and sar != 1 and encoder is not GIF:
             stream.codec_context.sample_aspect_ratio = sar
+        if encoder is not GIF:  # say what the frames are, so no player has to guess (see to_tagged_yuv)
+            context = stream.codec_context
+            context.colorspace, context.color_primaries, context.color_trc = MATRIX_BT601, BT709, BT709
+            context.color_range = ColorRange.MPEG
         return stream
 
     def _add_audio_streams(self, encoder: VideoEncoder) -> dict[int, _AudioCopy | _AudioReencode]:
@@ -356,7 +380,7 @@ class _Renderer:
             if self.palette is not None:
                 frame = self.palette.frame(rgb)
             else:
-                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame = to_tagged_yuv(rgb, self.video_out.pix_fmt)
             frame.pts = pts
             self._mux(self.video_out.encode(frame))
         self.report.frames += len(self.batch)

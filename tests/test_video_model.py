@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import av
+import numpy as np
 import pytest
 import torch
 
@@ -131,6 +133,30 @@ def test_gif_round_trip_and_webm_to_mp4(network_frames, tmp_path):
 def test_a_phone_rotation_flag_is_kept(network_frames, tmp_path):
     _, out = render(make_clip(frames=6, rotation=90), network_frames, tmp_path)
     assert out["rotations"] == {90} and out["sizes"] == {(64, 44)}
+
+
+@pytest.mark.parametrize(("width", "height"), [(96, 48), (48, 96)])
+def test_colours_come_back_as_sent_and_the_stream_says_how(tmp_path, width, height):
+    """Untagged, players guess the YUV matrix from the size (Chromium: BT.709 for a portrait 404x720)."""
+    bars = np.array([[200, 30, 30], [30, 180, 60], [40, 60, 200], [230, 220, 40]], np.uint8)
+    rgb = np.repeat(np.repeat(bars[None], height, axis=0), width // 4, axis=1)  # four vertical bars
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    with av.open(str(src), mode="w") as out:
+        video = out.add_stream("libx264", rate=10, options={"qp": "0"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv444p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    render_stylized_video(src, dst, lambda frames: frames, RenderOptions(width, height, smoothing=0.0))
+    with av.open(str(dst)) as container:
+        context = container.streams.video[0].codec_context
+        tags = (context.colorspace, context.color_primaries, context.color_trc, context.color_range)
+        assert tags == (6, 1, 1, 1)  # BT.601 matrix, BT.709 (= sRGB) primaries and transfer, limited range
+        shown = next(container.decode(video=0)).to_ndarray(format="rgb24")  # decoded as the tags say
+    centres = shown[height // 2, width // 8 :: width // 4].astype(int)
+    assert np.abs(centres - bars).max() <= 6, centres.tolist()
 
 
 def test_lower_fps_drops_frames_on_a_grid(network_frames, tmp_path):

@@ -487,6 +487,53 @@ def test_a_file_that_is_not_a_video_is_named_as_the_problem(browser, live_server
     assert expected == []
 
 
+def test_a_result_video_shows_its_colours_in_the_browser(browser, tmp_path):
+    """Chromium guesses an untagged clip's YUV matrix from its size (a portrait 720 px clip: BT.709);
+    the pipeline tags what it writes, so the browser shows the frames' colours as they were made."""
+    import base64
+
+    import av
+    import numpy as np
+
+    from models.video import RenderOptions, render_stylized_video
+
+    width, height = 208, 720  # a phone's portrait clip at the default video size
+    bars = np.array([[200, 30, 30], [30, 180, 60], [40, 60, 200], [230, 220, 40]], np.uint8)
+    rgb = np.repeat(np.repeat(bars[None], height, axis=0), width // 4, axis=1)
+    src, dst = tmp_path / "bars.mp4", tmp_path / "out.mp4"
+    with av.open(str(src), mode="w") as out:
+        video = out.add_stream("libx264", rate=10, options={"qp": "0"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv444p"
+        for i in range(4):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    render_stylized_video(src, dst, lambda frames: frames, RenderOptions(width, height, smoothing=0.0))
+    browser.get("about:blank")
+    shown = browser.execute_async_script(
+        """
+        const [url, done] = arguments;
+        const v = document.createElement('video');
+        v.muted = true;
+        v.onerror = () => done('cannot play: ' + (v.error && v.error.message));
+        v.onloadeddata = () => { v.currentTime = 0.1; };
+        v.onseeked = () => {
+          const c = document.createElement('canvas');
+          [c.width, c.height] = [v.videoWidth, v.videoHeight];
+          const g = c.getContext('2d');
+          g.drawImage(v, 0, 0);
+          const at = (i) => g.getImageData((i + 0.5) * c.width / 4, c.height / 2, 1, 1).data;
+          done([0, 1, 2, 3].map((i) => [...at(i)].slice(0, 3)));
+        };
+        v.src = url;
+        """,
+        "data:video/mp4;base64," + base64.b64encode(dst.read_bytes()).decode(),
+    )
+    assert isinstance(shown, list), shown
+    assert np.abs(np.array(shown) - bars.astype(int)).max() <= 6, shown
+
+
 # --- custom styles ----------------------------------------------------------------------------------
 
 
