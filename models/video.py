@@ -28,6 +28,7 @@ from av.video.reformatter import ColorRange, Colorspace
 from PIL import Image
 from torch import Tensor
 
+from models import hdr
 from models.flicker import FlickerMeter, TemporalBlend
 
 OutputFormat = Literal["mp4", "gif"]
@@ -107,6 +108,7 @@ class RenderReport:
     input_flicker: float = 0.0  # mean |frame_t - frame_t-1| of the resized input, 0..1
     network_flicker: float = 0.0  # the same for the network's raw output
     output_flicker: float = 0.0  # and for what was encoded (after the temporal blend)
+    colour: str = "sdr"  # "hlg" or "pq": tone-mapped HDR; "bt2020": wide-gamut SDR, converted
 
     @property
     def frames_per_s(self) -> float:
@@ -124,6 +126,7 @@ class RenderReport:
             "codec": self.codec,
             "media_type": self.media_type,
             "audio": self.audio,
+            "colour": self.colour,
             "flicker": {
                 "input": round(self.input_flicker, 5),
                 "network": round(self.network_flicker, 5),
@@ -254,13 +257,16 @@ def to_tagged_yuv(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
 
 
 def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
-    """H×W×3 uint8 at the working size: the same resize for every frame (Lanczos down, bicubic up)."""
+    """H×W×3 uint8 sRGB at the working size: the same resize for every frame (Lanczos down, bicubic
+    up); HDR and BT.2020 frames are tone-mapped and converted first (models/hdr.py)."""
+    shrinking = width * height < frame.width * frame.height
+    interpolation = "LANCZOS" if shrinking else "BICUBIC"
+    if hdr.needs_conversion(frame):
+        return hdr.to_srgb(frame, width, height, interpolation)
     if (frame.width, frame.height) == (width, height):
         return frame.to_ndarray(format="rgb24")
-    shrinking = width * height < frame.width * frame.height
-    return frame.reformat(
-        width=width, height=height, format="rgb24", interpolation="LANCZOS" if shrinking else "BICUBIC"
-    ).to_ndarray()
+    resized = frame.reformat(width=width, height=height, format="rgb24", interpolation=interpolation)
+    return resized.to_ndarray()
 
 
 def expected_frames(frames: int, duration_s: float, fps: Fraction | None, source_fps: Fraction) -> int:
@@ -350,6 +356,7 @@ class _Renderer:
                 pts = self.clock.pts_for(frame)
                 if pts is None:
                     continue
+                self.report.colour = hdr.transfer_name(frame) or self.report.colour
                 self.batch.append((_to_rgb(frame, self.options.width, self.options.height), pts))
                 if len(self.batch) >= self.options.batch_size:
                     self._flush_batch()

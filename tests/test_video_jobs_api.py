@@ -82,6 +82,7 @@ def test_named_style_end_to_end_keeps_frames_size_timing_and_audio(client, worke
     assert info["frames"] == 30 and (info["width"], info["height"]) == (80, 54) and info["codec"] == "libx264"
     assert info["audio"] == ["aac: copied"]
     assert info["flicker"]["input"] > 0 and info["flicker"]["output"] > 0
+    assert info["colour"] == "sdr"
 
     result = client.get(done["result_url"])
     assert result.status_code == 200 and result.headers["content-type"] == "video/mp4"

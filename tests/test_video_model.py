@@ -13,7 +13,7 @@ from models.flicker import FlickerMeter, TemporalBlend
 from models.transformer import build, stylize
 from models.video import RenderOptions, expected_frames, output_size, render_stylized_video
 from models.video_probe import VideoLimits, VideoRejected, probe_video
-from tests.videos import audio_only_mp4, make_clip, streams, zero_frame_webm
+from tests.videos import audio_only_mp4, make_clip, make_hdr_clip, streams, zero_frame_webm
 
 LIMITS = VideoLimits(max_seconds=60, max_frames=1800, max_pixels=1920 * 1080)
 
@@ -157,6 +157,33 @@ def test_colours_come_back_as_sent_and_the_stream_says_how(tmp_path, width, heig
         shown = next(container.decode(video=0)).to_ndarray(format="rgb24")  # decoded as the tags say
     centres = shown[height // 2, width // 8 :: width // 4].astype(int)
     assert np.abs(centres - bars).max() <= 6, centres.tolist()
+
+
+@pytest.mark.parametrize("transfer", ["hlg", "pq"])
+def test_hdr_clips_are_tone_mapped_to_the_colours_they_show(tmp_path, transfer):
+    """A phone's HDR clip (BT.2020, HLG or PQ) read as SDR comes out flat; it must show as coded."""
+    bars = np.array([[200, 30, 30], [30, 180, 60], [40, 60, 200], [128, 128, 128]], np.uint8)
+    rgb = np.repeat(np.repeat(bars[None], 32, axis=0), 24, axis=1)
+    src, dst = tmp_path / "hdr.mp4", tmp_path / "out.mp4"
+    make_hdr_clip(src, rgb, transfer)
+    report = render_stylized_video(src, dst, lambda frames: frames, RenderOptions(96, 32, smoothing=0.0))
+    assert report.public()["colour"] == transfer
+    with av.open(str(dst)) as container:
+        shown = next(container.decode(video=0)).to_ndarray(format="rgb24")
+    centres = shown[16, 12::24].astype(int)
+    assert np.abs(centres - bars).max() <= 6, centres.tolist()
+
+
+def test_hdr_highlights_roll_off_instead_of_clipping(tmp_path):
+    """Above SDR white an HLG clip keeps detail: brighter in, brighter out, up to its 1000-nit peak."""
+    levels = np.array([0.75, 0.82, 0.9, 1.0])  # HLG signal: reference white (203 nits) .. peak
+    signal = np.repeat(np.repeat(levels[None, :, None], 32, axis=0), 24, axis=1).repeat(3, axis=2)
+    src, dst = tmp_path / "hdr.mp4", tmp_path / "out.mp4"
+    make_hdr_clip(src, np.zeros((32, 96, 3), np.uint8), "hlg", signal=signal)
+    render_stylized_video(src, dst, lambda frames: frames, RenderOptions(96, 32, smoothing=0.0))
+    with av.open(str(dst)) as container:
+        grey = next(container.decode(video=0)).to_ndarray(format="rgb24")[16, 12::24, 1].astype(int)
+    assert 230 <= grey[0] < grey[1] < grey[2] < grey[3] == 255, grey.tolist()
 
 
 def test_lower_fps_drops_frames_on_a_grid(network_frames, tmp_path):

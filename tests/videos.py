@@ -127,3 +127,56 @@ def streams(data: bytes) -> dict[str, object]:
         "audio_codec": audio_codec,
         "audio_packets": audio_packets,
     }
+
+
+# --- HDR clips, made the way a phone's are coded (BT.2100), from sRGB frames ------------------------
+
+SRGB_TO_BT2020 = np.array(
+    [[0.6274, 0.3293, 0.0433], [0.0691, 0.9195, 0.0114], [0.0164, 0.0880, 0.8956]]
+)  # BT.2087
+
+
+def hdr_signal(srgb: np.ndarray, transfer: str, white_nits: float = 203.0) -> np.ndarray:
+    """sRGB uint8 to the HLG or PQ signal (0..1, BT.2020) that shows it with SDR white at ``white_nits``.
+
+    Written from the standards (BT.2100 inverse OOTF and OETF, ST 2084 inverse EOTF), independently
+    of models/hdr.py, so that decoding a clip made with it checks that module rather than echoes it.
+    """
+    v = srgb.astype(np.float64) / 255.0
+    linear = np.where(v <= 0.04045, v / 12.92, ((v + 0.055) / 1.055) ** 2.4)
+    nits = linear @ SRGB_TO_BT2020.T * white_nits
+    if transfer == "pq":
+        m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 32, 3424 / 4096, 2413 / 128, 2392 / 128
+        y = (nits / 10000.0) ** m1
+        return ((c1 + c2 * y) / (1 + c3 * y)) ** m2
+    a, b, c = 0.17883277, 0.28466892, 0.55991073
+    luma = np.maximum(nits @ np.array([0.2627, 0.6780, 0.0593]), 1e-9)[..., None]
+    scene = nits / (1000.0 * (luma / 1000.0) ** (0.2 / 1.2))  # inverse OOTF, system gamma 1.2
+    scene = np.clip(scene, 0.0, 1.0)
+    return np.where(scene <= 1 / 12, np.sqrt(3 * scene), a * np.log(np.maximum(12 * scene - b, 1e-9)) + c)
+
+
+def make_hdr_clip(
+    path, srgb: np.ndarray, transfer: str, frames: int = 3, signal: np.ndarray | None = None
+) -> None:
+    """A 10-bit H.264 MP4 tagged BT.2020 + HLG/PQ, every frame ``srgb`` coded as HDR (or ``signal`` as is)."""
+    from av.video.reformatter import ColorRange, Colorspace
+
+    height, width = srgb.shape[:2]
+    coded = hdr_signal(srgb, transfer) if signal is None else signal
+    words = np.round(np.clip(coded, 0, 1) * 65535).astype(np.uint16)
+    trc = {"hlg": 18, "pq": 16}[transfer]
+    with av.open(str(path), mode="w") as out:
+        video = out.add_stream("libx264", rate=10, options={"qp": "0"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv444p10le"
+        context = video.codec_context
+        context.colorspace, context.color_primaries, context.color_trc = 9, 9, trc
+        context.color_range = ColorRange.MPEG
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(words, format="rgb48le").reformat(
+                format="yuv444p10le", dst_colorspace=Colorspace.BT2020, dst_color_range=ColorRange.MPEG
+            )
+            frame.colorspace, frame.color_primaries, frame.color_trc = 9, 9, trc
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
