@@ -13,7 +13,16 @@ from models.flicker import FlickerMeter, TemporalBlend
 from models.transformer import build, stylize
 from models.video import RenderOptions, expected_frames, output_size, render_stylized_video
 from models.video_probe import VideoLimits, VideoRejected, probe_video
-from tests.videos import audio_only_mp4, make_clip, make_hdr_clip, streams, zero_frame_webm
+from tests.videos import (
+    COLOUR_BARS,
+    audio_only_mp4,
+    bars_frame,
+    make_clip,
+    make_hdr_clip,
+    make_lossless_clip,
+    streams,
+    zero_frame_webm,
+)
 
 LIMITS = VideoLimits(max_seconds=60, max_frames=1800, max_pixels=1920 * 1080)
 
@@ -138,17 +147,9 @@ def test_a_phone_rotation_flag_is_kept(network_frames, tmp_path):
 @pytest.mark.parametrize(("width", "height"), [(96, 48), (48, 96)])
 def test_colours_come_back_as_sent_and_the_stream_says_how(tmp_path, width, height):
     """Untagged, players guess the YUV matrix from the size (Chromium: BT.709 for a portrait 404x720)."""
-    bars = np.array([[200, 30, 30], [30, 180, 60], [40, 60, 200], [230, 220, 40]], np.uint8)
-    rgb = np.repeat(np.repeat(bars[None], height, axis=0), width // 4, axis=1)  # four vertical bars
+    bars = COLOUR_BARS
     src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
-    with av.open(str(src), mode="w") as out:
-        video = out.add_stream("libx264", rate=10, options={"qp": "0"})
-        video.width, video.height, video.pix_fmt = width, height, "yuv444p"
-        for i in range(3):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
+    make_lossless_clip(src, bars_frame(width, height))
     render_stylized_video(src, dst, lambda frames: frames, RenderOptions(width, height, smoothing=0.0))
     with av.open(str(dst)) as container:
         context = container.streams.video[0].codec_context

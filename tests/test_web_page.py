@@ -25,7 +25,7 @@ from tests.browser import (
 )
 from tests.conftest import WorkerProcess, _purge
 from tests.images import encode, photo_like, stripes
-from tests.videos import make_clip
+from tests.videos import COLOUR_BARS, bars_frame, make_clip, make_lossless_clip
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "app" / "static"
 
@@ -492,23 +492,13 @@ def test_a_result_video_shows_its_colours_in_the_browser(browser, tmp_path):
     the pipeline tags what it writes, so the browser shows the frames' colours as they were made."""
     import base64
 
-    import av
     import numpy as np
 
     from models.video import RenderOptions, render_stylized_video
 
     width, height = 208, 720  # a phone's portrait clip at the default video size
-    bars = np.array([[200, 30, 30], [30, 180, 60], [40, 60, 200], [230, 220, 40]], np.uint8)
-    rgb = np.repeat(np.repeat(bars[None], height, axis=0), width // 4, axis=1)
     src, dst = tmp_path / "bars.mp4", tmp_path / "out.mp4"
-    with av.open(str(src), mode="w") as out:
-        video = out.add_stream("libx264", rate=10, options={"qp": "0"})
-        video.width, video.height, video.pix_fmt = width, height, "yuv444p"
-        for i in range(4):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            frame.pts = i
-            out.mux(video.encode(frame))
-        out.mux(video.encode(None))
+    make_lossless_clip(src, bars_frame(width, height), frames=4)
     render_stylized_video(src, dst, lambda frames: frames, RenderOptions(width, height, smoothing=0.0))
     browser.get("about:blank")
     shown = browser.execute_async_script(
@@ -531,7 +521,7 @@ def test_a_result_video_shows_its_colours_in_the_browser(browser, tmp_path):
         "data:video/mp4;base64," + base64.b64encode(dst.read_bytes()).decode(),
     )
     assert isinstance(shown, list), shown
-    assert np.abs(np.array(shown) - bars.astype(int)).max() <= 6, shown
+    assert np.abs(np.array(shown) - COLOUR_BARS.astype(int)).max() <= 6, shown
 
 
 # --- custom styles ----------------------------------------------------------------------------------

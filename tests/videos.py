@@ -129,6 +129,29 @@ def streams(data: bytes) -> dict[str, object]:
     }
 
 
+# --- colour checks ------------------------------------------------------------------------------
+
+COLOUR_BARS = np.array([[200, 30, 30], [30, 180, 60], [40, 60, 200], [230, 220, 40]], np.uint8)
+
+
+def bars_frame(width: int, height: int, bars: np.ndarray = COLOUR_BARS) -> np.ndarray:
+    """H×W×3 uint8: one vertical bar per colour, equally wide."""
+    return np.repeat(np.repeat(bars[None], height, axis=0), width // len(bars), axis=1)
+
+
+def make_lossless_clip(path, rgb: np.ndarray, frames: int = 3) -> None:
+    """An SDR H.264 MP4 (4:4:4, lossless), ``rgb`` in every frame: what comes out is the pipeline's doing."""
+    height, width = rgb.shape[:2]
+    with av.open(str(path), mode="w") as out:
+        video = out.add_stream("libx264", rate=10, options={"qp": "0"})
+        video.width, video.height, video.pix_fmt = width, height, "yuv444p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+
+
 # --- HDR clips, made the way a phone's are coded (BT.2100), from sRGB frames ------------------------
 
 SRGB_TO_BT2020 = np.array(
