@@ -125,7 +125,11 @@ def job_accepted_doc(description: str = "Accepted; poll the Location.") -> dict[
                 "description": "The job's status URL, `/jobs/{id}`.",
                 "required": True,
                 "schema": {"type": "string", "format": "uri-reference"},
-            }
+            },
+            "Idempotent-Replayed": {
+                "description": "`true` when an Idempotency-Key repeat got the job its first request queued.",
+                "schema": {"type": "string", "enum": ["true"]},
+            },
         },
     }
 

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     )
     job_timeout_s: int = Field(3600, gt=0, description="A job running longer than this is killed.")
     result_ttl_s: int = Field(86400, gt=0, description="How long finished jobs and result images are kept.")
+    idempotency_ttl_s: int = Field(
+        86400, gt=0, description="How long an Idempotency-Key stays bound to the job its request queued."
+    )
     worker_monitor_interval_s: int = Field(5, gt=0, description="How often a worker heartbeats its job.")
     heartbeat_grace_s: int = Field(
         10, ge=1, description="A started job whose worker missed heartbeats this long is marked failed."

@@ -104,8 +104,9 @@ def _purge_rq(redis_url: str, queue_glob: str) -> None:
             continue
         try:
             Job.fetch(job_id, connection=redis, serializer=JSONSerializer).delete()
-        except (NoSuchJobError, DeserializationError):  # gone meanwhile, or half-written
-            redis.delete(key, f"rq:results:{job_id}")
+        except (NoSuchJobError, DeserializationError, ValueError):  # gone meanwhile, half-written, or
+            # (ValueError) an execution its registry still lists has expired: RQ's delete gives up
+            redis.delete(key, f"rq:results:{job_id}", f"rq:executions:{job_id}")
     for queue in Queue.all(connection=redis):
         if fnmatch.fnmatchcase(queue.name, queue_glob):
             clean_worker_registry(queue)  # workers that have exited, from RQ's worker sets

@@ -26,9 +26,10 @@ from starlette.concurrency import run_in_threadpool
 from app.auth import CallerDep
 from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
+from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue
 from app.problems import Problem
-from app.routers.jobs import status_of
+from app.routers.jobs import replayed_status, status_of
 from app.schemas import JobStatus
 from app.services.custom_styles import CustomStyleRegistry
 from app.services.stylizer import Stylizer
@@ -124,7 +125,8 @@ def _painting_png(data: bytes, max_pixels: int) -> bytes:
             429,
             503,
             507,
-            d409="The name is taken: a built-in or custom style, or a job still training one.",
+            d409="The name is taken: a built-in or custom style, or a job still training one; or a "
+            "request with the same Idempotency-Key is still being handled.",
             d429="This API key already has ATELIER_MAX_JOBS_PER_KEY unfinished jobs.",
             d503="The queue is full, no style network is loaded, or Redis is unavailable.",
             d507="The server already holds ATELIER_MAX_CUSTOM_STYLES custom styles.",
@@ -138,6 +140,7 @@ async def create_style(
     queue: QueueDep,
     keys: KeysDep,
     caller: CallerDep,
+    idempotency: IdempotencyDep,
     image: Annotated[UploadFile, File(description=f"The painting ({ACCEPTED_DESCRIPTION}).")],
     name: Annotated[
         str,
@@ -160,6 +163,10 @@ async def create_style(
         ),
     ] = None,
 ) -> JobStatus:
+    if idempotency is not None and idempotency.job_id is not None:
+        return await run_in_threadpool(
+            replayed_status, request, response, queue, keys, caller, idempotency.job_id
+        )
     await reject_unknown_fields(request, FORM_FIELDS)
     stylizer = _served_network(request)
     steps = iterations if iterations is not None else settings.custom_style_default_iterations
@@ -227,6 +234,8 @@ async def create_style(
         )
 
     job = await run_in_threadpool(admit_and_enqueue, queue.connection, queue, settings, caller, enqueue)
+    if idempotency is not None:
+        await run_in_threadpool(idempotency.bind, job.id)
     status = status_of(request, job, keys)
     response.headers["Location"] = status.links.self
     return status

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from app.auth import CallerDep, Principal
 from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, RedisDep, SettingsDep
+from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue
 from app.problems import Problem
 from app.schemas import JobLinks, JobProgress, JobState, JobStatus
@@ -235,11 +236,14 @@ def _normalized_png(img: Image.Image, longest: int) -> bytes:
         202: job_accepted_doc(),
         **problem_responses(
             400,
+            409,
             413,
             415,
             422,
             429,
             503,
+            d409="A request with the same Idempotency-Key is still being handled; retry to get its job.",
+            d422="A field is invalid, or the Idempotency-Key was used for a different request.",
             d429="This API key already has ATELIER_MAX_JOBS_PER_KEY unfinished jobs.",
             d503="ATELIER_MAX_QUEUED_JOBS jobs already wait, or Redis is unavailable.",
         ),
@@ -252,6 +256,7 @@ async def submit_optimize(
     queue: QueueDep,
     keys: KeysDep,
     caller: CallerDep,
+    idempotency: IdempotencyDep,
     content: Annotated[UploadFile, File(description="The photo to repaint.")],
     style: Annotated[list[UploadFile], File(description="One or more style images (repeat the field).")],
     size: Annotated[int | None, Form(ge=16, description="Longest side of the output (default 512).")] = None,
@@ -279,6 +284,10 @@ async def submit_optimize(
     pooling: Annotated[Literal["max", "avg"], Form()] = DEFAULTS.pooling,
     style_scale: Annotated[float, Form(gt=0, le=4)] = DEFAULTS.style_scale,
 ) -> JobStatus:
+    if idempotency is not None and idempotency.job_id is not None:
+        return await run_in_threadpool(
+            replayed_status, request, response, queue, keys, caller, idempotency.job_id
+        )
     await reject_unknown_fields(request, FORM_FIELDS)
     options = _validated_options(
         settings,
@@ -333,8 +342,20 @@ async def submit_optimize(
         )
 
     job = await run_in_threadpool(admit_and_enqueue, queue.connection, queue, settings, caller, enqueue)
+    if idempotency is not None:
+        await run_in_threadpool(idempotency.bind, job.id)
     status = status_of(request, job, keys)
     response.headers["Location"] = status.links.self
+    return status
+
+
+def replayed_status(
+    request: Request, response: Response, queue, keys: JobKeys, caller: Principal | None, job_id: str
+) -> JobStatus:
+    """The answer to an Idempotency-Key repeat: 202 and the job the first request queued, as of now."""
+    status = current_status(request, queue, keys, uuid.UUID(job_id), caller)
+    response.headers["Location"] = status.links.self
+    response.headers["Idempotent-Replayed"] = "true"
     return status
 
 

@@ -19,9 +19,10 @@ from starlette.concurrency import run_in_threadpool
 from app.auth import CallerDep
 from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
+from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue
 from app.problems import Problem
-from app.routers.jobs import status_of
+from app.routers.jobs import replayed_status, status_of
 from app.schemas import JobStatus
 from app.uploads import read_image, read_upload, reject_unknown_fields
 from core.job_options import VideoJobOptions
@@ -195,15 +196,18 @@ def _painting_png(img: Any) -> bytes:
         202: job_accepted_doc(),
         **problem_responses(
             400,
+            409,
             413,
             415,
             422,
             429,
             503,
+            d409="A request with the same Idempotency-Key is still being handled; retry to get its job.",
             d413="The video (or the request) has too many bytes, seconds, frames or pixels per frame, or "
             "more output pixels in all than one job may stylize.",
             d415="The file is not a video in an accepted container, or the body is not multipart/form-data.",
-            d422="A field is invalid, or the video is truncated, corrupt, or has no video frames.",
+            d422="A field is invalid, the video is truncated, corrupt, or has no video frames, or the "
+            "Idempotency-Key was used for a different request.",
             d429="This API key already has ATELIER_MAX_JOBS_PER_KEY unfinished jobs.",
             d503="The queue is full, a model is not loaded, or Redis is unavailable.",
         ),
@@ -216,6 +220,7 @@ async def submit_stylize_video(
     queue: QueueDep,
     keys: KeysDep,
     caller: CallerDep,
+    idempotency: IdempotencyDep,
     file: Annotated[UploadFile, File(description=f"The video: {ACCEPTED_DESCRIPTION}.")],
     style: Annotated[str | None, Form(description="A style name from GET /styles.")] = None,
     style_image: Annotated[
@@ -238,6 +243,10 @@ async def submit_stylize_video(
         Form(ge=0, lt=1, description="Temporal blend against flicker where the input is still; 0: off."),
     ] = None,
 ) -> JobStatus:
+    if idempotency is not None and idempotency.job_id is not None:
+        return await run_in_threadpool(
+            replayed_status, request, response, queue, keys, caller, idempotency.job_id
+        )
     await reject_unknown_fields(request, FORM_FIELDS)
     _check_style(request, style, style_image is not None)
     if size is not None and size > settings.video_max_size:
@@ -300,6 +309,8 @@ async def submit_stylize_video(
         )
 
     job = await run_in_threadpool(admit_and_enqueue, queue.connection, queue, settings, caller, enqueue)
+    if idempotency is not None:
+        await run_in_threadpool(idempotency.bind, job.id)
     status = status_of(request, job, keys)
     response.headers["Location"] = status.links.self
     return status
