@@ -49,6 +49,14 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "deadline-exceeded": ("Deadline exceeded", "The request was not answered within the server's deadline."),
     "queue-full": ("Job queue full", "As many jobs as the server allows are waiting; retry later."),
     "too-many-jobs": ("Too many jobs", "This API key has as many unfinished jobs as it may."),
+    "idempotency-key-reused": (
+        "Idempotency-Key reused",
+        "The Idempotency-Key was already used for a different request; use a new key for a new request.",
+    ),
+    "request-in-progress": (
+        "Request in progress",
+        "A request with this Idempotency-Key is still being handled; retry after Retry-After to get its job.",
+    ),
     "http-error": ("HTTP error", "A generic HTTP error."),
     "internal-error": ("Internal error", "An unexpected error; it was logged."),
 }

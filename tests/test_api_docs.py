@@ -34,6 +34,20 @@ def test_problem_types_are_documented(client):
     assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
 
 
+def test_every_problem_the_code_raises_has_a_title_and_a_page():
+    """A slug missing from PROBLEM_TYPES would answer with the generic title "HTTP error"."""
+    import re
+    from pathlib import Path
+
+    from app.problems import PROBLEM_TYPES
+
+    app_dir = Path(__file__).resolve().parents[1] / "app"
+    source = "\n".join(p.read_text() for p in app_dir.rglob("*.py"))
+    raised = set(re.findall(r'Problem\(\s*\d{3},\s*"([a-z-]+)"', source))
+    assert len(raised) > 15  # the pattern still finds the raises
+    assert raised <= set(PROBLEM_TYPES), raised - set(PROBLEM_TYPES)
+
+
 def test_every_job_submission_documents_its_location_header(client):
     """A 202 means "poll the Location": clients generated from the schema need that header declared."""
     paths = client.get("/openapi.json").json()["paths"]
