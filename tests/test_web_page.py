@@ -234,6 +234,37 @@ def test_gatys_job_runs_live_to_100_percent_and_survives_a_reload(
     assert console_errors(browser) == []
 
 
+def test_a_submission_whose_answer_was_lost_gets_its_job_back(browser, live_server, worker, shots, images):
+    """The first POST reaches the server but its answer is lost; clicking again shows that same job."""
+    open_page(browser, live_server, "jobs")
+    browser.execute_script(
+        """
+        const realFetch = window.fetch;
+        window.fetch = async (...args) => {
+          const response = await realFetch(...args);
+          if (args[0] === '/jobs/optimize' && !window.lostJob) {
+            window.lostJob = (await response.json()).id;  // queued on the server, never seen by the page
+            throw new TypeError('Failed to fetch');
+          }
+          return response;
+        };
+        """
+    )
+    q(browser, "#job-content").send_keys(str(images["photo"]))
+    q(browser, "#job-style").send_keys(str(images["painting"]))
+    for css, value in (("#job-size", "48"), ("#job-steps", "2")):
+        field = q(browser, css)
+        field.clear()
+        field.send_keys(value)
+    q(browser, "#job-submit").click()
+    wait_for(browser, "document.querySelector('#job-error').textContent.includes('Cannot reach the server')")
+    shots("answer-lost")
+    q(browser, "#job-submit").click()
+    wait_for(browser, "document.querySelector('#job-id').title === window.lostJob", 30)
+    shots("same-job")
+    assert console_errors(browser) == []
+
+
 def test_a_running_job_can_be_canceled_from_the_page(browser, live_server, worker, shots, images):
     open_page(browser, live_server, "jobs")
     q(browser, "#job-content").send_keys(str(images["photo"]))

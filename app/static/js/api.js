@@ -74,6 +74,44 @@ export async function request(path, options = {}, attempt = 0) {
   throw new ApiError(response.status, problem, response.headers);
 }
 
+// Job submissions whose answer never came back, by path: the key to send again and what it was for.
+const unansweredSubmissions = new Map();
+
+function randomKey() {
+  // crypto.randomUUID needs a secure context; a page on http://<LAN address> has only getRandomValues.
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+function formSignature(data) {
+  return JSON.stringify([...data.entries()].map(([name, value]) => (
+    [name, value instanceof File ? [value.name, value.size, value.lastModified] : value])));
+}
+
+/**
+ * POST a form that queues a job, safe to click again when the answer was lost: the same form is sent
+ * with the same Idempotency-Key until an answer arrives, so the server hands back the job it already
+ * queued instead of queueing a second one. Resolves to the job's JSON.
+ */
+export async function submitJob(path, data) {
+  const signature = formSignature(data);
+  let held = unansweredSubmissions.get(path);
+  if (!held || held.signature !== signature) {
+    held = { signature, key: randomKey() };
+    unansweredSubmissions.set(path, held);
+  }
+  try {
+    const response = await request(path, { method: 'POST', body: data, headers: { 'Idempotency-Key': held.key } });
+    unansweredSubmissions.delete(path);
+    return response.json();
+  } catch (error) {
+    if (error instanceof ApiError && error.status !== 0 && error.status !== 409 && error.status < 500) {
+      unansweredSubmissions.delete(path); // answered: the server freed the key; a fix gets a new one
+    }
+    throw error;
+  }
+}
+
 export async function getJSON(path, options) {
   return (await request(path, options)).json();
 }

@@ -3,7 +3,7 @@
 // style is in every gallery without a reload. The styles made so far are listed, each with a way
 // to use it and a delete button (DELETE /styles/{name}, after a confirmation).
 
-import { request } from './api.js';
+import { request, submitJob } from './api.js';
 import { LossChart } from './chart.js';
 import { JobTracker, fetchResult, jobMemory, jobParts } from './jobs.js';
 import { customStyles, initials, onStylesChanged, refreshStyles, thumbnailUrl } from './styles.js';
@@ -120,7 +120,7 @@ export function setupCustomStyles({ capabilities }) {
     submit.disabled = true;
     status.textContent = 'Uploading…';
     try {
-      const job = await (await request('/styles', { method: 'POST', body: data })).json();
+      const job = await submitJob('/styles', data);
       status.textContent = `Learning “${name}”: a queue worker trains it; follow it here.`;
       tracker.start(job);
     } catch (error) {

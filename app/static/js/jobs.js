@@ -3,7 +3,7 @@
 // followJob and JobTracker (progress, state, cancel of one job on display) serve the video and
 // custom-style tools too.
 
-import { getJSON, readEventStream, request } from './api.js';
+import { getJSON, readEventStream, request, submitJob } from './api.js';
 import { LossChart } from './chart.js';
 import { $, clearProblem, el, setupDropzone, showBlob, showProblem } from './ui.js';
 
@@ -104,7 +104,7 @@ export function setupJobs({ capabilities }) {
     submit.disabled = true;
     status.textContent = 'Uploading…';
     try {
-      const job = await (await request('/jobs/optimize', { method: 'POST', body: data })).json();
+      const job = await submitJob('/jobs/optimize', data);
       status.textContent = 'Job submitted; its progress is shown on the right.';
       remember({
         id: job.id, state: job.state, submittedAt: Date.now(),

@@ -2,7 +2,7 @@
 // from the same gallery as photos, follow the job frame by frame (frames done, frames/s, time left),
 // cancel it, then play and download the result. The job on display comes back after a reload.
 
-import { request } from './api.js';
+import { submitJob } from './api.js';
 import { JobTracker, fetchResult, jobMemory, jobParts } from './jobs.js';
 import { onStylesChanged, servedStyles } from './styles.js';
 import { OWN_STYLE, galleryChoice, renderGallery, reportMissing } from './stylize.js';
@@ -109,7 +109,7 @@ export function setupVideo({ capabilities }) {
     submit.disabled = true;
     status.textContent = 'Uploading…';
     try {
-      const job = await (await request('/jobs/stylize-video', { method: 'POST', body: data })).json();
+      const job = await submitJob('/jobs/stylize-video', data);
       status.textContent = 'Job submitted: follow it frame by frame here.';
       tracker.start(job);
     } catch (error) {
