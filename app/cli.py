@@ -3,17 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import signal
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from core.exit_codes import ExitCode
 from core.parent_death import die_with_parent, take_supervisor_pid
 from core.settings import get_settings
 
 log = logging.getLogger("atelier")
+
+
+APP_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"
+ACCESS_LOG_FORMAT = '%(levelprefix)s %(client_addr)s - "%(request_line)s" %(status_code)s [%(request_id)s]'
+
+
+def api_log_config() -> dict[str, Any]:
+    """uvicorn's logging, every line (access lines too) with the X-Request-ID of its request."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["filters"] = {"request_id": {"()": "app.request_id.RequestIdLogFilter"}}
+    config["formatters"]["access"]["fmt"] = ACCESS_LOG_FORMAT
+    config["formatters"]["app"] = {"format": APP_LOG_FORMAT}
+    config["handlers"]["app"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "app",
+        "stream": "ext://sys.stderr",
+    }
+    for handler in config["handlers"].values():
+        handler["filters"] = ["request_id"]
+    config["root"] = {"handlers": ["app"], "level": "INFO"}
+    return config
 
 
 def _api(host: str, port: int, workers: int) -> None:
@@ -26,6 +50,7 @@ def _api(host: str, port: int, workers: int) -> None:
         port=port,
         workers=workers,
         log_level="info",
+        log_config=api_log_config(),
         timeout_graceful_shutdown=10,
     )
 

@@ -65,6 +65,9 @@ class ProblemDetails(BaseModel):
     instance: str | None = Field(None, description="The path of the request.", examples=["/jobs/…"])
     field: str | None = Field(None, description="The request field at fault, when there is one.")
     errors: list[ProblemFieldError] | None = Field(None, description="Every field at fault (422).")
+    request_id: str | None = Field(
+        None, description="This request's X-Request-ID: quote it when reporting a problem; the logs have it."
+    )
 
 
 RETRY_AFTER = {

@@ -33,6 +33,7 @@ from app.metrics import (
 )
 from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
 from app.repeated_fields import reject_repeated_fields
+from app.request_id import RequestIdMiddleware
 from app.routers import classify, custom_styles, health, job_events, jobs, live, stylize, video_jobs, web
 from core.queue import make_queue
 from core.redis_conn import connect
@@ -207,4 +208,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     video_jobs.document_limits(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every answer carries the id
     return app

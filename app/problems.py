@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.request_id import current_request_id
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_BASE = "/problems/"
 
@@ -93,6 +95,8 @@ class Problem(Exception):
         }
         if instance:
             body["instance"] = instance
+        if request_id := current_request_id():
+            body["request_id"] = request_id
         if self.field:
             body["field"] = self.field
         body.update(self.extra)
