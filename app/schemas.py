@@ -42,7 +42,7 @@ class JobStatus(BaseModel):
     result_info: dict[str, object] | None = Field(
         None,
         description="What a finished job reports. Video: frames, size, frames/s, codec, what happened "
-        "to each audio track, colour (sdr; hlg or pq: tone-mapped HDR; bt2020: converted primaries) and "
-        "flicker (input, raw network, output). Train-style: the style's name, "
+        "to each audio track, colour (sdr; hlg or pq: tone-mapped HDR; bt2020 or p3: converted "
+        "primaries) and flicker (input, raw network, output). Train-style: the style's name, "
         "iterations, final losses, seconds, style_weight_scale, bf16, device and network sha256.",
     )

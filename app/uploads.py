@@ -2,8 +2,9 @@
 
 Order matters: size is checked while reading, pixel count from the header *before* decoding (bombs),
 and only then is the image decoded, EXIF-rotated, converted from its embedded colour profile to
-sRGB and normalised to 8-bit RGB. Phones send HEIC (iPhone) and Display P3 or Adobe RGB photos:
-read as if they were sRGB they come back dull, so the profile is honoured the way browsers do.
+sRGB (or from its CICP colour codes, for HEIF) and normalised to 8-bit RGB. Phones send HEIC
+(iPhone) and Display P3 or Adobe RGB photos: read as if they were sRGB they come back dull, so the
+profile is honoured the way browsers do.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from pillow_heif import register_heif_opener
 
 from app.problems import Problem
+from models import hdr
 
 register_heif_opener()  # HEIC/HEIF (iPhone photos) through Image.open; AVIF is Pillow's own
 
@@ -75,6 +77,18 @@ def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
     if alpha is not None:
         converted.putalpha(alpha)
     return converted
+
+
+def _cicp_to_srgb(img: Image.Image, cicp: dict | None) -> Image.Image:
+    """HEIF stills say their colours with CICP codes instead of an ICC profile (cameras' P3, BT.2020
+    and HDR HEIF): convert those to sRGB like HDR video (models/hdr.py). sRGB/BT.709 ones pass as is."""
+    if not cicp:
+        return img
+    trc, primaries = cicp.get("transfer_characteristics", 2), cicp.get("color_primaries", 2)
+    if not hdr.needs_conversion(trc, primaries):
+        return img
+    signal = np.asarray(img, dtype=np.float32) / 255.0
+    return Image.fromarray(hdr.signal_to_srgb(signal, trc, primaries), "RGB")
 
 
 async def read_upload(upload: UploadFile, field: str, max_bytes: int) -> bytes:
@@ -170,8 +184,9 @@ def finish_decode(img: Image.Image, field: str) -> Image.Image:
     try:
         img.load()
         icc = img.info.get("icc_profile")
+        cicp = None if icc else img.info.get("nclx_profile")
         img = ImageOps.exif_transpose(img)
-        return _to_rgb(_to_srgb(img, icc))
+        return _cicp_to_srgb(_to_rgb(_to_srgb(img, icc)), cicp)
     except Exception:
         raise Problem(
             422, "invalid-image", f"'{field}' is truncated or corrupt and could not be decoded.", field=field

@@ -108,7 +108,7 @@ class RenderReport:
     input_flicker: float = 0.0  # mean |frame_t - frame_t-1| of the resized input, 0..1
     network_flicker: float = 0.0  # the same for the network's raw output
     output_flicker: float = 0.0  # and for what was encoded (after the temporal blend)
-    colour: str = "sdr"  # "hlg" or "pq": tone-mapped HDR; "bt2020": wide-gamut SDR, converted
+    colour: str = "sdr"  # "hlg" or "pq": tone-mapped HDR; "bt2020" or "p3": wide-gamut SDR, converted
 
     @property
     def frames_per_s(self) -> float:
@@ -258,11 +258,11 @@ def to_tagged_yuv(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
 
 def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     """H×W×3 uint8 sRGB at the working size: the same resize for every frame (Lanczos down, bicubic
-    up); HDR and BT.2020 frames are tone-mapped and converted first (models/hdr.py)."""
+    up); HDR and wide-gamut frames are tone-mapped and converted first (models/hdr.py)."""
     shrinking = width * height < frame.width * frame.height
     interpolation = "LANCZOS" if shrinking else "BICUBIC"
-    if hdr.needs_conversion(frame):
-        return hdr.to_srgb(frame, width, height, interpolation)
+    if hdr.needs_conversion(frame.color_trc, frame.color_primaries):
+        return hdr.frame_to_srgb(frame, width, height, interpolation)
     if (frame.width, frame.height) == (width, height):
         return frame.to_ndarray(format="rgb24")
     resized = frame.reformat(width=width, height=height, format="rgb24", interpolation=interpolation)
@@ -356,7 +356,8 @@ class _Renderer:
                 pts = self.clock.pts_for(frame)
                 if pts is None:
                     continue
-                self.report.colour = hdr.transfer_name(frame) or self.report.colour
+                colour = hdr.colour_name(frame.color_trc, frame.color_primaries)
+                self.report.colour = colour or self.report.colour
                 self.batch.append((_to_rgb(frame, self.options.width, self.options.height), pts))
                 if len(self.batch) >= self.options.batch_size:
                     self._flush_batch()

@@ -155,3 +155,36 @@ def test_the_refusal_lists_the_phone_formats():
     with pytest.raises(Problem) as err:
         decode_image(b"%PDF-1.4 this is a pdf", "file", LIMIT)
     assert "HEIC" in err.value.detail and "AVIF" in err.value.detail
+
+
+def _heif_with_cicp(rgb: tuple[int, int, int], primaries: int, transfer: int) -> bytes:
+    img = Image.new("RGB", (16, 16), rgb)
+    img.info["nclx_profile"] = {
+        "color_primaries": primaries, "transfer_characteristics": transfer,
+        "matrix_coefficients": 6, "full_range_flag": 1,
+    }  # fmt: skip
+    return encode(img, "HEIF", quality=100)
+
+
+def test_a_heif_in_p3_colours_comes_back_in_srgb():
+    """Cameras' HEIF carry CICP codes (here Display P3) instead of an ICC profile."""
+    p3_green = decode_image(_heif_with_cicp((0, 255, 0), 12, 13), "file", LIMIT).getpixel((8, 8))
+    srgb_green = decode_image(_heif_with_cicp((0, 255, 0), 1, 13), "file", LIMIT).getpixel((8, 8))
+    assert srgb_green[1] > 240 and srgb_green[0] < 20  # sRGB codes: as is
+    assert p3_green[1] > 240 and p3_green[0] < 5 and p3_green[2] < 5  # P3 green is beyond sRGB: clipped
+    p3_grey = decode_image(_heif_with_cicp((128, 128, 128), 12, 13), "file", LIMIT).getpixel((8, 8))
+    assert max(p3_grey) - min(p3_grey) <= 3  # the same white point: greys stay grey
+    p3_red = decode_image(_heif_with_cicp((180, 60, 60), 12, 13), "file", LIMIT).getpixel((8, 8))
+    plain = decode_image(_heif_with_cicp((180, 60, 60), 1, 13), "file", LIMIT).getpixel((8, 8))
+    assert p3_red[0] > plain[0] + 10  # the same numbers mean a more saturated red in P3
+
+
+def test_an_hdr_heif_is_tone_mapped():
+    """A camera's HDR HEIF (PQ, BT.2020): its grey of 50 nits shows as sRGB grey at 50/203 of white."""
+    m1, m2, c1, c2, c3 = 2610 / 16384, 2523 / 32, 3424 / 4096, 2413 / 128, 2392 / 128
+    y = (50 / 10000) ** m1
+    code = round(((c1 + c2 * y) / (1 + c3 * y)) ** m2 * 255)  # ST 2084 inverse EOTF: about 0.43
+    linear = 50 / 203  # BT.2408: 203 nits is SDR white
+    expected = round((1.055 * linear ** (1 / 2.4) - 0.055) * 255)
+    out = decode_image(_heif_with_cicp((code, code, code), 9, 16), "file", LIMIT).getpixel((8, 8))
+    assert all(abs(v - expected) <= 4 for v in out), (out, expected, code)

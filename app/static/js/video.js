@@ -152,7 +152,7 @@ function describeResult(info) {
     parts.push(`${formatMs(info.seconds * 1000)} of work (${Number(info.frames_per_s).toFixed(1)} frames/s)`);
   }
   if (info.audio?.length) parts.push(`sound ${info.audio.join(', ')}`);
-  const colour = { hlg: 'HDR (HLG) tone-mapped to SDR', pq: 'HDR (PQ) tone-mapped to SDR', bt2020: 'BT.2020 colours converted' };
+  const colour = { hlg: 'HDR (HLG) tone-mapped to SDR', pq: 'HDR (PQ) tone-mapped to SDR', bt2020: 'BT.2020 colours converted', p3: 'P3 colours converted' };
   if (colour[info.colour]) parts.push(colour[info.colour]);
   return parts.filter(Boolean).join(' · ');
 }
