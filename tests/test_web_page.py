@@ -197,16 +197,21 @@ def test_classify_several_images_shows_bars_per_image(browser, live_server, shot
     assert console_errors(browser) == []
 
 
+def fill_gatys_form(browser, images: dict[str, Path], steps: int) -> None:
+    """The Gatys tab's form: the test photo and painting, 48 px, ``steps`` steps."""
+    q(browser, "#job-content").send_keys(str(images["photo"]))
+    q(browser, "#job-style").send_keys(str(images["painting"]))
+    for css, value in (("#job-size", "48"), ("#job-steps", str(steps))):
+        field = q(browser, css)
+        field.clear()
+        field.send_keys(value)
+
+
 def test_gatys_job_runs_live_to_100_percent_and_survives_a_reload(
     browser, live_server, worker, shots, images
 ):
     open_page(browser, live_server, "jobs")
-    q(browser, "#job-content").send_keys(str(images["photo"]))
-    q(browser, "#job-style").send_keys(str(images["painting"]))
-    for css, value in (("#job-size", "48"), ("#job-steps", "6")):
-        field = q(browser, css)
-        field.clear()
-        field.send_keys(value)
+    fill_gatys_form(browser, images, steps=6)
     shots("form")
     q(browser, "#job-submit").click()
     wait_for(browser, "!document.querySelector('#job-view').hidden")
@@ -250,12 +255,7 @@ def test_a_submission_whose_answer_was_lost_gets_its_job_back(browser, live_serv
         };
         """
     )
-    q(browser, "#job-content").send_keys(str(images["photo"]))
-    q(browser, "#job-style").send_keys(str(images["painting"]))
-    for css, value in (("#job-size", "48"), ("#job-steps", "2")):
-        field = q(browser, css)
-        field.clear()
-        field.send_keys(value)
+    fill_gatys_form(browser, images, steps=2)
     q(browser, "#job-submit").click()
     wait_for(browser, "document.querySelector('#job-error').textContent.includes('Cannot reach the server')")
     shots("answer-lost")
@@ -267,12 +267,7 @@ def test_a_submission_whose_answer_was_lost_gets_its_job_back(browser, live_serv
 
 def test_a_running_job_can_be_canceled_from_the_page(browser, live_server, worker, shots, images):
     open_page(browser, live_server, "jobs")
-    q(browser, "#job-content").send_keys(str(images["photo"]))
-    q(browser, "#job-style").send_keys(str(images["painting"]))
-    for css, value in (("#job-size", "48"), ("#job-steps", "2000")):
-        field = q(browser, css)
-        field.clear()
-        field.send_keys(value)
+    fill_gatys_form(browser, images, steps=2000)
     shown_before = q(browser, "#job-id").get_attribute("title")  # the last job is shown at load
     q(browser, "#job-submit").click()
     wait_for(browser, f"document.querySelector('#job-id').title !== '{shown_before}'")
