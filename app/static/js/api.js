@@ -78,7 +78,7 @@ export async function request(path, options = {}, attempt = 0) {
 const unansweredSubmissions = new Map();
 
 function randomKey() {
-  // crypto.randomUUID needs a secure context; a page on http://<LAN address> has only getRandomValues.
+  // crypto.randomUUID needs a secure context; a page over plain HTTP from a LAN address has only getRandomValues.
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 }
