@@ -16,6 +16,7 @@ a Redis set; ids whose job ended or expired are dropped from it whenever it is c
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 
 from redis import Redis
@@ -26,6 +27,8 @@ from rq.job import Job
 from app.auth import Principal
 from app.problems import Problem
 from core.settings import Settings
+
+log = logging.getLogger(__name__)
 
 UNFINISHED = frozenset({"queued", "started", "deferred", "scheduled", "created"})
 LOCK_TIMEOUT_S = 10  # longer than any enqueue; a crashed holder frees the lock after this
@@ -94,6 +97,9 @@ def admit_and_enqueue(
                     unfinished_jobs=mine,
                 )
         job = enqueue()
+        # With the request's id on the line (app/request_id.py): a report's id leads to the job's id,
+        # which the worker's lines carry.
+        log.info("queued job %s (%s)", job.id, job.description)
         if key is not None:
             with redis.pipeline() as pipe:
                 pipe.sadd(key, job.id)

@@ -69,6 +69,27 @@ def test_even_the_body_limit_answers_with_an_id(client):
     assert r.status_code == 413 and r.json()["request_id"] == r.headers["x-request-id"]
 
 
+def test_a_queued_job_is_logged_with_the_request_s_id(client, caplog):
+    """The line that links a user's request id to the job id the worker logs under."""
+    from tests.images import encode, photo_like, stripes
+
+    files = [
+        ("content", ("p.png", encode(photo_like(16, 16)), "image/png")),
+        ("style", ("s.png", encode(stripes(16, 16)), "image/png")),
+    ]
+    caplog.handler.addFilter(RequestIdLogFilter())  # as the handlers of `atelier api` have it
+    with caplog.at_level(logging.INFO, logger="app.job_admission"):
+        r = client.post(
+            "/jobs/optimize",
+            files=files,
+            data={"size": "16", "steps": "1"},
+            headers={"X-Request-ID": "rq-77"},
+        )
+    assert r.status_code == 202, r.text
+    lines = [rec for rec in caplog.records if r.json()["id"] in rec.getMessage()]
+    assert [rec.request_id for rec in lines] == ["rq-77"]
+
+
 def test_log_lines_inside_a_request_name_it():
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
