@@ -160,6 +160,7 @@ def test_invalid_upload_shows_the_problem_in_plain_words(browser, live_server, s
     assert "Unsupported media type" in error
     assert "'file' is not a recognised image" in error
     assert "About: Photo" in error
+    assert re.search(r"Reference for a report: [0-9a-f]{32}", error), error  # the X-Request-ID
     assert q(browser, "#stylize-file").get_attribute("aria-invalid") == "true"
     assert q(browser, "#stylize-error").get_attribute("role") == "alert"
     expected = [m for m in console_errors(browser) if "status of 415" not in m]

@@ -51,6 +51,9 @@ export function showProblem(box, error, fields = {}) {
   }
   const retry = error?.headers?.get?.('Retry-After');
   if (retry) box.append(el('p', { className: 'small' }, `You can retry in about ${retry} s.`));
+  if (problem.request_id) {
+    box.append(el('p', { className: 'small muted' }, `Reference for a report: ${problem.request_id}`));
+  }
   box.hidden = false;
   box.scrollIntoView({ block: 'nearest', behavior: 'smooth' });
 }
