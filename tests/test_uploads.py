@@ -188,3 +188,12 @@ def test_an_hdr_heif_is_tone_mapped():
     expected = round((1.055 * linear ** (1 / 2.4) - 0.055) * 255)
     out = decode_image(_heif_with_cicp((code, code, code), 9, 16), "file", LIMIT).getpixel((8, 8))
     assert all(abs(v - expected) <= 4 for v in out), (out, expected, code)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_format_bombs_are_refused_from_the_header(fmt):
+    """Too many pixels for the limit: 413 from the header, before libheif or libavif decodes anything."""
+    data = encode(Image.new("RGB", (2048, 2048), (10, 20, 30)), fmt, quality=20)
+    with pytest.raises(Problem) as err:
+        decode_image(data, "file", 1_000_000)
+    assert err.value.status == 413 and err.value.slug == "image-too-large"
