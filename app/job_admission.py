@@ -25,6 +25,7 @@ from rq import Queue
 from rq.job import Job
 
 from app.auth import Principal
+from app.idempotency import Claim
 from app.problems import Problem
 from core.settings import Settings
 
@@ -62,8 +63,13 @@ def admit_and_enqueue(
     settings: Settings,
     owner: Principal | None,
     enqueue: Callable[[], Job],
+    idempotency: Claim | None = None,
 ) -> Job:
-    """Enqueue with ``enqueue()`` if the queue and the owner's quota allow it (blocking: run in a thread)."""
+    """Enqueue with ``enqueue()`` if the queue and the owner's quota allow it (blocking: run in a thread).
+
+    The request's Idempotency-Key claim, if any, is bound to the new job here, so every route that
+    queues a job gets it without a step of its own.
+    """
     lock = redis.lock(
         f"{settings.key_prefix}lock:job-admission", timeout=LOCK_TIMEOUT_S, blocking_timeout=LOCK_WAIT_S
     )
@@ -100,6 +106,8 @@ def admit_and_enqueue(
         # With the request's id on the line (app/request_id.py): a report's id leads to the job's id,
         # which the worker's lines carry.
         log.info("queued job %s (%s)", job.id, job.description)
+        if idempotency is not None:
+            idempotency.bind(job.id)
         if key is not None:
             with redis.pipeline() as pipe:
                 pipe.sadd(key, job.id)

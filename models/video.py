@@ -251,9 +251,14 @@ def to_tagged_yuv(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(
         format=pix_fmt, dst_colorspace=Colorspace.ITU601, dst_color_range=ColorRange.MPEG
     )
-    frame.colorspace, frame.color_primaries, frame.color_trc = MATRIX_BT601, BT709, BT709
-    frame.color_range = ColorRange.MPEG
+    _tag_as_written(frame)
     return frame
+
+
+def _tag_as_written(target: av.VideoFrame | av.video.codeccontext.VideoCodecContext) -> None:
+    """The colour tags of what :func:`to_tagged_yuv` writes, on a frame or on the stream's encoder."""
+    target.colorspace, target.color_primaries, target.color_trc = MATRIX_BT601, BT709, BT709
+    target.color_range = ColorRange.MPEG
 
 
 def _to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
@@ -326,9 +331,7 @@ class _Renderer:
         if sar and sar != 1 and encoder is not GIF:
             stream.codec_context.sample_aspect_ratio = sar
         if encoder is not GIF:  # say what the frames are, so no player has to guess (see to_tagged_yuv)
-            context = stream.codec_context
-            context.colorspace, context.color_primaries, context.color_trc = MATRIX_BT601, BT709, BT709
-            context.color_range = ColorRange.MPEG
+            _tag_as_written(stream.codec_context)
         return stream
 
     def _add_audio_streams(self, encoder: VideoEncoder) -> dict[int, _AudioCopy | _AudioReencode]:

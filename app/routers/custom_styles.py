@@ -233,9 +233,9 @@ async def create_style(
             description=f"train style {name} ({steps} iterations)",
         )
 
-    job = await run_in_threadpool(admit_and_enqueue, queue.connection, queue, settings, caller, enqueue)
-    if idempotency is not None:
-        await run_in_threadpool(idempotency.bind, job.id)
+    job = await run_in_threadpool(
+        admit_and_enqueue, queue.connection, queue, settings, caller, enqueue, idempotency
+    )
     status = status_of(request, job, keys)
     response.headers["Location"] = status.links.self
     return status
