@@ -37,6 +37,11 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "video-too-large": ("Video too large", "Longer, or with more or larger frames, than allowed."),
     "not-found": ("Not found", "No such resource (or it expired)."),
     "job-not-finished": ("Job not finished", "The job has no result yet; poll GET /jobs/{id}."),
+    "no-preview": (
+        "No preview",
+        "The job has no preview now: not started, none stored yet (watch `progress.preview_step`), "
+        "finished (download its result instead), or ended before its first.",
+    ),
     "job-ended": ("Job already ended", "The job finished, failed or was canceled; it cannot be canceled."),
     "unknown-style": ("Unknown style", "The style name is not one of GET /styles."),
     "style-exists": ("Style name in use", "A built-in or custom style (or a job training one) has it."),

@@ -13,6 +13,10 @@ JobState = Literal["queued", "started", "finished", "failed", "canceled"]
 class JobLinks(BaseModel):
     self: str = Field(examples=["/jobs/3f0c6f2e-6f55-4a8e-9a7e-0b7f2c9e1d11"])
     result: str = Field(examples=["/jobs/3f0c6f2e-6f55-4a8e-9a7e-0b7f2c9e1d11/result"])
+    preview: str = Field(
+        examples=["/jobs/3f0c6f2e-6f55-4a8e-9a7e-0b7f2c9e1d11/preview"],
+        description="The image as it stands while the job runs (once `progress.preview_step` is set).",
+    )
 
 
 class JobProgress(BaseModel):
@@ -25,6 +29,11 @@ class JobProgress(BaseModel):
     frames: int | None = Field(None, description="Video jobs: frames stylized so far (also in `step`).")
     total_frames: int | None = Field(None, description="Video jobs: frames the output will have.")
     frames_per_s: float | None = Field(None, description="Video jobs: frames stylized per second so far.")
+    preview_step: int | None = Field(
+        None,
+        description="The step (video: frames done) shown by the latest preview at `links.preview`; "
+        "null until the first is stored, and once the job has finished (its result replaces it).",
+    )
 
 
 class JobStatus(BaseModel):

@@ -206,6 +206,13 @@ class Settings(BaseSettings):
     job_events_interval_s: float = Field(
         0.5, gt=0, le=10, description="How often each GET /jobs/{id}/events stream reads the job from Redis."
     )
+    job_preview_interval_s: float = Field(
+        2.0,
+        ge=0,
+        le=600,
+        description="How often a running Gatys or video job stores a preview of its current image "
+        "(GET /jobs/{id}/preview); the first comes after its first step. 0: no previews.",
+    )
 
     # --- Video stylization jobs (POST /jobs/stylize-video) ----------------------------------------
     video_max_bytes: int = Field(50 * MIB, gt=0, description="Largest uploaded video file.")

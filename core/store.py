@@ -14,6 +14,7 @@ from redis.client import Pipeline
 JOB_FUNC = "worker.jobs.optimize_job"
 VIDEO_JOB_FUNC = "worker.video_job.stylize_video_job"
 STYLE_JOB_FUNC = "worker.style_job.train_style_job"
+PREVIEW_JOB_FUNCS = frozenset({JOB_FUNC, VIDEO_JOB_FUNC})  # the jobs that store previews while they run
 JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
 
@@ -35,6 +36,10 @@ class JobKeys:
 
     def result(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}:result"
+
+    def preview(self, job_id: str) -> str:
+        """A running job's latest preview (JPEG); its step is in the job's progress."""
+        return f"{self.prefix}job:{job_id}:preview"
 
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}:cancel"

@@ -70,11 +70,15 @@ class StepReport:
 
     ``losses`` has keys content, style, tv (each already multiplied by its weight) and total, all
     measured by the function evaluation of that step, i.e. on the image before its update.
+    ``image``, where the caller offers it, renders the image as it stands after this step's update,
+    as the run would return it: a caller that shows previews pays for the conversion only when it
+    asks, not on every step.
     """
 
     step: int
     total: int
     losses: dict[str, float]
+    image: Callable[[], Image.Image] | None = None
 
 
 def _check_weights(name: str, weights: Sequence[float] | None, expected: int, what: str) -> None:
@@ -224,6 +228,10 @@ def run_gatys(
     else:
         optimizer = torch.optim.Adam([x], lr=o.learning_rate)
 
+    def rendered() -> Image.Image:
+        out = tensor_to_pil(caffe_deprocess(x.detach()).cpu())
+        return preserve_color(content_img, out) if o.preserve_color else out
+
     for step in range(1, o.steps + 1):
         if o.optimizer == "lbfgs":
             optimizer.step(closure)
@@ -232,10 +240,9 @@ def run_gatys(
             optimizer.step()
         _check_finite(step, parts, x)
         if on_step is not None and (step % report_every == 0 or step == o.steps):
-            on_step(StepReport(step, o.steps, {k: float(v) for k, v in parts.items()}))
+            on_step(StepReport(step, o.steps, {k: float(v) for k, v in parts.items()}, rendered))
 
-    out = tensor_to_pil(caffe_deprocess(x.detach()).cpu())
-    return preserve_color(content_img, out) if o.preserve_color else out
+    return rendered()
 
 
 def _targets(

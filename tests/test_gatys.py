@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -144,6 +145,26 @@ def test_run_lowers_loss_and_moves_towards_style(vgg: VGG19Features) -> None:
     assert reports[-1].losses["total"] < 0.5 * reports[0].losses["total"]
     resized = resize_longest(content, 64)
     assert _style_distance(vgg, out, style) < 0.5 * _style_distance(vgg, resized, style)
+
+
+@pytest.mark.parametrize("keep_colours", [False, True])
+def test_a_step_report_renders_the_image_as_it_stands(vgg: VGG19Features, keep_colours: bool) -> None:
+    """What a job stores as its preview: the image after that step, as the run would return it."""
+    frames: dict[int, Image.Image] = {}
+
+    def grab(report: StepReport) -> None:
+        assert report.image is not None
+        frames[report.step] = report.image()
+
+    opts = GatysOptions(size=48, steps=6, preserve_color=keep_colours)
+    out = run_gatys(vgg, _photo(), [_painting()], opts, on_step=grab)
+    assert np.array_equal(np.asarray(frames[6]), np.asarray(out))  # the last step's is the result
+    assert frames[1].size == out.size
+    first, last = np.asarray(frames[1], np.float32), np.asarray(out, np.float32)
+    assert np.abs(first - last).mean() > 1.0  # earlier previews show an earlier image
+    # Stopping at step 3 returns exactly what step 3's report rendered: the preview is the image.
+    three = run_gatys(vgg, _photo(), [_painting()], replace(opts, steps=3))
+    assert np.array_equal(np.asarray(frames[3]), np.asarray(three))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -21,6 +21,7 @@ from models.gatys import StepReport, run_gatys
 from models.imaging import encode_image
 from worker import runtime
 from worker.patience import patiently
+from worker.previews import PreviewWriter
 
 log = logging.getLogger(__name__)
 
@@ -47,20 +48,26 @@ def raise_if_canceled(redis: Redis, keys: JobKeys, job_id: str) -> None:
         raise JobCanceled("canceled by the client")
 
 
-def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> Callable[[StepReport], None]:
-    """Writes progress to the job's meta (throttled) and turns a cancel request into JobCanceled."""
+def _progress_reporter(
+    job: Job, redis: Redis, keys: JobKeys, previews: PreviewWriter
+) -> Callable[[StepReport], None]:
+    """Writes progress to the job's meta (throttled), stores previews of the image as it forms
+    (not of the last step: the result follows at once), and turns a cancel request into JobCanceled."""
     last_save = 0.0
 
     def on_step(report: StepReport) -> None:
         nonlocal last_save
         raise_if_canceled(redis, keys, job.id)
         now = time.monotonic()
-        if now - last_save >= PROGRESS_MIN_INTERVAL_S or report.step >= report.total:
+        last = report.step >= report.total
+        stored = not last and previews.offer(report.step, report.image)
+        if stored or last or now - last_save >= PROGRESS_MIN_INTERVAL_S:
             job.meta["progress"] = {
                 "step": report.step,
                 "total_steps": report.total,
                 "percent": round(100.0 * report.step / max(report.total, 1), 1),
                 "losses": {k: float(v) for k, v in report.losses.items()},
+                "preview_step": previews.step,
             }
             patiently(job.save_meta, "progress")
             last_save = now
@@ -114,12 +121,16 @@ def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
         ]
         device = runtime.resolve_device(settings.device)
         vgg = runtime.vgg_on(device)
-        result = run_gatys(
-            vgg, content, styles, opts, device=device, on_step=_progress_reporter(job, redis, keys)
+        previews = PreviewWriter(
+            redis, keys.preview(job.id), settings.job_preview_interval_s, settings.result_ttl_s
         )
+        on_step = _progress_reporter(job, redis, keys, previews)
+        result = run_gatys(vgg, content, styles, opts, device=device, on_step=on_step)
         png = encode_image(result, "png")
 
-        store_result(redis, keys, job.id, png, settings.result_ttl_s, time.monotonic() - started)
+        store_result(
+            redis, keys, job.id, png, settings.result_ttl_s, time.monotonic() - started, keys.preview(job.id)
+        )
         return {"width": result.width, "height": result.height, "bytes": len(png), "device": device.type}
     except BaseException as exc:
         record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)

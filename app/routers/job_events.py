@@ -38,8 +38,9 @@ polling. Every event's `data` is the same JSON as `GET /jobs/{{id}}`:
 
 * `state`: sent first, then whenever the state changes (`queued`, `started`, `finished`, `failed`,
   `canceled`);
-* `progress`: whenever the step or the loss terms change while the state stays the same (and when
-  a cancellation has been requested, until the job stops at its next step);
+* `progress`: whenever the step, the loss terms or the preview (`progress.preview_step`, the image
+  at `links.preview`) change while the state stays the same (and when a cancellation has been
+  requested, until the job stops at its next step);
 * `error`: a problem detail (the job expired, Redis is unavailable); the stream then ends.
 
 With API keys on, send `Authorization: Bearer <key>`; a browser's `EventSource`, which cannot set
@@ -66,10 +67,10 @@ def format_event(event: str, data: str) -> str:
 
 
 def _progress_key(status: JobStatus) -> tuple[object, ...]:
-    """What a `progress` event reports: the step, the losses, and a cancellation on its way."""
+    """What a `progress` event reports: the step, the losses, a new preview, and a cancellation on its way."""
     progress = status.progress
     losses = tuple(sorted(progress.losses.items()))
-    return (progress.step, progress.total_steps, losses, status.cancel_requested)
+    return (progress.step, progress.total_steps, losses, progress.preview_step, status.cancel_requested)
 
 
 def _problem_json(problem: Problem, request: Request) -> str:
