@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Literal
 
@@ -33,7 +34,9 @@ from models.flicker import FlickerMeter, TemporalBlend
 
 OutputFormat = Literal["mp4", "gif"]
 FrameStylizer = Callable[[Tensor], Tensor]  # N×3×H×W in [0, 1] -> the same shape, stylized
-ProgressCallback = Callable[[int, int, float], None]  # frames done, total, frames/s; may raise to stop
+# frames done, total, frames/s, and the newest output frame as players will show it (rendered only if
+# called: for previews); may raise to stop the run
+ProgressCallback = Callable[[int, int, float, Callable[[], Image.Image]], None]
 
 # Audio codecs each output container takes as they are (anything else is re-encoded).
 AUDIO_COPY = {
@@ -281,6 +284,12 @@ def expected_frames(frames: int, duration_s: float, fps: Fraction | None, source
     return max(1, min(frames, round(duration_s * float(fps))))
 
 
+def _as_shown(rgb: np.ndarray, rotation: int) -> Image.Image:
+    """An output frame turned as a player turns it (the display flag rotates counterclockwise)."""
+    image = Image.fromarray(rgb)
+    return image.rotate(rotation, expand=True) if rotation else image
+
+
 def display_rotation(source: str | Path) -> int:
     """Degrees a player turns the picture (phones store portrait clips as landscape plus this flag)."""
     with av.open(str(source), mode="r") as container:
@@ -312,7 +321,8 @@ class _Renderer:
         )
         self.clock = _Timestamps(self.video_in, options.fps)
         self.video_out = self._add_video_stream(encoder)
-        if rotation and encoder is not GIF:  # the same display flag: players turn it the same way
+        self.rotation = rotation if encoder is not GIF else 0
+        if self.rotation:  # the same display flag: players turn it the same way
             self.video_out.set_display_rotation(rotation)
         self.audio = self._add_audio_streams(encoder)
         self.palette = _GifPalette() if encoder is GIF else None
@@ -399,7 +409,8 @@ class _Renderer:
         if self.on_progress is not None:
             elapsed = time.perf_counter() - self.started
             done = self.report.frames
-            self.on_progress(done, max(self.total, done), done / elapsed if elapsed > 0 else 0.0)
+            newest = partial(_as_shown, rgb, self.rotation)
+            self.on_progress(done, max(self.total, done), done / elapsed if elapsed > 0 else 0.0, newest)
 
     def _finish(self) -> RenderReport:
         self.report.seconds = time.perf_counter() - self.started

@@ -405,6 +405,8 @@ def test_built_in_names_are_taken_and_cannot_be_deleted(idle: TestClient) -> Non
 def test_the_limit_counts_jobs_in_flight_and_a_canceled_queued_job_frees_its_place(idle: TestClient) -> None:
     first = post_style(idle, name="first")  # no worker serves this queue: it stays queued
     assert first.status_code == 202, first.text
+    preview = assert_problem(idle.get(f"/jobs/{first.json()['id']}/preview"), 409, "no-preview", "job_id")
+    assert "stores no previews" in preview["detail"]  # its result is the preview of the style
     assert_problem(post_style(idle, name="first"), 409, "style-exists", "name")  # a job is training it
     full = assert_problem(post_style(idle, name="second"), 507, "too-many-styles", "name")
     assert "ATELIER_MAX_CUSTOM_STYLES=1" in full["detail"]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import time
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from tests.images import encode, photo_like, stripes
 from tests.videos import audio_only_mp4, make_clip, streams, zero_frame_webm
@@ -109,16 +111,24 @@ def test_gif_round_trips_and_style_image_is_supported(client, worker):
     assert out["format"] == "gif" and out["frames"] == 8 and out["sizes"] == {(64, 48)}
 
 
-def test_cancel_a_running_video_job(client, worker, style_name):
+def test_a_running_video_job_shows_its_newest_frame_and_can_be_canceled(client, worker, style_name):
     clip = make_clip(frames=360, width=96, height=64, fps=30, audio=False)
     job = submit(client, clip, style=style_name, size=256)
-    wait_for(client, job["id"], {"started", "finished"}, predicate=lambda b: b["progress"]["frames"] > 0)
+    seen = wait_for(
+        client, job["id"], {"started", "finished"}, predicate=lambda b: b["progress"]["preview_step"]
+    )
+    preview = client.get(f"/jobs/{job['id']}/preview")
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/jpeg"
+    assert int(preview.headers["x-atelier-preview-step"]) >= seen["progress"]["preview_step"] > 0
+    frame = Image.open(io.BytesIO(preview.content))
+    assert frame.size == (job["options"]["width"], job["options"]["height"]) == (256, 172)  # the output's
     canceled = client.delete(f"/jobs/{job['id']}")
     assert canceled.status_code == 200, canceled.text
     done = wait_for(client, job["id"], {"canceled", "finished", "failed"}, timeout_s=60)
     assert done["state"] == "canceled", done
     assert 0 < done["progress"]["frames"] < 360
     assert client.get(f"/jobs/{job['id']}/result").status_code == 409
+    assert client.get(f"/jobs/{job['id']}/preview").status_code == 200  # its last preview stays
 
 
 def tiny_clip(frames: int, fps: int = 10, width: int = 16, height: int = 16) -> bytes:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models.flicker import FlickerMeter, TemporalBlend
 from models.transformer import build, stylize
@@ -144,6 +146,38 @@ def test_a_phone_rotation_flag_is_kept(network_frames, tmp_path):
     assert out["rotations"] == {90} and out["sizes"] == {(64, 44)}
 
 
+def _offered_frames(data: bytes, run, tmp_path, **options) -> tuple[list[tuple[int, Image.Image]], Path]:
+    """Render, keeping (frames done, the newest frame as offered) at each progress report."""
+    src, dst = tmp_path / "in", tmp_path / "out"
+    src.write_bytes(data)
+    info = probe_video(data, LIMITS)
+    width, height = output_size(info.width, info.height, 64, even=options.get("output", "mp4") != "gif")
+    offered: list[tuple[int, Image.Image]] = []
+
+    def keep(done: int, total: int, fps: float, newest) -> None:
+        offered.append((done, newest()))
+
+    render_stylized_video(src, dst, run, RenderOptions(width, height, **options), on_progress=keep)
+    return offered, dst
+
+
+def test_progress_offers_the_newest_output_frame_as_players_show_it(network_frames, tmp_path):
+    offered, dst = _offered_frames(make_clip(frames=10), network_frames, tmp_path, batch_size=4)
+    assert [done for done, _ in offered] == [4, 8, 10]
+    with av.open(str(dst)) as container:
+        last = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)][-1]
+    newest = np.asarray(offered[-1][1], np.float32)
+    assert newest.shape == last.shape  # 64x44, as encoded
+    assert np.abs(newest - last).mean() < 4.0  # the frame itself (within H.264's loss)
+
+    # A portrait phone clip (landscape frames plus a display flag) is offered upright, as players
+    # show the result; a GIF result carries no flag, so neither is its preview turned.
+    offered, _ = _offered_frames(make_clip(frames=6, rotation=90), network_frames, tmp_path)
+    assert {image.size for _, image in offered} == {(44, 64)}
+    offered, _ = _offered_frames(make_clip(frames=6, rotation=90), network_frames, tmp_path, output="gif")
+    assert {image.size for _, image in offered} == {(64, 43)}
+
+
 @pytest.mark.parametrize(("width", "height"), [(96, 48), (48, 96)])
 def test_colours_come_back_as_sent_and_the_stream_says_how(tmp_path, width, height):
     """Untagged, players guess the YUV matrix from the size (Chromium: BT.709 for a portrait 404x720)."""
@@ -195,7 +229,7 @@ def test_lower_fps_drops_frames_on_a_grid(network_frames, tmp_path):
 
 
 def test_an_error_in_the_middle_stops_the_run(network_frames, tmp_path):
-    def stop_after_two_batches(done: int, total: int, fps: float) -> None:
+    def stop_after_two_batches(done: int, total: int, fps: float, newest) -> None:
         if done >= 8:
             raise RuntimeError("stop")
 

@@ -3,7 +3,8 @@
 The API has already probed the upload (container, streams, limits), so this only loads the network,
 streams frames through :func:`models.video.render_stylized_video` and stores the encoded result
 under the job's result key. Progress (frames done, total, frames/s) goes to the job's meta at most
-twice a second; a cancel request stops the job at the next batch of frames.
+twice a second, and the newest output frame to the job's preview (:mod:`worker.previews`); a cancel
+request stops the job at the next batch of frames.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +29,18 @@ from models.video import FrameStylizer, ProgressCallback, RenderOptions, render_
 from worker import runtime
 from worker.jobs import PROGRESS_MIN_INTERVAL_S, raise_if_canceled, record_job_failure, store_result
 from worker.patience import patiently
+from worker.previews import PreviewWriter
 
 
-def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> ProgressCallback:
+def _progress_reporter(job: Job, redis: Redis, keys: JobKeys, previews: PreviewWriter) -> ProgressCallback:
     last_save = 0.0
 
-    def on_batch(done: int, total: int, frames_per_s: float) -> None:
+    def on_batch(done: int, total: int, frames_per_s: float, newest: Callable[[], Image.Image]) -> None:
         nonlocal last_save
         raise_if_canceled(redis, keys, job.id)
         now = time.monotonic()
-        if now - last_save >= PROGRESS_MIN_INTERVAL_S or done >= total:
+        stored = done < total and previews.offer(done, newest)
+        if stored or now - last_save >= PROGRESS_MIN_INTERVAL_S or done >= total:
             job.meta["progress"] = {
                 "step": done,
                 "total_steps": total,
@@ -44,6 +48,7 @@ def _progress_reporter(job: Job, redis: Redis, keys: JobKeys) -> ProgressCallbac
                 "frames": done,
                 "total_frames": total,
                 "frames_per_s": round(frames_per_s, 2),
+                "preview_step": previews.step,
             }
             patiently(job.save_meta, "progress")
             last_save = now
@@ -96,6 +101,9 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
             smoothing=opts.smoothing,
             batch_size=opts.batch_frames,
         )
+        previews = PreviewWriter(
+            redis, keys.preview(job.id), settings.job_preview_interval_s, settings.result_ttl_s
+        )
         with tempfile.TemporaryDirectory(prefix="atelier-video-") as tmp:
             source, destination = Path(tmp) / "input", Path(tmp) / "output"
             source.write_bytes(video)
@@ -106,7 +114,7 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
                 stylize,
                 render,
                 total_frames=opts.total_frames,
-                on_progress=_progress_reporter(job, redis, keys),
+                on_progress=_progress_reporter(job, redis, keys, previews),
             )
             body = destination.read_bytes()
         info = report.public() | {"bytes": len(body), "device": runtime.resolve_device(settings.device).type}
@@ -121,7 +129,8 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
         }
         patiently(job.save_meta, "progress")
 
-        store_result(redis, keys, job.id, body, settings.result_ttl_s, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        store_result(redis, keys, job.id, body, settings.result_ttl_s, seconds, keys.preview(job.id))
         return info
     except BaseException as exc:
         record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
