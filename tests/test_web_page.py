@@ -227,6 +227,7 @@ def test_gatys_job_runs_live_to_100_percent_and_survives_a_reload(
     assert text(browser, "#job-step") == "step 6 of 6"
     assert q(browser, "#job-chart").get_attribute("aria-label").startswith("Losses at step 6")
     assert q(browser, "#job-download").get_attribute("href").startswith("blob:")
+    assert q(browser, "#job-preview-box").get_attribute("hidden")  # the result replaces the preview
     job_id = q(browser, "#job-id").get_attribute("title")
 
     browser.refresh()
@@ -279,12 +280,21 @@ def test_a_running_job_can_be_canceled_from_the_page(browser, live_server, worke
         120,
         "no progress of the running job reached the page",
     )
+    wait_for(browser, image_loaded("#job-preview"), 30, "no preview of the running job was shown")
     shots("running")
+    assert text(browser, "#job-preview-caption").startswith("As it stands: step ")
+    assert q(browser, "#job-preview-download").get_attribute("hidden")  # offered once it has stopped
     q(browser, "#job-cancel").click()
     wait_for(browser, "document.querySelector('#job-state').textContent === 'canceled'", 60)
+    wait_for(
+        browser, "!document.querySelector('#job-preview-download').hidden", 30, "no download of the preview"
+    )
     shots("canceled")
     assert "canceled before it finished" in text(browser, "#job-failure")
     assert browser.execute_script("return document.querySelector('#job-progress').value") < 100
+    assert text(browser, "#job-preview-caption").startswith("Where it got to: step ")
+    assert q(browser, "#job-preview-download").get_attribute("href").startswith("blob:")
+    assert console_errors(browser) == []
 
 
 def test_live_webcam_frames_come_back_stylized(browser, live_server, shots):
@@ -459,6 +469,32 @@ def test_stylize_a_video_follow_it_and_play_the_result(browser, live_server, wor
     assert download.get_attribute("href").startswith("blob:")
     assert re.fullmatch(r"atelier-great_wave-[0-9a-f]{8}\.mp4", download.get_attribute("download"))
     assert browser.execute_script("return document.querySelector('#video-result').controls") is True
+    assert console_errors(browser) == []
+
+
+def test_a_running_video_job_shows_its_newest_frame_and_keeps_the_last_when_canceled(
+    browser, live_server, worker, shots, tmp_path
+):
+    long_clip = tmp_path / "long.mp4"
+    long_clip.write_bytes(make_clip(frames=480, width=96, height=64, fps=24, audio=False))
+    open_page(browser, live_server, "video")
+    wait_for(browser, "document.querySelectorAll('#video-gallery input[type=radio]').length > 0")
+    q(browser, "#video-file").send_keys(str(long_clip))
+    choose_style(browser, "#video-gallery", "great_wave")
+    q(browser, "#video-size").send_keys("256")
+    shown_before = q(browser, "#video-job-id").get_attribute("title")  # the last job is shown at load
+    q(browser, "#video-submit").click()
+    wait_for(browser, f"document.querySelector('#video-job-id').title !== '{shown_before}'")
+    wait_for(browser, image_loaded("#video-job-preview"), 60, "no frame of the running video job was shown")
+    shots("running")
+    assert re.fullmatch(r"The newest frame: \d+ of 480 done", text(browser, "#video-job-preview-caption"))
+    preview = browser.execute_script("return document.querySelector('#video-job-preview').naturalWidth")
+    assert preview == 256  # the output frame itself
+    q(browser, "#video-job-cancel").click()
+    wait_for(browser, "document.querySelector('#video-job-state').textContent === 'canceled'", 60)
+    wait_for(browser, "!document.querySelector('#video-job-preview-download').hidden", 30, "no download")
+    shots("canceled")
+    assert re.fullmatch(r"The last frame it made: \d+ of 480", text(browser, "#video-job-preview-caption"))
     assert console_errors(browser) == []
 
 

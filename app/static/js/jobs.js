@@ -181,8 +181,8 @@ export function jobParts(prefix) {
  * resume() it on load; a remembered job the server has since forgotten is dropped quietly.
  */
 export class JobTracker {
-  constructor(parts, { events, memory, describe = () => '', onOpen, onUpdate, onFinished, onGone } = {}) {
-    Object.assign(this, { parts, events, memory, describe, onOpen, onUpdate, onFinished, onGone });
+  constructor(parts, { events, memory, describe = () => '', onOpen, onUpdate, onFinished, onGone, preview } = {}) {
+    Object.assign(this, { parts, events, memory, describe, onOpen, onUpdate, onFinished, onGone, preview });
     this.controller = null;
     this.jobId = null;
     this.state = null;
@@ -218,6 +218,7 @@ export class JobTracker {
     parts.id.title = jobId;
     clearProblem(parts.failure);
     parts.cancel.hidden = false;
+    this.preview?.open(jobId);
     this.onOpen?.(jobId, initial);
     if (initial) this.update(initial);
     followJob(jobId, {
@@ -249,6 +250,7 @@ export class JobTracker {
     parts.percent.textContent = `${percent.toFixed(percent === 100 ? 0 : 1)}%`;
     parts.cancel.hidden = TERMINAL.has(job.state);
     this.onUpdate?.(job);
+    this.preview?.update(job);
     if (job.state === 'failed') {
       this.fail({ problem: { title: 'The job failed', detail: job.error || 'No reason was given.' } });
     } else if (job.state === 'canceled') {
@@ -287,13 +289,83 @@ export class JobTracker {
   }
 }
 
-/** The Gatys job on display: a JobTracker plus its loss chart and result image. */
+/**
+ * The newest preview of the job on display (GET /jobs/{id}/preview: the image as it stands, a video's
+ * newest frame), fetched whenever progress.preview_step moves, one fetch at a time. Hidden once the
+ * job has finished (its result replaces it); a canceled or failed job keeps its last one, with a
+ * download link: what it had got to. `caption(step, job)` says what the preview shows.
+ */
+export class JobPreview {
+  constructor(prefix, caption) {
+    this.box = $(`#${prefix}-preview-box`);
+    this.img = $(`#${prefix}-preview`);
+    this.text = $(`#${prefix}-preview-caption`);
+    this.download = $(`#${prefix}-preview-download`);
+    this.caption = caption;
+    this.open(null);
+  }
+
+  open(jobId) {
+    Object.assign(this, { jobId, shown: null, latest: null, busy: false });
+    this.box.hidden = true;
+    this.download.hidden = true;
+  }
+
+  update(job) {
+    this.latest = job;
+    if (!this.busy) this.refresh();
+  }
+
+  async refresh() {
+    this.busy = true;
+    try {
+      while (this.latest) {
+        const job = this.latest;
+        this.latest = null;
+        if (job.id === this.jobId) await this.show(job);
+      }
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  async show(job) {
+    if (job.state === 'finished') {
+      this.box.hidden = true;
+      return;
+    }
+    const step = job.progress?.preview_step;
+    if (typeof step === 'number' && step !== this.shown) {
+      try {
+        const response = await request(job.links?.preview || `/jobs/${job.id}/preview`, { cache: 'no-store' });
+        const shown = Number(response.headers.get('X-Atelier-Preview-Step') ?? step);
+        const blob = await response.blob();
+        if (job.id !== this.jobId) return; // another job was opened meanwhile
+        const url = showBlob(this.img, blob);
+        this.shown = shown;
+        this.download.href = url;
+        this.download.download = `atelier-preview-${job.id.slice(0, 8)}-${shown}.jpg`;
+        this.box.hidden = false;
+      } catch {
+        // A preview is a courtesy: the next progress event tries again.
+      }
+    }
+    if (this.shown === null) return;
+    this.text.textContent = this.caption(this.shown, job); // the state may have changed, not the image
+    this.download.hidden = !['canceled', 'failed'].includes(job.state);
+  }
+}
+
+/** The Gatys job on display: a JobTracker plus its loss chart, its preview and result image. */
 class GatysJobView {
   constructor(capabilities, remember) {
     this.chart = new LossChart($('#job-chart'), $('#job-legend'));
     this.tracker = new JobTracker({ ...jobParts('job'), detail: $('#job-step') }, {
       events: capabilities.events,
       describe: ({ progress }) => `step ${progress.step} of ${progress.total_steps}`,
+      preview: new JobPreview('job', (step, job) => (TERMINAL.has(job.state)
+        ? `Where it got to: step ${step} of ${job.progress.total_steps}`
+        : `As it stands: step ${step} of ${job.progress.total_steps}`)),
       onOpen: (jobId, initial) => {
         $('#job-result-box').hidden = true;
         const saved = loadRecent().find((j) => j.id === jobId);

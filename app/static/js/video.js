@@ -3,7 +3,7 @@
 // cancel it, then play and download the result. The job on display comes back after a reload.
 
 import { submitJob } from './api.js';
-import { JobTracker, fetchResult, jobMemory, jobParts } from './jobs.js';
+import { JobPreview, JobTracker, TERMINAL, fetchResult, jobMemory, jobParts } from './jobs.js';
 import { onStylesChanged, servedStyles } from './styles.js';
 import { OWN_STYLE, galleryChoice, renderGallery, reportMissing } from './stylize.js';
 import { $, clearProblem, formatMs, releaseMedia, setupDropzone, showMedia, showProblem } from './ui.js';
@@ -64,6 +64,9 @@ export function setupVideo({ capabilities }) {
     events: capabilities.events,
     memory,
     describe: describeProgress,
+    preview: new JobPreview('video-job', (frames, job) => (TERMINAL.has(job.state)
+      ? `The last frame it made: ${frames} of ${job.progress.total_frames ?? job.progress.total_steps}`
+      : `The newest frame: ${frames} of ${job.progress.total_frames ?? job.progress.total_steps} done`)),
     onOpen: () => {
       releaseMedia(resultFrame);
       download.hidden = true;
