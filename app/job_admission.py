@@ -10,7 +10,8 @@ everyone for days. Before a job is enqueued:
 
 Both checks and the enqueue itself happen under one short Redis lock, so concurrent submissions,
 from any number of API processes, can never overshoot either bound. Each key's job ids are kept in
-a Redis set; ids whose job ended or expired are dropped from it whenever it is counted.
+a Redis set; ids whose job ended or expired are dropped from it whenever it is counted. Every job
+also goes into its owner's listing index (:mod:`app.job_index`, for ``GET /jobs``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from redis import Redis
 from redis.exceptions import LockError
@@ -26,6 +28,7 @@ from rq.job import Job
 
 from app.auth import Principal
 from app.idempotency import Claim
+from app.job_index import add_to_index, index_key
 from app.problems import Problem
 from core.settings import Settings
 
@@ -108,11 +111,14 @@ def admit_and_enqueue(
         log.info("queued job %s (%s)", job.id, job.description)
         if idempotency is not None:
             idempotency.bind(job.id)
-        if key is not None:
-            with redis.pipeline() as pipe:
+        lifetime = settings.result_ttl_s + settings.job_timeout_s
+        queued_at = job.created_at or datetime.now(UTC)
+        with redis.pipeline() as pipe:
+            if key is not None:
                 pipe.sadd(key, job.id)
-                pipe.expire(key, settings.result_ttl_s + settings.job_timeout_s)
-                pipe.execute()
+                pipe.expire(key, lifetime)
+            add_to_index(pipe, index_key(settings.key_prefix, owner), job.id, queued_at, lifetime)
+            pipe.execute()
         return job
     finally:
         with contextlib.suppress(LockError):

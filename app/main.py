@@ -34,7 +34,18 @@ from app.metrics import (
 from app.problems import PROBLEM_TYPES, Problem, install_problem_handlers, problem_response
 from app.repeated_fields import reject_repeated_fields
 from app.request_id import RequestIdMiddleware
-from app.routers import classify, custom_styles, health, job_events, jobs, live, stylize, video_jobs, web
+from app.routers import (
+    classify,
+    custom_styles,
+    health,
+    job_events,
+    job_list,
+    jobs,
+    live,
+    stylize,
+    video_jobs,
+    web,
+)
 from core.queue import make_queue
 from core.redis_conn import connect
 from core.settings import Settings, get_settings
@@ -196,6 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     keyed = [Depends(authenticate)]  # routes that need the caller themselves declare it too (jobs)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(job_list.router)
     app.include_router(video_jobs.router)
     app.include_router(job_events.router)
     app.include_router(classify.router, dependencies=keyed)

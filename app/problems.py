@@ -165,8 +165,39 @@ def _error_field(error: Mapping[str, Any]) -> str:
     return _field_name(loc)
 
 
-def validation_problem(exc: RequestValidationError) -> Problem:
-    errors = [{"field": _error_field(e), "message": _message(e)} for e in exc.errors()]
+def _descriptions(request: Request | None) -> dict[str, str]:
+    """Each parameter of the matched route (its dependencies' too) -> its documented description."""
+    route = request.scope.get("route") if request is not None else None
+    found: dict[str, str] = {}
+    pending = [getattr(route, "dependant", None)]
+    while pending:
+        dependant = pending.pop()
+        if dependant is None:
+            continue
+        for kind in ("query_params", "header_params", "path_params", "body_params"):
+            for param in getattr(dependant, kind, ()):
+                description = getattr(param.field_info, "description", None)
+                if description:
+                    found.setdefault(param.alias, str(description))
+        pending += getattr(dependant, "dependencies", [])
+    return found
+
+
+def _explained(error: Mapping[str, Any], field: str, descriptions: Mapping[str, str]) -> str:
+    """A pattern mismatch in the words of the field's documentation, not the regular expression."""
+    if error.get("type") == "string_pattern_mismatch" and field in descriptions:
+        text = str(error.get("input", ""))
+        shown = text if len(text) <= 40 else text[:40] + "…"
+        return f"{shown!r} is not accepted. {descriptions[field]}"
+    return _message(error)
+
+
+def validation_problem(exc: RequestValidationError, request: Request | None = None) -> Problem:
+    descriptions = _descriptions(request)
+    errors = []
+    for e in exc.errors():
+        field = _error_field(e)
+        errors.append({"field": field, "message": _explained(e, field, descriptions)})
     fields = sorted({e["field"] for e in errors})
     detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors) or "Invalid request."
     return Problem(422, "validation-error", detail, field=fields[0] if fields else None, errors=errors)
@@ -195,7 +226,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return problem_response(validation_problem(exc), request.url.path)
+        return problem_response(validation_problem(exc, request), request.url.path)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

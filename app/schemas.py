@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 JobState = Literal["queued", "started", "finished", "failed", "canceled"]
+JobKind = Literal["optimize", "stylize-video", "train-style"]
 
 
 class JobLinks(BaseModel):
@@ -38,6 +39,11 @@ class JobProgress(BaseModel):
 
 class JobStatus(BaseModel):
     id: str
+    kind: JobKind | None = Field(
+        None,
+        description="What the job does: `optimize` (POST /jobs/optimize), `stylize-video` "
+        "(POST /jobs/stylize-video) or `train-style` (POST /styles).",
+    )
     state: JobState
     progress: JobProgress
     created_at: datetime | None = None
@@ -54,4 +60,16 @@ class JobStatus(BaseModel):
         "to each audio track, colour (sdr; hlg or pq: tone-mapped HDR; bt2020 or p3: converted "
         "primaries) and flicker (input, raw network, output). Train-style: the style's name, "
         "iterations, final losses, seconds, style_weight_scale, bf16, device and network sha256.",
+    )
+
+
+class JobList(BaseModel):
+    """A page of the caller's jobs, newest first."""
+
+    jobs: list[JobStatus]
+    next: str | None = Field(
+        None,
+        description="The next page (older jobs), with the same filters; null on the last page. A page "
+        "may hold fewer jobs than `limit` and still have a next one.",
+        examples=["/jobs?limit=20&cursor=1796640000000-3f0c6f2e-6f55-4a8e-9a7e-0b7f2c9e1d11"],
     )

@@ -30,7 +30,7 @@ from app.uploads import read_image, reject_unknown_fields
 from core.job_options import options_to_dict
 from core.previews import PREVIEW_MEDIA_TYPE, read_preview
 from core.settings import Settings
-from core.store import JOB_FUNC, PREVIEW_JOB_FUNCS, JobKeys, request_cancel
+from core.store import JOB_FUNC, JOB_KINDS, PREVIEW_JOB_FUNCS, JobKeys, request_cancel
 from models.gatys import GatysOptions
 from models.imaging import MEDIA_TYPES, encode_image, resize_longest
 from models.vgg import LAYER_NAMES
@@ -175,6 +175,7 @@ def status_of(request: Request, job: Job, keys: JobKeys) -> JobStatus:
     links = _links(request, job.id)
     return JobStatus(
         id=job.id,
+        kind=JOB_KINDS.get(job.func_name),
         state=state,
         progress=JobProgress(**progress),
         created_at=job.created_at,
