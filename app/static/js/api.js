@@ -133,6 +133,7 @@ export async function detectCapabilities() {
     styleImage: stylizeFields.has('style_image'),
     blend: stylizeFields.has('style_weights'),
     events: '/jobs/{job_id}/events' in paths,
+    jobList: Boolean(paths['/jobs']?.get),
     video: videoFields.has('file'),
     videoStyleImage: videoFields.has('style_image'),
     videoMaxSize: videoFields.get('size')?.maximum,

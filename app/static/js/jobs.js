@@ -49,19 +49,48 @@ export function setupJobs({ capabilities }) {
   setupDropzone(fields.style, () => clearProblem(errorBox, fields));
   const view = new GatysJobView(capabilities, remember);
 
+  // With GET /jobs the list is the server's (every browser and script with this API key); this
+  // browser's own memory then only adds the loss curves it saw. Without it, this browser's memory.
+  let serverJobs = null;
+  if (capabilities.jobList) {
+    $('#recent-note').textContent =
+      'Your Gatys jobs on this server, from any browser or script with the same API key.';
+  }
+
+  async function refreshFromServer() {
+    if (!capabilities.jobList) return;
+    try {
+      const page = await getJSON(`/jobs?kind=optimize&limit=${KEEP_JOBS}`);
+      serverJobs = page.jobs.map((job) => ({
+        id: job.id, state: job.state, submittedAt: Date.parse(job.created_at) || undefined,
+        size: job.options?.size, steps: job.progress?.total_steps,
+      }));
+    } catch {
+      // Keep what was shown (or this browser's memory): the list is a convenience.
+    }
+    renderRecent();
+  }
+
   function remember(job) {
     const jobs = loadRecent();
     const index = jobs.findIndex((j) => j.id === job.id);
-    const entry = { ...(index >= 0 ? jobs[index] : {}), ...job };
+    const before = index >= 0 ? jobs[index] : {};
+    const entry = { ...before, ...job };
     if (index >= 0) jobs.splice(index, 1);
     jobs.unshift(entry);
     saveRecent(jobs);
-    renderRecent();
+    const shown = serverJobs?.find((j) => j.id === job.id);
+    if (shown) shown.state = job.state;
+    if (serverJobs && (!shown || (job.state !== before.state && TERMINAL.has(job.state)))) {
+      refreshFromServer();
+    } else {
+      renderRecent();
+    }
   }
 
   function renderRecent() {
     const list = $('#recent-jobs');
-    const jobs = loadRecent();
+    const jobs = serverJobs ?? loadRecent();
     if (!jobs.length) {
       list.replaceChildren(el('li', { className: 'muted' }, 'No jobs yet.'));
       return;
@@ -78,7 +107,7 @@ export function setupJobs({ capabilities }) {
         el('span', { className: 'row' },
           el('button', { type: 'button', className: 'button-secondary', 'aria-label': `Show job ${short}`,
             onclick: () => view.open(job.id) }, 'Show'),
-          el('button', { type: 'button', className: 'button-quiet', 'aria-label': `Forget job ${short}`,
+          serverJobs ? null : el('button', { type: 'button', className: 'button-quiet', 'aria-label': `Forget job ${short}`,
             onclick: () => { saveRecent(loadRecent().filter((j) => j.id !== job.id)); renderRecent(); } },
           'Forget')),
       );
@@ -122,6 +151,9 @@ export function setupJobs({ capabilities }) {
   renderRecent();
   const latest = loadRecent()[0];
   if (latest) view.open(latest.id);
+  refreshFromServer().then(() => { // another device's newest job, in a browser that has none of its own
+    if (!latest && serverJobs?.length) view.open(serverJobs[0].id);
+  });
 }
 
 /**
