@@ -49,10 +49,11 @@ def raise_if_canceled(redis: Redis, keys: JobKeys, job_id: str) -> None:
 
 
 def _progress_reporter(
-    job: Job, redis: Redis, keys: JobKeys, previews: PreviewWriter
+    job: Job, redis: Redis, keys: JobKeys, previews: PreviewWriter | None = None
 ) -> Callable[[StepReport], None]:
-    """Writes progress to the job's meta (throttled), stores previews of the image as it forms
-    (not of the last step: the result follows at once), and turns a cancel request into JobCanceled."""
+    """Writes progress to the job's meta (throttled), stores ``previews`` of the image as it forms
+    (not of the last step: the result follows at once), and turns a cancel request into JobCanceled.
+    Jobs without previews (training a style) pass none."""
     last_save = 0.0
 
     def on_step(report: StepReport) -> None:
@@ -60,14 +61,14 @@ def _progress_reporter(
         raise_if_canceled(redis, keys, job.id)
         now = time.monotonic()
         last = report.step >= report.total
-        stored = not last and previews.offer(report.step, report.image)
+        stored = previews is not None and not last and previews.offer(report.step, report.image)
         if stored or last or now - last_save >= PROGRESS_MIN_INTERVAL_S:
             job.meta["progress"] = {
                 "step": report.step,
                 "total_steps": report.total,
                 "percent": round(100.0 * report.step / max(report.total, 1), 1),
                 "losses": {k: float(v) for k, v in report.losses.items()},
-                "preview_step": previews.step,
+                "preview_step": previews.step if previews is not None else None,
             }
             patiently(job.save_meta, "progress")
             last_save = now
