@@ -42,7 +42,6 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
         "The job has no preview now: not started, none stored yet (watch `progress.preview_step`), "
         "finished (download its result instead), or ended before its first.",
     ),
-    "job-ended": ("Job already ended", "The job finished, failed or was canceled; it cannot be canceled."),
     "unknown-style": ("Unknown style", "The style name is not one of GET /styles."),
     "style-exists": ("Style name in use", "A built-in or custom style (or a job training one) has it."),
     "builtin-style": ("Built-in style", "Styles of the shipped network cannot be deleted."),

@@ -45,6 +45,11 @@ class JobKeys:
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}:cancel"
 
+    def everything_of(self, job_id: str, styles: int) -> list[str]:
+        """Every key a job may have stored (inputs, result, preview, cancel flag), for deleting it."""
+        inputs = [self.content(job_id), self.video(job_id), *(self.style(job_id, i) for i in range(styles))]
+        return [*inputs, self.result(job_id), self.preview(job_id), self.cancel(job_id)]
+
     @property
     def job_stats(self) -> str:
         return f"{self.prefix}stats:jobs"

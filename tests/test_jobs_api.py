@@ -83,8 +83,28 @@ def test_result_of_unfinished_job_is_409_and_queued_job_can_be_canceled(client, 
     ended = wait_for(client, running["id"], {"canceled", "failed", "finished"}, timeout_s=60)
     assert ended["state"] == "canceled"
     assert ended["progress"]["step"] < 2000
-    again = client.delete(f"/jobs/{running['id']}")
-    assert again.status_code == 409 and again.json()["state"] == "canceled"
+    again = client.delete(f"/jobs/{running['id']}")  # it has ended: now the DELETE deletes it
+    assert again.status_code == 204 and again.content == b""
+    assert client.get(f"/jobs/{running['id']}").status_code == 404
+
+
+def test_deleting_an_ended_job_removes_everything_it_stored(client, settings, worker):
+    redis = Redis.from_url(settings.redis_url)
+    job = submit(client, steps=3, size=40)
+    done = wait_for(client, job["id"], {"finished", "failed"})
+    assert done["state"] == "finished"
+    stored = redis.keys(f"{settings.key_prefix}job:{job['id']}:*")
+    assert stored  # at least the result
+    assert job["id"] in [j["id"] for j in client.get("/jobs", params={"limit": 100}).json()["jobs"]]
+
+    assert client.delete(f"/jobs/{job['id']}").status_code == 204
+    assert redis.keys(f"{settings.key_prefix}job:{job['id']}:*") == []  # photo, painting, result, ...
+    assert not redis.exists(f"rq:job:{job['id']}")
+    for path in ("", "/result", "/preview", "/events"):
+        gone = client.get(f"/jobs/{job['id']}{path}")
+        assert gone.status_code == 404 and gone.headers["content-type"] == PROBLEM, path
+    assert job["id"] not in [j["id"] for j in client.get("/jobs", params={"limit": 100}).json()["jobs"]]
+    assert client.delete(f"/jobs/{job['id']}").status_code == 404
 
 
 def test_job_whose_input_expired_fails_with_a_readable_message(client, settings, worker):

@@ -241,21 +241,32 @@ def test_gatys_job_runs_live_to_100_percent_and_survives_a_reload(
     assert console_errors(browser) == []
 
 
-def test_a_job_queued_by_a_script_is_in_the_pages_list_of_jobs(browser, live_server, shots, images):
-    """GET /jobs: the list is the server's, so another browser's or a script's job is there too."""
+def test_a_job_queued_by_a_script_is_listed_and_can_be_deleted_from_the_page(
+    browser, live_server, shots, images
+):
+    """GET /jobs: the list is the server's, so another browser's or a script's job is there too; an
+    ended one can be deleted with everything it stored."""
     files = [
         ("content", ("photo.png", images["photo"].read_bytes(), "image/png")),
         ("style", ("painting.png", images["painting"].read_bytes(), "image/png")),
     ]
     answer = httpx.post(f"{live_server.url}/jobs/optimize", files=files, data={"size": "32"}, timeout=30)
     assert answer.status_code == 202, answer.text
-    short = answer.json()["id"][:8]
+    job_id = answer.json()["id"]
+    short = job_id[:8]
+    assert httpx.delete(f"{live_server.url}/jobs/{job_id}", timeout=10).json()["state"] == "canceled"
     open_page(browser, live_server, "jobs")
     wait_for(browser, f"document.querySelector('#recent-jobs').textContent.includes('{short}')", 30)
     shots("listed")
     assert "any browser or script" in text(browser, "#recent-note")
     assert not browser.find_elements("css selector", f"#recent-jobs button[aria-label='Forget job {short}']")
-    httpx.delete(f"{live_server.url}/jobs/{answer.json()['id']}", timeout=10)
+    q(browser, f"#recent-jobs button[aria-label='Delete job {short}']").click()
+    shots("asked")
+    q(browser, f"#recent-jobs button[data-confirm-delete='{job_id}']").click()
+    wait_for(browser, f"!document.querySelector('#recent-jobs').textContent.includes('{short}')", 30)
+    shots("deleted")
+    assert "everything it stored were deleted" in text(browser, "#job-status")
+    assert httpx.get(f"{live_server.url}/jobs/{job_id}", timeout=10).status_code == 404
     assert console_errors(browser) == []
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from PIL import Image
+from redis import Redis
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
@@ -24,6 +25,7 @@ from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, RedisDep, SettingsDep
 from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue
+from app.job_index import index_key
 from app.problems import Problem
 from app.schemas import JobLinks, JobProgress, JobState, JobStatus
 from app.uploads import read_image, reject_unknown_fields
@@ -512,8 +514,17 @@ def _no_preview_detail(job: Job, state: JobState) -> str:
 @router.delete(
     "/{job_id:uuid}",
     response_model=JobStatus,
-    summary="Cancel a queued or running job",
-    responses=problem_responses(404, 409, 503, d409="The job already ended."),
+    summary="Cancel a queued or running job; delete an ended one",
+    description="A queued job is canceled at once and a running one at its next step: 200 with its "
+    "status. A job that has ended (finished, failed or canceled) is deleted with everything it stored "
+    "(the uploaded photo, painting or video, the result, the preview): 204, and from then on it is a "
+    "404 like a job that never existed. Without a DELETE, all of it expires after "
+    "`ATELIER_RESULT_TTL_S`.",
+    responses={
+        200: {"description": "The job was queued or running; it is canceled (see its status)."},
+        204: {"description": "The job had ended; it and everything it stored are deleted."},
+        **problem_responses(404, 503),
+    },
 )
 def cancel_job(
     request: Request,
@@ -523,17 +534,12 @@ def cancel_job(
     keys: KeysDep,
     settings: SettingsDep,
     caller: CallerDep,
-) -> JobStatus:
+) -> JobStatus | Response:
     job = fetch_job(queue, job_id, caller)
     state = job_state(job)
     if state in ("finished", "failed", "canceled"):
-        raise Problem(
-            409,
-            "job-ended",
-            f"Job {job_id} already ended ({state}); nothing to cancel.",
-            field="job_id",
-            state=state,
-        )
+        delete_job(redis, keys, job, index_key(settings.key_prefix, caller))
+        return Response(status_code=204)
     request_cancel(redis, keys, job.id, settings.result_ttl_s)
     if state == "queued":
         # If it started meanwhile, cancel() refuses and the flag stops it at its next step instead.
@@ -541,3 +547,13 @@ def cancel_job(
             job.cancel()
     job.refresh()
     return status_of(request, job, keys)
+
+
+def delete_job(redis: Redis, keys: JobKeys, job: Job, index: str) -> None:
+    """An ended job, its registry entries and every key it stored, gone now rather than at expiry."""
+    styles = job.kwargs.get("style_count", 1) if isinstance(job.kwargs, dict) else 1
+    with redis.pipeline() as pipe:
+        pipe.delete(*keys.everything_of(job.id, int(styles)))
+        pipe.zrem(index, job.id)
+        pipe.execute()
+    job.delete()

@@ -98,20 +98,57 @@ export function setupJobs({ capabilities }) {
     list.replaceChildren(...jobs.map((job) => {
       const when = job.submittedAt ? new Date(job.submittedAt).toLocaleString() : '';
       const short = job.id.slice(0, 8);
+      const actions = el('span', { className: 'row' });
+      const forget = () => { saveRecent(loadRecent().filter((j) => j.id !== job.id)); renderRecent(); };
+      const showActions = () => actions.replaceChildren(
+        el('button', { type: 'button', className: 'button-secondary', 'aria-label': `Show job ${short}`,
+          onclick: () => view.open(job.id) }, 'Show'),
+        !serverJobs ? el('button', { type: 'button', className: 'button-quiet',
+          'aria-label': `Forget job ${short}`, onclick: forget }, 'Forget')
+          : TERMINAL.has(job.state) ? el('button', { type: 'button', className: 'button-quiet',
+            'aria-label': `Delete job ${short}`, dataset: { delete: job.id }, onclick: askToDelete }, 'Delete')
+            : null,
+      );
+      const askToDelete = () => {
+        const keep = el('button', { type: 'button', className: 'button-quiet', onclick: () => {
+          showActions();
+          actions.querySelector('[data-delete]')?.focus();
+        } }, 'Keep it');
+        actions.replaceChildren(
+          el('span', { className: 'small' }, 'Delete it, its photo, paintings and result for good?'),
+          el('button', { type: 'button', className: 'button-danger', dataset: { confirmDelete: job.id },
+            onclick: (event) => removeJob(job, event.currentTarget) }, 'Yes, delete'),
+          keep,
+        );
+        keep.focus();
+      };
+      showActions();
       return el(
         'li',
         {},
         el('span', {}, el('code', {}, short), ` · ${job.size ?? '?'} px, ${job.steps ?? '?'} steps · `,
           el('span', { className: 'badge', dataset: { state: job.state || 'queued' } }, job.state || '?'),
           el('span', { className: 'muted small' }, ` ${when}`)),
-        el('span', { className: 'row' },
-          el('button', { type: 'button', className: 'button-secondary', 'aria-label': `Show job ${short}`,
-            onclick: () => view.open(job.id) }, 'Show'),
-          serverJobs ? null : el('button', { type: 'button', className: 'button-quiet', 'aria-label': `Forget job ${short}`,
-            onclick: () => { saveRecent(loadRecent().filter((j) => j.id !== job.id)); renderRecent(); } },
-          'Forget')),
+        actions,
       );
     }));
+  }
+
+  /** DELETE an ended job (its data on the server goes with it), then forget it here too. */
+  async function removeJob(job, button) {
+    clearProblem(errorBox);
+    button.disabled = true;
+    try {
+      await request(`/jobs/${job.id}`, { method: 'DELETE' });
+      saveRecent(loadRecent().filter((j) => j.id !== job.id));
+      if (view.tracker.jobId === job.id) view.tracker.close();
+      status.textContent = `Job ${job.id.slice(0, 8)} and everything it stored were deleted.`;
+      await refreshFromServer();
+      $('#recent-title').focus(); // its row is gone: keep the keyboard focus nearby
+    } catch (error) {
+      button.disabled = false;
+      showProblem(errorBox, error);
+    }
   }
 
   form.addEventListener('submit', async (event) => {
