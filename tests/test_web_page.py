@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -254,7 +255,11 @@ def test_a_job_queued_by_a_script_is_listed_and_can_be_deleted_from_the_page(
     assert answer.status_code == 202, answer.text
     job_id = answer.json()["id"]
     short = job_id[:8]
-    assert httpx.delete(f"{live_server.url}/jobs/{job_id}", timeout=10).json()["state"] == "canceled"
+    assert httpx.delete(f"{live_server.url}/jobs/{job_id}", timeout=10).status_code == 200
+    deadline = time.monotonic() + 60  # queued: canceled at once; picked up by a worker: at its next step
+    while httpx.get(f"{live_server.url}/jobs/{job_id}", timeout=10).json()["state"] != "canceled":
+        assert time.monotonic() < deadline, "the job was not canceled"
+        time.sleep(0.2)
     open_page(browser, live_server, "jobs")
     wait_for(browser, f"document.querySelector('#recent-jobs').textContent.includes('{short}')", 30)
     shots("listed")

@@ -8,7 +8,7 @@ import { LossChart } from './chart.js';
 import { JobTracker, fetchResult, jobMemory, jobParts } from './jobs.js';
 import { customStyles, initials, onStylesChanged, refreshStyles, thumbnailUrl } from './styles.js';
 import { selectInGallery } from './stylize.js';
-import { $, clearProblem, el, setupDropzone, showBlob, showProblem } from './ui.js';
+import { $, clearProblem, confirmDelete, el, setupDropzone, showBlob, showProblem } from './ui.js';
 
 const memory = jobMemory('atelier.styleJob');
 const NAME = /^[a-z0-9_-]{1,40}$/;
@@ -179,21 +179,12 @@ export function setupCustomStyles({ capabilities }) {
         }, 'Delete') : null,
       );
     };
-    const askToDelete = () => {
-      const keep = el('button', { type: 'button', className: 'button-quiet', onclick: () => {
-        showActions();
-        item.querySelector('[data-delete]')?.focus();
-      } }, 'Keep it');
-      actions.replaceChildren(
-        el('span', { className: 'small' }, `Delete “${title}” for good?`),
-        el('button', {
-          type: 'button', className: 'button-danger', dataset: { confirmDelete: style.name },
-          onclick: (event) => remove(style, event.currentTarget),
-        }, 'Yes, delete'),
-        keep,
-      );
-      keep.focus();
-    };
+    const askToDelete = () => confirmDelete(actions, {
+      question: `Delete “${title}” for good?`,
+      id: style.name,
+      onConfirm: (button) => remove(style, button),
+      restore: showActions,
+    });
     showActions();
     return item;
   }

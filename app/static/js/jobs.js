@@ -5,7 +5,7 @@
 
 import { getJSON, readEventStream, request, submitJob } from './api.js';
 import { LossChart } from './chart.js';
-import { $, clearProblem, el, setupDropzone, showBlob, showProblem } from './ui.js';
+import { $, clearProblem, confirmDelete, el, setupDropzone, showBlob, showProblem } from './ui.js';
 
 const STORAGE_KEY = 'atelier.jobs';
 const KEEP_JOBS = 12;
@@ -109,19 +109,12 @@ export function setupJobs({ capabilities }) {
             'aria-label': `Delete job ${short}`, dataset: { delete: job.id }, onclick: askToDelete }, 'Delete')
             : null,
       );
-      const askToDelete = () => {
-        const keep = el('button', { type: 'button', className: 'button-quiet', onclick: () => {
-          showActions();
-          actions.querySelector('[data-delete]')?.focus();
-        } }, 'Keep it');
-        actions.replaceChildren(
-          el('span', { className: 'small' }, 'Delete it, its photo, paintings and result for good?'),
-          el('button', { type: 'button', className: 'button-danger', dataset: { confirmDelete: job.id },
-            onclick: (event) => removeJob(job, event.currentTarget) }, 'Yes, delete'),
-          keep,
-        );
-        keep.focus();
-      };
+      const askToDelete = () => confirmDelete(actions, {
+        question: 'Delete it, its photo, paintings and result for good?',
+        id: job.id,
+        onConfirm: (button) => removeJob(job, button),
+        restore: showActions,
+      });
       showActions();
       return el(
         'li',

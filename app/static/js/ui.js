@@ -159,3 +159,22 @@ export function bindRange(input, output, digits = 2) {
 export function formatMs(ms) {
   return ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${Math.round(ms)} ms`;
 }
+
+/**
+ * Ask in place before a deletion: `actions` (a row of buttons) becomes the question, a "Yes, delete"
+ * button (data-confirm-delete = `id`) that calls onConfirm(button), and "Keep it", which puts the
+ * row back with restore() and focuses its [data-delete] button again.
+ */
+export function confirmDelete(actions, { question, id, onConfirm, restore }) {
+  const keep = el('button', { type: 'button', className: 'button-quiet', onclick: () => {
+    restore();
+    actions.querySelector('[data-delete]')?.focus();
+  } }, 'Keep it');
+  actions.replaceChildren(
+    el('span', { className: 'small' }, question),
+    el('button', { type: 'button', className: 'button-danger', dataset: { confirmDelete: id },
+      onclick: (event) => onConfirm(event.currentTarget) }, 'Yes, delete'),
+    keep,
+  );
+  keep.focus();
+}
