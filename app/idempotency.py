@@ -27,6 +27,7 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from redis import Redis
+from rq.job import Job
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -38,6 +39,11 @@ HEADER = "Idempotency-Key"
 CLAIM_TTL_S = 300  # a claim outlives any upload's handling; a crashed process frees its key after this
 IN_FLIGHT_RETRY_AFTER_S = "2"
 READ_CHUNK = 1024 * 1024
+# Replaces a binding whose job is gone with this request's claim, if nobody changed it meanwhile.
+TAKE_OVER_SCRIPT = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "return redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) end return false"
+)
 # Frees a claim only if it is still this request's own (not a binding, not another request's claim).
 RELEASE_SCRIPT = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -85,6 +91,16 @@ def request_fingerprint(path: str, fields: list[tuple[str, str | UploadFile]]) -
     return digest.hexdigest()
 
 
+def _in_progress() -> Problem:
+    return Problem(
+        409,
+        "request-in-progress",
+        f"A request with this {HEADER} is still being handled; retry shortly to get its job.",
+        field=HEADER,
+        headers={"Retry-After": IN_FLIGHT_RETRY_AFTER_S},
+    )
+
+
 def _claim(redis: Redis, key: str, fingerprint: str, ttl_s: int) -> Claim:
     """Claim ``key`` for this request, or find what an earlier request with the same key left."""
     claim = Claim(redis, key, fingerprint, secrets.token_hex(8), ttl_s)
@@ -105,13 +121,13 @@ def _claim(redis: Redis, key: str, fingerprint: str, ttl_s: int) -> Claim:
             field=HEADER,
         )
     if earlier.get("job_id") is None:
-        raise Problem(
-            409,
-            "request-in-progress",
-            f"A request with this {HEADER} is still being handled; retry shortly to get its job.",
-            field=HEADER,
-            headers={"Retry-After": IN_FLIGHT_RETRY_AFTER_S},
-        )
+        raise _in_progress()
+    if not redis.exists(Job.key_for(earlier["job_id"])):
+        # Its job was deleted (DELETE /jobs/{id}) or expired: nothing to replay, so the key is free,
+        # unless another request took it over in the meantime.
+        if redis.eval(TAKE_OVER_SCRIPT, 1, key, raw, claim.pending_value, CLAIM_TTL_S):
+            return claim
+        raise _in_progress()
     claim.job_id = earlier["job_id"]
     return claim
 

@@ -67,6 +67,21 @@ def test_a_repeat_gets_the_first_job_and_queues_nothing(client, idem_settings):
     assert queued(idem_settings) == before + 1
 
 
+def test_a_key_whose_job_was_deleted_queues_anew(client, idem_settings):
+    """DELETE /jobs/{id} removed the job its first request queued: a repeat has nothing to replay."""
+    key = str(uuid.uuid4())
+    auth = {"Authorization": f"Bearer {KEYS[0]}"}
+    first = optimize(client, key).json()["id"]
+    assert client.delete(f"/jobs/{first}", headers=auth).json()["state"] == "canceled"  # queued: at once
+    assert client.delete(f"/jobs/{first}", headers=auth).status_code == 204  # ended: deleted
+    again = optimize(client, key)
+    assert again.status_code == 202, again.text
+    assert again.json()["id"] != first and "Idempotent-Replayed" not in again.headers
+    replay = optimize(client, key)  # and the key is bound to the new job
+    assert replay.json()["id"] == again.json()["id"] and replay.headers["idempotent-replayed"] == "true"
+    client.delete(f"/jobs/{again.json()['id']}", headers=auth)
+
+
 def test_without_a_key_every_post_is_a_new_job(client, idem_settings):
     before = queued(idem_settings)
     assert optimize(client, None).json()["id"] != optimize(client, None).json()["id"]
