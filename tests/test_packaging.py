@@ -41,7 +41,8 @@ def test_the_dev_extra_adds_only_test_tools():
         for r in requires("atelier") or []
         if Requirement(r).marker is not None and "dev" in str(Requirement(r).marker)
     }
-    assert dev - set(_base_requirements()) <= {"pytest", "ruff", "selenium", "schemathesis", "pyyaml"}
+    test_tools = {"pytest", "ruff", "selenium", "schemathesis", "pyyaml", "httpx2"}
+    assert dev - set(_base_requirements()) <= test_tools
 
 
 def test_dockerfile_installs_the_project_with_its_dependencies():
