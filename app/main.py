@@ -40,6 +40,7 @@ from app.routers import (
     health,
     job_events,
     job_list,
+    job_preview,
     jobs,
     live,
     stylize,
@@ -208,6 +209,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(job_list.router)
+    app.include_router(job_preview.router)
     app.include_router(video_jobs.router)
     app.include_router(job_events.router)
     app.include_router(classify.router, dependencies=keyed)

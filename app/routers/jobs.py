@@ -1,4 +1,4 @@
-"""Gatys optimization jobs: submit, poll, download, cancel. The work happens in RQ workers."""
+"""Gatys optimization jobs: submit, poll, download, cancel or delete. The work happens in RQ workers."""
 
 from __future__ import annotations
 
@@ -30,9 +30,8 @@ from app.problems import Problem
 from app.schemas import JobLinks, JobProgress, JobState, JobStatus
 from app.uploads import read_image, reject_unknown_fields
 from core.job_options import options_to_dict
-from core.previews import PREVIEW_MEDIA_TYPE, read_preview
 from core.settings import Settings
-from core.store import JOB_FUNC, JOB_KINDS, PREVIEW_JOB_FUNCS, JobKeys, request_cancel
+from core.store import JOB_FUNC, JOB_KINDS, JobKeys, request_cancel
 from models.gatys import GatysOptions
 from models.imaging import MEDIA_TYPES, encode_image, resize_longest
 from models.vgg import LAYER_NAMES
@@ -451,64 +450,6 @@ def get_result(
         media_type=MEDIA_TYPES[format],
         headers={"Content-Disposition": f'inline; filename="{job_id}.{format}"'},
     )
-
-
-@router.get(
-    "/{job_id:uuid}/preview",
-    summary="The image of a running job as it stands",
-    response_class=Response,
-    responses={
-        200: {
-            "description": "The latest preview (JPEG) of a running Gatys or video job, or the last one of "
-            "a job that was canceled or failed. A new one is stored every "
-            "`ATELIER_JOB_PREVIEW_INTERVAL_S` while the job runs.",
-            "content": {PREVIEW_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
-            "headers": {
-                "X-Atelier-Preview-Step": {
-                    "description": "The step the preview shows (video: frames done).",
-                    "required": True,
-                    "schema": {"type": "integer", "minimum": 0},
-                }
-            },
-        },
-        **problem_responses(
-            404,
-            409,
-            503,
-            d409="No preview now: the job has not started or stored its first yet, has finished (its "
-            "result replaces the preview), or is of a kind without previews.",
-        ),
-    },
-)
-def get_preview(
-    job_id: uuid.UUID, queue: QueueDep, redis: RedisDep, keys: KeysDep, caller: CallerDep
-) -> Response:
-    job = fetch_job(queue, job_id, caller)
-    preview = read_preview(redis, keys.preview(job.id))
-    if preview is None:
-        state = job_state(job)
-        raise Problem(409, "no-preview", _no_preview_detail(job, state), field="job_id", state=state)
-    return Response(
-        preview.jpeg,
-        media_type=PREVIEW_MEDIA_TYPE,
-        headers={
-            "X-Atelier-Preview-Step": str(preview.step),
-            "Cache-Control": "no-store",
-            "Content-Disposition": f'inline; filename="{job_id}-preview-{preview.step}.jpg"',
-        },
-    )
-
-
-def _no_preview_detail(job: Job, state: JobState) -> str:
-    if job.func_name not in PREVIEW_JOB_FUNCS:
-        return f"Job {job.id} is of a kind that stores no previews; its result comes when it finishes."
-    if state == "queued":
-        return f"Job {job.id} has not started; its first preview comes after its first step."
-    if state == "started":
-        return f"Job {job.id} has not stored a preview yet; one comes after its first step."
-    if state == "finished":
-        return f"Job {job.id} has finished; download its result instead."
-    return f"Job {job.id} ended ({state}) before its first preview."
 
 
 @router.delete(
