@@ -529,6 +529,19 @@ def test_a_running_video_job_shows_its_newest_frame_and_keeps_the_last_when_canc
     wait_for(browser, "!document.querySelector('#video-job-preview-download').hidden", 30, "no download")
     shots("canceled")
     assert re.fullmatch(r"The last frame it made: \d+ of 480", text(browser, "#video-job-preview-caption"))
+    # The tab's list of videos (GET /jobs) has it, ended, so it can be deleted with what it stored.
+    job_id = q(browser, "#video-job-id").get_attribute("title")
+    short = job_id[:8]
+    row = f"#video-jobs button[aria-label='Delete job {short}']"
+    wait_for(browser, f"!!document.querySelector(\"{row}\")", 30, "the video is not in the list")
+    assert "480 frames · great_wave · canceled" in text(browser, "#video-jobs")
+    q(browser, row).click()
+    q(browser, f"#video-jobs button[data-confirm-delete='{job_id}']").click()
+    wait_for(browser, f"!document.querySelector('#video-jobs').textContent.includes('{short}')", 30)
+    shots("deleted")
+    assert "everything it stored were deleted" in text(browser, "#video-status")
+    assert q(browser, "#video-job-view").get_attribute("hidden")  # the job on display was the one deleted
+    assert httpx.get(f"{live_server.url}/jobs/{job_id}", timeout=10).status_code == 404
     assert console_errors(browser) == []
 
 

@@ -5,11 +5,13 @@
 
 import { getJSON, readEventStream, request, submitJob } from './api.js';
 import { LossChart } from './chart.js';
-import { $, clearProblem, confirmDelete, el, setupDropzone, showBlob, showProblem } from './ui.js';
+import { ServerJobList, TERMINAL } from './job-list.js';
+import { $, clearProblem, el, setupDropzone, showBlob, showProblem } from './ui.js';
+
+export { TERMINAL };
 
 const STORAGE_KEY = 'atelier.jobs';
 const KEEP_JOBS = 12;
-export const TERMINAL = new Set(['finished', 'failed', 'canceled']);
 const POLL_MS = 1000;
 const OPTIONAL_NUMBERS = ['content_weight', 'style_weight', 'tv_weight'];
 const SAVED_POINTS = 300; // loss-curve points kept per job, so the curve survives a reload
@@ -50,47 +52,40 @@ export function setupJobs({ capabilities }) {
   const view = new GatysJobView(capabilities, remember);
 
   // With GET /jobs the list is the server's (every browser and script with this API key); this
-  // browser's own memory then only adds the loss curves it saw. Without it, this browser's memory.
-  let serverJobs = null;
-  if (capabilities.jobList) {
+  // browser's own memory then only keeps the loss curves it saw. Without it, this browser's memory.
+  const serverList = capabilities.jobList ? new ServerJobList($('#recent-jobs'), {
+    kind: 'optimize',
+    limit: KEEP_JOBS,
+    describe: (job) => `${job.options?.size ?? '?'} px, ${job.progress?.total_steps ?? '?'} steps`,
+    onShow: (id) => view.open(id),
+    onDeleted: (id) => {
+      saveRecent(loadRecent().filter((j) => j.id !== id));
+      if (view.tracker.jobId === id) view.tracker.close();
+    },
+    errorBox,
+    status,
+    focusAfterDelete: $('#recent-title'),
+  }) : null;
+  if (serverList) {
     $('#recent-note').textContent =
       'Your Gatys jobs on this server, from any browser or script with the same API key.';
-  }
-
-  async function refreshFromServer() {
-    if (!capabilities.jobList) return;
-    try {
-      const page = await getJSON(`/jobs?kind=optimize&limit=${KEEP_JOBS}`);
-      serverJobs = page.jobs.map((job) => ({
-        id: job.id, state: job.state, submittedAt: Date.parse(job.created_at) || undefined,
-        size: job.options?.size, steps: job.progress?.total_steps,
-      }));
-    } catch {
-      // Keep what was shown (or this browser's memory): the list is a convenience.
-    }
-    renderRecent();
   }
 
   function remember(job) {
     const jobs = loadRecent();
     const index = jobs.findIndex((j) => j.id === job.id);
-    const before = index >= 0 ? jobs[index] : {};
-    const entry = { ...before, ...job };
+    const entry = { ...(index >= 0 ? jobs[index] : {}), ...job };
     if (index >= 0) jobs.splice(index, 1);
     jobs.unshift(entry);
     saveRecent(jobs);
-    const shown = serverJobs?.find((j) => j.id === job.id);
-    if (shown) shown.state = job.state;
-    if (serverJobs && (!shown || (job.state !== before.state && TERMINAL.has(job.state)))) {
-      refreshFromServer();
-    } else {
-      renderRecent();
-    }
+    if (serverList) serverList.update(job);
+    else renderRecent();
   }
 
+  /** This browser's memory of its jobs: the list on a server without GET /jobs. */
   function renderRecent() {
     const list = $('#recent-jobs');
-    const jobs = serverJobs ?? loadRecent();
+    const jobs = loadRecent();
     if (!jobs.length) {
       list.replaceChildren(el('li', { className: 'muted' }, 'No jobs yet.'));
       return;
@@ -98,50 +93,20 @@ export function setupJobs({ capabilities }) {
     list.replaceChildren(...jobs.map((job) => {
       const when = job.submittedAt ? new Date(job.submittedAt).toLocaleString() : '';
       const short = job.id.slice(0, 8);
-      const actions = el('span', { className: 'row' });
-      const forget = () => { saveRecent(loadRecent().filter((j) => j.id !== job.id)); renderRecent(); };
-      const showActions = () => actions.replaceChildren(
-        el('button', { type: 'button', className: 'button-secondary', 'aria-label': `Show job ${short}`,
-          onclick: () => view.open(job.id) }, 'Show'),
-        !serverJobs ? el('button', { type: 'button', className: 'button-quiet',
-          'aria-label': `Forget job ${short}`, onclick: forget }, 'Forget')
-          : TERMINAL.has(job.state) ? el('button', { type: 'button', className: 'button-quiet',
-            'aria-label': `Delete job ${short}`, dataset: { delete: job.id }, onclick: askToDelete }, 'Delete')
-            : null,
-      );
-      const askToDelete = () => confirmDelete(actions, {
-        question: 'Delete it, its photo, paintings and result for good?',
-        id: job.id,
-        onConfirm: (button) => removeJob(job, button),
-        restore: showActions,
-      });
-      showActions();
       return el(
         'li',
         {},
         el('span', {}, el('code', {}, short), ` · ${job.size ?? '?'} px, ${job.steps ?? '?'} steps · `,
           el('span', { className: 'badge', dataset: { state: job.state || 'queued' } }, job.state || '?'),
           el('span', { className: 'muted small' }, ` ${when}`)),
-        actions,
+        el('span', { className: 'row' },
+          el('button', { type: 'button', className: 'button-secondary', 'aria-label': `Show job ${short}`,
+            onclick: () => view.open(job.id) }, 'Show'),
+          el('button', { type: 'button', className: 'button-quiet', 'aria-label': `Forget job ${short}`,
+            onclick: () => { saveRecent(loadRecent().filter((j) => j.id !== job.id)); renderRecent(); } },
+          'Forget')),
       );
     }));
-  }
-
-  /** DELETE an ended job (its data on the server goes with it), then forget it here too. */
-  async function removeJob(job, button) {
-    clearProblem(errorBox);
-    button.disabled = true;
-    try {
-      await request(`/jobs/${job.id}`, { method: 'DELETE' });
-      saveRecent(loadRecent().filter((j) => j.id !== job.id));
-      if (view.tracker.jobId === job.id) view.tracker.close();
-      status.textContent = `Job ${job.id.slice(0, 8)} and everything it stored were deleted.`;
-      await refreshFromServer();
-      $('#recent-title').focus(); // its row is gone: keep the keyboard focus nearby
-    } catch (error) {
-      button.disabled = false;
-      showProblem(errorBox, error);
-    }
   }
 
   form.addEventListener('submit', async (event) => {
@@ -178,12 +143,15 @@ export function setupJobs({ capabilities }) {
     }
   });
 
-  renderRecent();
   const latest = loadRecent()[0];
   if (latest) view.open(latest.id);
-  refreshFromServer().then(() => { // another device's newest job, in a browser that has none of its own
-    if (!latest && serverJobs?.length) view.open(serverJobs[0].id);
-  });
+  if (serverList) {
+    serverList.refresh().then(() => { // another device's newest job, in a browser that has none of its own
+      if (!latest && serverList.jobs.length) view.open(serverList.jobs[0].id);
+    });
+  } else {
+    renderRecent();
+  }
 }
 
 /**

@@ -3,6 +3,7 @@
 // cancel it, then play and download the result. The job on display comes back after a reload.
 
 import { submitJob } from './api.js';
+import { ServerJobList } from './job-list.js';
 import { JobPreview, JobTracker, TERMINAL, fetchResult, jobMemory, jobParts } from './jobs.js';
 import { onStylesChanged, servedStyles } from './styles.js';
 import { OWN_STYLE, galleryChoice, renderGallery, reportMissing } from './stylize.js';
@@ -60,10 +61,26 @@ export function setupVideo({ capabilities }) {
     syncOwn();
   });
 
+  const list = capabilities.jobList ? new ServerJobList($('#video-jobs'), {
+    kind: 'stylize-video',
+    describe: (job) => `${job.progress?.total_frames ?? '?'} frames · ${job.options?.style || 'your painting'}`,
+    onShow: (id) => {
+      memory.save({ id });
+      tracker.open(id);
+    },
+    onDeleted: (id) => {
+      if (memory.load()?.id === id) memory.forget();
+      if (tracker.jobId === id) tracker.close();
+    },
+    errorBox,
+    status,
+    focusAfterDelete: $('#video-jobs-title'),
+  }) : null;
   const tracker = new JobTracker(jobParts('video-job'), {
     events: capabilities.events,
     memory,
     describe: describeProgress,
+    onUpdate: (job) => list?.update(job),
     preview: new JobPreview('video-job', (frames, job) => (TERMINAL.has(job.state)
       ? `The last frame it made: ${frames} of ${job.progress.total_frames ?? job.progress.total_steps}`
       : `The newest frame: ${frames} of ${job.progress.total_frames ?? job.progress.total_steps} done`)),
@@ -124,6 +141,10 @@ export function setupVideo({ capabilities }) {
   });
 
   tracker.resume();
+  if (list) {
+    $('#video-jobs-section').hidden = false;
+    list.refresh();
+  }
 }
 
 /** "12 of 48 frames · 3.4 frames/s · about 11 s left" */
