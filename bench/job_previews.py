@@ -9,7 +9,8 @@ own :class:`worker.previews.PreviewWriter` into the local Redis (its own key, de
 so the difference per step is the cost of one preview: render the image, encode a JPEG, write it.
 The service stores one every ``ATELIER_JOB_PREVIEW_INTERVAL_S``, so the share of a job's time it
 costs is that difference divided by the interval. The preview alone is also timed at 512 and
-1024 px.
+1024 px, and so is a custom-style job's preview, which is a forward pass of the served network
+(a held-out photo at 256 px painted in the code as it stands).
 
 Results: ``bench/results/job-previews-cpu-<date>.{md,json}``.
 """
@@ -71,6 +72,23 @@ def preview_alone_ms(redis: Redis, size: int, repeats: int = 20) -> float:
     return statistics.median(times)
 
 
+def style_preview_ms(repeats: int = 10) -> float:
+    """Median ms of rendering a custom-style job's preview: the served network on a 256 px photo."""
+    from models.styles import load_network
+    from worker.style_job import _painted, _preview_photo
+
+    network = load_network(get_settings().weights_dir)
+    code = network.model.style_code(network.style_weights([network.names[0]]))
+    photo = _preview_photo(PHOTO)
+    _painted(network, code, photo)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _painted(network, code, photo)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -94,6 +112,7 @@ def main() -> None:
             writer = PreviewWriter(redis, KEY, interval_s=1e-9, ttl_s=60)
             runs["every_step"].append(timed_run(vgg, photo, painting, options, writer, inside))
         alone = {str(size): preview_alone_ms(redis, size) for size in (512, 1024)}
+        style_ms = style_preview_ms()
     finally:
         redis.delete(KEY)
 
@@ -113,6 +132,8 @@ def main() -> None:
         "share_of_job_time_at_interval": per_preview_ms / 1000 / interval,
         "preview_ms_inside_runs": inside,
         "preview_alone_ms": alone,
+        "style_preview_render_ms": style_ms,
+        "style_preview_share_at_interval": style_ms / 1000 / interval,
         "runs": runs,
     }
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
@@ -140,6 +161,10 @@ def main() -> None:
         "One preview alone (JPEG encode and Redis write of a ready image), median of 20: "
         + ", ".join(f"{ms:.1f} ms at {size} px" for size, ms in alone.items())
         + ".",
+        "",
+        f"A custom-style job's preview (the served network on a 256 px held-out photo, in the code as it "
+        f"stands) takes {style_ms:.0f} ms to render (median of 10), {100 * style_ms / 1000 / interval:.1f}% "
+        f"of the job's time at one every {interval:g} s.",
         "",
         "`python bench/job_previews.py"
         + (f" --size {args.size}" if args.size != 512 else "")

@@ -210,7 +210,7 @@ class Settings(BaseSettings):
         2.0,
         ge=0,
         le=600,
-        description="How often a running Gatys or video job stores a preview of its current image "
+        description="How often a running job stores a preview of its current image "
         "(GET /jobs/{id}/preview); the first comes after its first step. 0: no previews.",
     )
 

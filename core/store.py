@@ -15,7 +15,6 @@ JOB_FUNC = "worker.jobs.optimize_job"
 VIDEO_JOB_FUNC = "worker.video_job.stylize_video_job"
 STYLE_JOB_FUNC = "worker.style_job.train_style_job"
 JOB_KINDS = {JOB_FUNC: "optimize", VIDEO_JOB_FUNC: "stylize-video", STYLE_JOB_FUNC: "train-style"}
-PREVIEW_JOB_FUNCS = frozenset({JOB_FUNC, VIDEO_JOB_FUNC})  # the jobs that store previews while they run
 JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
 

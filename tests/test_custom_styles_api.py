@@ -313,11 +313,14 @@ def test_cancel_a_running_job_leaves_nothing_behind_and_frees_the_name(
 ) -> None:
     job = post_style(app_a, name="canceled", iterations=2000).json()
     job_state_with_steps = wait_for(
-        lambda: (b := app_a.get(f"/jobs/{job['id']}").json())["progress"]["step"] > 0 and b,
+        lambda: (b := app_a.get(f"/jobs/{job['id']}").json())["progress"]["preview_step"] and b,
         120,
-        "the job to make progress",
+        "the job to make progress and store a preview",
     )
     assert job_state_with_steps["state"] == "started"
+    preview = app_a.get(f"/jobs/{job['id']}/preview")  # a held-out photo in the style as learned so far
+    assert preview.status_code == 200 and preview.headers["content-type"] == "image/jpeg"
+    assert max(Image.open(io.BytesIO(preview.content)).size) == 256
     assert_problem(app_a.delete("/styles/canceled"), 409, "style-in-training", "name")
     assert app_a.delete(f"/jobs/{job['id']}").status_code == 200
     done = job_state(app_a, job["id"], {"canceled", "finished", "failed"}, 60)
@@ -327,7 +330,9 @@ def test_cancel_a_running_job_leaves_nothing_behind_and_frees_the_name(
     assert listed(app_a, "canceled") is None
     again = post_style(app_a, name="canceled", iterations=1)  # the name is free again
     assert again.status_code == 202, again.text
-    assert job_state(app_a, again.json()["id"], {"finished", "failed"})["state"] == "finished"
+    finished = job_state(app_a, again.json()["id"], {"finished", "failed"})
+    assert finished["state"] == "finished" and finished["progress"]["preview_step"] is None
+    assert_problem(app_a.get(f"/jobs/{again.json()['id']}/preview"), 409, "no-preview", "job_id")
     assert app_a.delete("/styles/canceled").status_code == 204
 
 
@@ -406,7 +411,7 @@ def test_the_limit_counts_jobs_in_flight_and_a_canceled_queued_job_frees_its_pla
     first = post_style(idle, name="first")  # no worker serves this queue: it stays queued
     assert first.status_code == 202, first.text
     preview = assert_problem(idle.get(f"/jobs/{first.json()['id']}/preview"), 409, "no-preview", "job_id")
-    assert "stores no previews" in preview["detail"]  # its result is the preview of the style
+    assert "has not started" in preview["detail"]
     assert_problem(post_style(idle, name="first"), 409, "style-exists", "name")  # a job is training it
     full = assert_problem(post_style(idle, name="second"), 507, "too-many-styles", "name")
     assert "ATELIER_MAX_CUSTOM_STYLES=1" in full["detail"]

@@ -712,6 +712,7 @@ def test_learn_a_style_from_a_painting_use_it_and_delete_it(browser, style_serve
     wait_for(browser, image_loaded("#custom-styles li[data-style=stripes_in_blue] img"), 30, "no thumbnail")
     shots("learned")
     assert text(browser, "#style-job-detail") == "iteration 4 of 4"
+    assert q(browser, "#style-job-preview-box").get_attribute("hidden")  # the result replaces the preview
     assert text(browser, "#style-job-percent") == "100%"
     assert q(browser, "#style-job-chart").get_attribute("aria-label").startswith("Losses at step 4")
     item = text(browser, "#custom-styles li[data-style=stripes_in_blue]")

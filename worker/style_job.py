@@ -4,8 +4,9 @@ Runs in a work horse. Loads the network from ``ATELIER_WEIGHTS_DIR`` (sha256-ver
 objective the network was trained with from its metadata, and fine-tunes only the style code
 (:mod:`models.finetune_style`) on the *training* split of ``<ATELIER_DATA_DIR>/photos`` (the split of
 :mod:`models.photos`; the held-out photos are kept for evaluation and the preview). Progress
-(step, losses, percent) goes to the job's meta like a Gatys job's; a cancel request stops it at the
-next step.
+(step, losses, percent) goes to the job's meta like a Gatys job's, and its preview is that held-out
+photo painted in the code as it stands, so the style is seen forming; a cancel request stops it at
+the next step.
 
 Only a finished job writes the style (code, metadata, thumbnail: :mod:`core.style_store`), in one
 transaction; a failed or canceled one deletes its painting and gives its name back, so no half-made
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,12 +34,14 @@ from core.store import JobKeys
 from core.style_store import CustomStyleMeta, StyleKeys, release, save_style
 from models.finetune_style import (
     FinetuneConfig,
+    StepReport,
     balance_for,
     finetune_code,
     initial_code,
     network_with_code,
     trained_painting_grams,
 )
+from models.gatys import StepReport as GatysStepReport
 from models.imaging import encode_image, pil_to_tensor, resize_longest, tensor_to_pil
 from models.photos import list_photos, split_photos
 from models.style_objective import StyleObjective
@@ -46,6 +50,7 @@ from models.transformer import stylize
 from worker import runtime
 from worker.jobs import _load_image, _progress_reporter, raise_if_canceled, record_job_failure, store_result
 from worker.patience import patiently
+from worker.previews import PreviewWriter
 
 PREVIEW_SIDE = 256
 THUMBNAIL_QUALITY = 85
@@ -78,11 +83,28 @@ def _jpeg(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def _preview_png(network: LoadedNetwork, code: torch.Tensor, photo: Path) -> bytes:
-    x = pil_to_tensor(resize_longest(Image.open(photo).convert("RGB"), PREVIEW_SIDE))
+def _painted(network: LoadedNetwork, code: torch.Tensor, photo: Image.Image) -> Image.Image:
+    """``photo`` (a held-out one, at most PREVIEW_SIDE) painted with the style ``code``."""
     with torch.inference_mode():
-        out = stylize(network_with_code(network.model, code), x)
-    return encode_image(tensor_to_pil(out), "png")
+        return tensor_to_pil(stylize(network_with_code(network.model, code), pil_to_tensor(photo)))
+
+
+def _preview_photo(path: Path) -> Image.Image:
+    return resize_longest(Image.open(path).convert("RGB"), PREVIEW_SIDE)
+
+
+def _with_previews(
+    report_step: Callable[[GatysStepReport], None], network: LoadedNetwork, photo: Image.Image
+) -> Callable[[StepReport], None]:
+    """The fine-tune's step reports as the job reporter takes them: with the held-out photo painted in
+    the code as it stands, rendered only when a preview is due (so the style is seen forming)."""
+
+    def on_step(report: StepReport) -> None:
+        code = report.code
+        image = (lambda: _painted(network, code, photo)) if code is not None else None
+        report_step(GatysStepReport(report.step, report.total, report.losses, image))
+
+    return on_step
 
 
 def finetune_config(settings: Settings, iterations: int) -> FinetuneConfig:
@@ -123,6 +145,10 @@ def train_style_job(
         fitted, style_scale = (
             balance_for(objective, vgg, grams, train, trained) if balance else (objective, 1.0)
         )
+        photo = _preview_photo((held_out or train)[0])
+        previews = PreviewWriter(
+            redis, keys.preview(job.id), settings.job_preview_interval_s, settings.result_ttl_s
+        )
         result = finetune_code(
             network.model,
             fitted,
@@ -132,7 +158,7 @@ def train_style_job(
             finetune_config(settings, iterations),
             init=init,
             device=device,
-            on_step=_progress_reporter(job, redis, keys),
+            on_step=_with_previews(_progress_reporter(job, redis, keys, previews), network, photo),
         )
         raise_if_canceled(redis, keys, job.id)  # asked for during the last step
         meta = CustomStyleMeta(
@@ -150,7 +176,7 @@ def train_style_job(
             style_weight_scale=round(style_scale, 4),
             owner=owner,
         )
-        preview = _preview_png(network, result.code, (held_out or train)[0])
+        preview = encode_image(_painted(network, result.code, photo), "png")
         info = {
             "style": name,
             "iterations": result.iterations,
@@ -178,7 +204,8 @@ def train_style_job(
         )
 
         seconds = time.monotonic() - started
-        store_result(redis, keys, job.id, preview, settings.result_ttl_s, seconds, keys.style(job.id, 0))
+        drop = (keys.style(job.id, 0), keys.preview(job.id))
+        store_result(redis, keys, job.id, preview, settings.result_ttl_s, seconds, *drop)
         return info
     except BaseException as exc:
         with contextlib.suppress(RedisError):  # the failure itself is what must be recorded

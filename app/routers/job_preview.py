@@ -1,4 +1,5 @@
-"""GET /jobs/{id}/preview: the image of a running Gatys job as it stands, or a video job's newest frame.
+"""GET /jobs/{id}/preview: a running job's image as it stands (Gatys), newest frame (video) or a
+held-out photo in the style being learned (POST /styles).
 
 The worker stores it (:mod:`worker.previews`, :mod:`core.previews`); this serves the latest, with
 the step it shows, or says in a 409 why there is none now.
@@ -18,7 +19,6 @@ from app.problems import Problem
 from app.routers.jobs import fetch_job, job_state
 from app.schemas import JobState
 from core.previews import PREVIEW_MEDIA_TYPE, read_preview
-from core.store import PREVIEW_JOB_FUNCS
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -29,9 +29,10 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
     response_class=Response,
     responses={
         200: {
-            "description": "The latest preview (JPEG) of a running Gatys or video job, or the last one of "
-            "a job that was canceled or failed. A new one is stored every "
-            "`ATELIER_JOB_PREVIEW_INTERVAL_S` while the job runs.",
+            "description": "The latest preview (JPEG) of a running job, or the last one of a job that was "
+            "canceled or failed: a Gatys job's image as it stands, a video job's newest frame, a "
+            "`POST /styles` job's held-out photo in the style as learned so far. A new one is stored "
+            "every `ATELIER_JOB_PREVIEW_INTERVAL_S` while the job runs.",
             "content": {PREVIEW_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
             "headers": {
                 "X-Atelier-Preview-Step": {
@@ -45,8 +46,8 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
             404,
             409,
             503,
-            d409="No preview now: the job has not started or stored its first yet, has finished (its "
-            "result replaces the preview), or is of a kind without previews.",
+            d409="No preview now: the job has not started or stored its first yet, or has finished (its "
+            "result replaces the preview).",
         ),
     },
 )
@@ -70,8 +71,6 @@ def get_preview(
 
 
 def _no_preview_detail(job: Job, state: JobState) -> str:
-    if job.func_name not in PREVIEW_JOB_FUNCS:
-        return f"Job {job.id} is of a kind that stores no previews; its result comes when it finishes."
     if state == "queued":
         return f"Job {job.id} has not started; its first preview comes after its first step."
     if state == "started":

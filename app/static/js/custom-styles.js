@@ -5,7 +5,7 @@
 
 import { request, submitJob } from './api.js';
 import { LossChart } from './chart.js';
-import { JobTracker, fetchResult, jobMemory, jobParts } from './jobs.js';
+import { JobPreview, JobTracker, TERMINAL, fetchResult, jobMemory, jobParts } from './jobs.js';
 import { customStyles, initials, onStylesChanged, refreshStyles, thumbnailUrl } from './styles.js';
 import { selectInGallery } from './stylize.js';
 import { $, clearProblem, confirmDelete, el, setupDropzone, showBlob, showProblem } from './ui.js';
@@ -58,6 +58,9 @@ export function setupCustomStyles({ capabilities }) {
     memory,
     describe: ({ state, progress }) => (state === 'queued' ? 'waiting for a worker'
       : `iteration ${progress.step} of ${progress.total_steps}`),
+    preview: new JobPreview('style-job', (step, job) => (TERMINAL.has(job.state)
+      ? `Where it got to: iteration ${step} of ${job.progress.total_steps}`
+      : `The style so far, on a photo it does not train on: iteration ${step} of ${job.progress.total_steps}`)),
     onOpen: (jobId, initial) => {
       $('#style-job-result-box').hidden = true;
       $('#style-job-name').textContent = 'a style';
