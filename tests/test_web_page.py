@@ -533,7 +533,7 @@ def test_a_running_video_job_shows_its_newest_frame_and_keeps_the_last_when_canc
     job_id = q(browser, "#video-job-id").get_attribute("title")
     short = job_id[:8]
     row = f"#video-jobs button[aria-label='Delete job {short}']"
-    wait_for(browser, f"!!document.querySelector(\"{row}\")", 30, "the video is not in the list")
+    wait_for(browser, f'!!document.querySelector("{row}")', 30, "the video is not in the list")
     assert "480 frames · great_wave · canceled" in text(browser, "#video-jobs")
     q(browser, row).click()
     q(browser, f"#video-jobs button[data-confirm-delete='{job_id}']").click()
