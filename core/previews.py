@@ -2,7 +2,7 @@
 
 One hash per job under :meth:`core.store.JobKeys.preview`: ``step`` (the step the image shows, as
 the job counts them: an optimization step, or frames done for a video) and ``image`` (JPEG bytes),
-written together in one command so a reader never pairs one step with another step's image. The
+written together in one transaction so a reader never pairs one step with another step's image. The
 hash expires with the job's other keys; a finished job's preview is deleted with the result's
 write (the result supersedes it), while a canceled or failed job keeps its last one.
 """

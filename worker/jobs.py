@@ -15,7 +15,7 @@ from rq.job import Job
 from rq.timeouts import JobTimeoutException
 
 from core.job_options import options_from_dict
-from core.settings import get_settings
+from core.settings import Settings, get_settings
 from core.store import JobKeys, cancel_requested, record_job_duration
 from models.gatys import StepReport, run_gatys
 from models.imaging import encode_image
@@ -48,45 +48,57 @@ def raise_if_canceled(redis: Redis, keys: JobKeys, job_id: str) -> None:
         raise JobCanceled("canceled by the client")
 
 
-def _progress_reporter(
-    job: Job, redis: Redis, keys: JobKeys, previews: PreviewWriter | None = None
-) -> Callable[[StepReport], None]:
-    """Writes progress to the job's meta (throttled), stores ``previews`` of the image as it forms
-    (not of the last step: the result follows at once), and turns a cancel request into JobCanceled.
-    Jobs without previews (training a style) pass none."""
-    last_save = 0.0
+class ProgressRecorder:
+    """A job's progress in its meta, and previews of its image as it forms, for every kind of job.
 
-    def on_step(report: StepReport) -> None:
-        nonlocal last_save
-        raise_if_canceled(redis, keys, job.id)
+    ``report`` turns a cancel request into JobCanceled, offers the image to the job's
+    :class:`PreviewWriter` (not at the last step: the result follows at once) and saves the progress
+    at most every ``PROGRESS_MIN_INTERVAL_S``, and at once when a preview was stored (so the status
+    names it) or at the last step.
+    """
+
+    def __init__(self, job: Job, keys: JobKeys, previews: PreviewWriter) -> None:
+        self.job, self.keys, self.previews = job, keys, previews
+        self._last_save = 0.0
+
+    @classmethod
+    def for_job(cls, job: Job, keys: JobKeys, settings: Settings) -> ProgressRecorder:
+        previews = PreviewWriter(
+            job.connection, keys.preview(job.id), settings.job_preview_interval_s, settings.result_ttl_s
+        )
+        return cls(job, keys, previews)
+
+    def report(
+        self, step: int, total: int, fields: dict[str, Any], image: Callable[[], Image.Image] | None
+    ) -> None:
+        """Step ``step`` of ``total`` is done; ``fields`` join the progress, ``image`` renders the preview."""
+        raise_if_canceled(self.job.connection, self.keys, self.job.id)
         now = time.monotonic()
-        last = report.step >= report.total
-        stored = previews is not None and not last and previews.offer(report.step, report.image)
-        if stored or last or now - last_save >= PROGRESS_MIN_INTERVAL_S:
-            job.meta["progress"] = {
-                "step": report.step,
-                "total_steps": report.total,
-                "percent": round(100.0 * report.step / max(report.total, 1), 1),
-                "losses": {k: float(v) for k, v in report.losses.items()},
-                "preview_step": previews.step if previews is not None else None,
+        last = step >= total
+        stored = not last and self.previews.offer(step, image)
+        if stored or last or now - self._last_save >= PROGRESS_MIN_INTERVAL_S:
+            self.job.meta["progress"] = {
+                "step": step,
+                "total_steps": total,
+                "percent": round(100.0 * step / max(total, 1), 1),
+                **fields,
+                "preview_step": self.previews.step,
             }
-            patiently(job.save_meta, "progress")
-            last_save = now
-
-    return on_step
+            patiently(self.job.save_meta, "progress")
+            self._last_save = now
 
 
 def store_result(
     redis: Redis, keys: JobKeys, job_id: str, body: bytes, ttl_s: int, seconds: float, *drop: str
 ) -> None:
-    """The job's result bytes, its duration and the deletion of ``drop`` keys in one transaction,
-    retried through a short Redis outage (the work is done: losing it to a restart would waste it)."""
+    """The job's result bytes, its duration and the deletion of its preview (the result replaces it)
+    and of ``drop`` keys in one transaction, retried through a short Redis outage (the work is done:
+    losing it to a restart would waste it)."""
 
     def write() -> None:
         with redis.pipeline() as pipe:
             pipe.set(keys.result(job_id), body, ex=ttl_s)
-            if drop:
-                pipe.delete(*drop)
+            pipe.delete(keys.preview(job_id), *drop)
             record_job_duration(pipe, keys, "finished", seconds)
             pipe.execute()
 
@@ -122,16 +134,16 @@ def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
         ]
         device = runtime.resolve_device(settings.device)
         vgg = runtime.vgg_on(device)
-        previews = PreviewWriter(
-            redis, keys.preview(job.id), settings.job_preview_interval_s, settings.result_ttl_s
-        )
-        on_step = _progress_reporter(job, redis, keys, previews)
+        progress = ProgressRecorder.for_job(job, keys, settings)
+
+        def on_step(report: StepReport) -> None:
+            losses = {k: float(v) for k, v in report.losses.items()}
+            progress.report(report.step, report.total, {"losses": losses}, report.image)
+
         result = run_gatys(vgg, content, styles, opts, device=device, on_step=on_step)
         png = encode_image(result, "png")
 
-        store_result(
-            redis, keys, job.id, png, settings.result_ttl_s, time.monotonic() - started, keys.preview(job.id)
-        )
+        store_result(redis, keys, job.id, png, settings.result_ttl_s, time.monotonic() - started)
         return {"width": result.width, "height": result.height, "bytes": len(png), "device": device.type}
     except BaseException as exc:
         record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)

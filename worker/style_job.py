@@ -41,16 +41,14 @@ from models.finetune_style import (
     network_with_code,
     trained_painting_grams,
 )
-from models.gatys import StepReport as GatysStepReport
 from models.imaging import encode_image, pil_to_tensor, resize_longest, tensor_to_pil
 from models.photos import list_photos, split_photos
 from models.style_objective import StyleObjective
 from models.styles import LoadedNetwork, load_network, thumbnail
 from models.transformer import stylize
 from worker import runtime
-from worker.jobs import _load_image, _progress_reporter, raise_if_canceled, record_job_failure, store_result
+from worker.jobs import ProgressRecorder, _load_image, raise_if_canceled, record_job_failure, store_result
 from worker.patience import patiently
-from worker.previews import PreviewWriter
 
 PREVIEW_SIDE = 256
 THUMBNAIL_QUALITY = 85
@@ -93,16 +91,16 @@ def _preview_photo(path: Path) -> Image.Image:
     return resize_longest(Image.open(path).convert("RGB"), PREVIEW_SIDE)
 
 
-def _with_previews(
-    report_step: Callable[[GatysStepReport], None], network: LoadedNetwork, photo: Image.Image
+def _training_progress(
+    progress: ProgressRecorder, network: LoadedNetwork, photo: Image.Image
 ) -> Callable[[StepReport], None]:
-    """The fine-tune's step reports as the job reporter takes them: with the held-out photo painted in
-    the code as it stands, rendered only when a preview is due (so the style is seen forming)."""
+    """Each fine-tune step to the job's progress; its preview is the held-out photo painted in the
+    code as it stands, rendered only when a preview is due (so the style is seen forming)."""
 
     def on_step(report: StepReport) -> None:
         code = report.code
         image = (lambda: _painted(network, code, photo)) if code is not None else None
-        report_step(GatysStepReport(report.step, report.total, report.losses, image))
+        progress.report(report.step, report.total, {"losses": report.losses}, image)
 
     return on_step
 
@@ -146,9 +144,7 @@ def train_style_job(
             balance_for(objective, vgg, grams, train, trained) if balance else (objective, 1.0)
         )
         photo = _preview_photo((held_out or train)[0])
-        previews = PreviewWriter(
-            redis, keys.preview(job.id), settings.job_preview_interval_s, settings.result_ttl_s
-        )
+        progress = ProgressRecorder.for_job(job, keys, settings)
         result = finetune_code(
             network.model,
             fitted,
@@ -158,7 +154,7 @@ def train_style_job(
             finetune_config(settings, iterations),
             init=init,
             device=device,
-            on_step=_with_previews(_progress_reporter(job, redis, keys, previews), network, photo),
+            on_step=_training_progress(progress, network, photo),
         )
         raise_if_canceled(redis, keys, job.id)  # asked for during the last step
         meta = CustomStyleMeta(
@@ -204,8 +200,7 @@ def train_style_job(
         )
 
         seconds = time.monotonic() - started
-        drop = (keys.style(job.id, 0), keys.preview(job.id))
-        store_result(redis, keys, job.id, preview, settings.result_ttl_s, seconds, *drop)
+        store_result(redis, keys, job.id, preview, settings.result_ttl_s, seconds, keys.style(job.id, 0))
         return info
     except BaseException as exc:
         with contextlib.suppress(RedisError):  # the failure itself is what must be recorded

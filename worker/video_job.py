@@ -19,7 +19,6 @@ from typing import Any
 from PIL import Image
 from redis import Redis
 from rq import get_current_job
-from rq.job import Job
 
 from core.job_options import VideoJobOptions
 from core.settings import Settings, get_settings
@@ -27,31 +26,14 @@ from core.store import JobKeys
 from models.frame_stylizer import ArbitraryFrames, named_style_frames
 from models.video import FrameStylizer, ProgressCallback, RenderOptions, render_stylized_video
 from worker import runtime
-from worker.jobs import PROGRESS_MIN_INTERVAL_S, raise_if_canceled, record_job_failure, store_result
+from worker.jobs import ProgressRecorder, record_job_failure, store_result
 from worker.patience import patiently
-from worker.previews import PreviewWriter
 
 
-def _progress_reporter(job: Job, redis: Redis, keys: JobKeys, previews: PreviewWriter) -> ProgressCallback:
-    last_save = 0.0
-
+def _frame_progress(progress: ProgressRecorder) -> ProgressCallback:
     def on_batch(done: int, total: int, frames_per_s: float, newest: Callable[[], Image.Image]) -> None:
-        nonlocal last_save
-        raise_if_canceled(redis, keys, job.id)
-        now = time.monotonic()
-        stored = done < total and previews.offer(done, newest)
-        if stored or now - last_save >= PROGRESS_MIN_INTERVAL_S or done >= total:
-            job.meta["progress"] = {
-                "step": done,
-                "total_steps": total,
-                "percent": round(100.0 * done / max(total, 1), 1),
-                "frames": done,
-                "total_frames": total,
-                "frames_per_s": round(frames_per_s, 2),
-                "preview_step": previews.step,
-            }
-            patiently(job.save_meta, "progress")
-            last_save = now
+        fields = {"frames": done, "total_frames": total, "frames_per_s": round(frames_per_s, 2)}
+        progress.report(done, total, fields, newest)
 
     return on_batch
 
@@ -101,9 +83,7 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
             smoothing=opts.smoothing,
             batch_size=opts.batch_frames,
         )
-        previews = PreviewWriter(
-            redis, keys.preview(job.id), settings.job_preview_interval_s, settings.result_ttl_s
-        )
+        progress = ProgressRecorder.for_job(job, keys, settings)
         with tempfile.TemporaryDirectory(prefix="atelier-video-") as tmp:
             source, destination = Path(tmp) / "input", Path(tmp) / "output"
             source.write_bytes(video)
@@ -114,7 +94,7 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
                 stylize,
                 render,
                 total_frames=opts.total_frames,
-                on_progress=_progress_reporter(job, redis, keys, previews),
+                on_progress=_frame_progress(progress),
             )
             body = destination.read_bytes()
         info = report.public() | {"bytes": len(body), "device": runtime.resolve_device(settings.device).type}
@@ -129,8 +109,7 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
         }
         patiently(job.save_meta, "progress")
 
-        seconds = time.monotonic() - started
-        store_result(redis, keys, job.id, body, settings.result_ttl_s, seconds, keys.preview(job.id))
+        store_result(redis, keys, job.id, body, settings.result_ttl_s, time.monotonic() - started)
         return info
     except BaseException as exc:
         record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
