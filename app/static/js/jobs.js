@@ -321,7 +321,7 @@ export class JobTracker {
 
 /**
  * The newest preview of the job on display (GET /jobs/{id}/preview: the image as it stands, a video's
- * newest frame), fetched whenever progress.preview_step moves, one fetch at a time. Hidden once the
+ * newest frame, a photo in the style being learned), fetched whenever progress.preview_step moves, one fetch at a time. Hidden once the
  * job has finished (its result replaces it); a canceled or failed job keeps its last one, with a
  * download link: what it had got to. `caption(step, job)` says what the preview shows.
  */
@@ -382,7 +382,7 @@ export class JobPreview {
     }
     if (this.shown === null) return;
     this.text.textContent = this.caption(this.shown, job); // the state may have changed, not the image
-    this.download.hidden = !['canceled', 'failed'].includes(job.state);
+    this.download.hidden = !TERMINAL.has(job.state); // a finished job returned above: its result shows
   }
 }
 
