@@ -26,11 +26,14 @@ from redis.exceptions import LockError
 from rq import Queue
 from rq.job import Job
 
+from app import webhooks
 from app.auth import Principal
 from app.idempotency import Claim
 from app.job_index import add_to_index, index_key
 from app.problems import Problem
+from app.webhook_targets import WebhookTarget
 from core.settings import Settings
+from core.store import JobKeys
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +70,12 @@ def admit_and_enqueue(
     owner: Principal | None,
     enqueue: Callable[[], Job],
     idempotency: Claim | None = None,
+    webhook: WebhookTarget | None = None,
 ) -> Job:
     """Enqueue with ``enqueue()`` if the queue and the owner's quota allow it (blocking: run in a thread).
 
-    The request's Idempotency-Key claim, if any, is bound to the new job here, so every route that
-    queues a job gets it without a step of its own.
+    The request's Idempotency-Key claim, if any, is bound to the new job here, and its webhook
+    registered, so every route that queues a job gets both without a step of its own.
     """
     lock = redis.lock(
         f"{settings.key_prefix}lock:job-admission", timeout=LOCK_TIMEOUT_S, blocking_timeout=LOCK_WAIT_S
@@ -118,6 +122,8 @@ def admit_and_enqueue(
                 pipe.sadd(key, job.id)
                 pipe.expire(key, lifetime)
             add_to_index(pipe, index_key(settings.key_prefix, owner), job.id, queued_at, lifetime)
+            if webhook is not None:
+                webhooks.register(pipe, JobKeys(settings.key_prefix), job.id, webhook, lifetime)
             pipe.execute()
         return job
     finally:

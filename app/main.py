@@ -47,6 +47,8 @@ from app.routers import (
     video_jobs,
     web,
 )
+from app.routers.jobs import job_links
+from app.webhook_dispatcher import WebhookDispatcher
 from core.queue import make_queue
 from core.redis_conn import connect
 from core.settings import Settings, get_settings
@@ -152,11 +154,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await stylize.startup(app)
         await custom_styles.startup(app)
         reaper = asyncio.create_task(_reap_abandoned_jobs(app))
+        dispatcher = WebhookDispatcher(
+            app.state.redis, settings, lambda job_id: job_links(app.url_path_for("get_job", job_id=job_id))
+        )
+        webhook_sender = asyncio.create_task(dispatcher.run())
         _tune_interpreter(settings)
         try:
             yield
         finally:
             reaper.cancel()
+            webhook_sender.cancel()
             await classify.shutdown(app)
             await stylize.shutdown(app)
             await custom_styles.shutdown(app)

@@ -37,6 +37,22 @@ class JobProgress(BaseModel):
     )
 
 
+class WebhookDelivery(BaseModel):
+    """How the job's webhook (its submitter's `webhook_url`) is going."""
+
+    state: Literal["pending", "delivered", "failed"] = Field(
+        description="`pending`: the job has not ended, or a delivery is still being tried; `delivered`: "
+        "the URL answered 2xx; `failed`: every attempt failed (ATELIER_WEBHOOK_RETRY_DELAYS_S), or the "
+        "host no longer resolves to an address webhooks may go to."
+    )
+    attempts: int = Field(0, description="Deliveries tried so far.")
+    last_attempt_at: datetime | None = None
+    next_attempt_at: datetime | None = Field(None, description="When a failed delivery is tried again.")
+    last_error: str | None = Field(
+        None, description="Why the last attempt failed: `HTTP 503`, `timed out`, ...", examples=["HTTP 503"]
+    )
+
+
 class JobStatus(BaseModel):
     id: str
     kind: JobKind | None = Field(
@@ -54,6 +70,9 @@ class JobStatus(BaseModel):
     options: dict[str, object] = Field(default_factory=dict)
     links: JobLinks
     result_url: str | None = Field(None, description="Set once the job has finished.")
+    webhook: WebhookDelivery | None = Field(
+        None, description="Set when the job was submitted with a `webhook_url`: how its delivery goes."
+    )
     result_info: dict[str, object] | None = Field(
         None,
         description="What a finished job reports. Video: frames, size, frames/s, codec, what happened "

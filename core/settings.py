@@ -214,6 +214,31 @@ class Settings(BaseSettings):
         "(GET /jobs/{id}/preview); the first comes after its first step. 0: no previews.",
     )
 
+    # --- Webhooks: a job's end POSTed to the URL its submitter gave (webhook_url) ----------------
+    webhooks_enabled: bool = Field(
+        True, description="Accept webhook_url on job submissions (false: the field is refused with 422)."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Signs every webhook (Standard Webhooks: webhook-signature v1, HMAC-SHA256), as "
+        "whsec_<base64 key>; unset: webhooks are sent unsigned.",
+    )
+    webhook_allow_private: bool = Field(
+        False,
+        description="Allow webhook URLs whose host is a loopback, private, link-local or other "
+        "non-public address (off: the server could otherwise be made to call its own network).",
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="How long one delivery may take.")
+    webhook_retry_delays_s: tuple[float, ...] = Field(
+        (5, 30, 120, 600, 1800, 3600),
+        min_length=0,
+        description="Waits before each retry of a delivery that failed (no 2xx answer); after the last "
+        "the webhook is given up. JSON list in the environment.",
+    )
+    webhook_poll_interval_s: float = Field(
+        1.0, gt=0, le=60, description="How often each API process looks for ended jobs with a webhook due."
+    )
+
     # --- Video stylization jobs (POST /jobs/stylize-video) ----------------------------------------
     video_max_bytes: int = Field(50 * MIB, gt=0, description="Largest uploaded video file.")
     video_max_seconds: float = Field(60.0, gt=0, description="Longest video accepted, in seconds.")

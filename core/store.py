@@ -44,10 +44,19 @@ class JobKeys:
     def cancel(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}:cancel"
 
+    def webhook(self, job_id: str) -> str:
+        """Where to tell the job's submitter that it ended, and how its delivery went (a hash)."""
+        return f"{self.prefix}job:{job_id}:webhook"
+
     def everything_of(self, job_id: str, styles: int) -> list[str]:
-        """Every key a job may have stored (inputs, result, preview, cancel flag), for deleting it."""
+        """Every key a job may have stored (inputs, result, preview, flags), for deleting it."""
         inputs = [self.content(job_id), self.video(job_id), *(self.style(job_id, i) for i in range(styles))]
-        return [*inputs, self.result(job_id), self.preview(job_id), self.cancel(job_id)]
+        return [*inputs, self.result(job_id), self.preview(job_id), self.cancel(job_id), self.webhook(job_id)]
+
+    @property
+    def webhooks_due(self) -> str:
+        """Sorted set of job ids with a webhook to send, scored by when to look at each next (ms)."""
+        return f"{self.prefix}webhooks:due"
 
     @property
     def job_stats(self) -> str:

@@ -34,6 +34,7 @@ from app.schemas import JobStatus
 from app.services.custom_styles import CustomStyleRegistry
 from app.services.stylizer import Stylizer
 from app.uploads import ACCEPTED_DESCRIPTION, finish_decode, open_image, read_upload, reject_unknown_fields
+from app.webhooks import WebhookUrlForm, accepted_target
 from core import style_store
 from core.store import STYLE_JOB_FUNC
 from core.style_store import StyleKeys
@@ -41,7 +42,7 @@ from models.imaging import encode_image, resize_longest
 
 router = APIRouter(tags=["styles"])
 
-FORM_FIELDS = {"image", "name", "title", "artist", "iterations"}
+FORM_FIELDS = {"image", "name", "title", "artist", "iterations", "webhook_url"}
 NAME_PATTERN = r"^[a-z0-9_-]{1,40}$"
 TEXT_MAX = 200
 PAINTING_SIDE = 512  # stored at most this big; the objective takes its Grams at 256 px
@@ -162,12 +163,14 @@ async def create_style(
             "ATELIER_CUSTOM_STYLE_DEFAULT_ITERATIONS, at most ATELIER_CUSTOM_STYLE_MAX_ITERATIONS.",
         ),
     ] = None,
+    webhook_url: WebhookUrlForm = None,
 ) -> JobStatus:
     if idempotency is not None and idempotency.job_id is not None:
         return await run_in_threadpool(
             replayed_status, request, response, queue, keys, caller, idempotency.job_id
         )
     await reject_unknown_fields(request, FORM_FIELDS)
+    webhook = await accepted_target(settings, webhook_url)
     stylizer = _served_network(request)
     steps = iterations if iterations is not None else settings.custom_style_default_iterations
     if steps > settings.custom_style_max_iterations:
@@ -234,7 +237,7 @@ async def create_style(
         )
 
     job = await run_in_threadpool(
-        admit_and_enqueue, queue.connection, queue, settings, caller, enqueue, idempotency
+        admit_and_enqueue, queue.connection, queue, settings, caller, enqueue, idempotency, webhook
     )
     status = status_of(request, job, keys)
     response.headers["Location"] = status.links.self

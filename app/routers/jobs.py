@@ -29,6 +29,7 @@ from app.job_index import index_key
 from app.problems import Problem
 from app.schemas import JobLinks, JobProgress, JobState, JobStatus
 from app.uploads import read_image, reject_unknown_fields
+from app.webhooks import WebhookUrlForm, accepted_target, delivery_of
 from core.job_options import options_to_dict
 from core.settings import Settings
 from core.store import JOB_FUNC, JOB_KINDS, JobKeys, request_cancel
@@ -60,6 +61,7 @@ FORM_FIELDS = {
     "preserve_color",
     "pooling",
     "style_scale",
+    "webhook_url",
 }
 DEFAULTS = GatysOptions()
 
@@ -112,8 +114,8 @@ def _check_weights(weights: tuple[float, ...] | None, expected: int, field: str,
         )
 
 
-def _links(request: Request, job_id: str) -> JobLinks:
-    base = str(request.url_for("get_job", job_id=job_id).path)
+def job_links(base: str) -> JobLinks:
+    """The paths of a job whose own path is ``base``."""
     return JobLinks(self=base, result=base + "/result", preview=base + "/preview")
 
 
@@ -164,7 +166,12 @@ def _failure_reason(job: Job) -> str:
 
 
 def status_of(request: Request, job: Job, keys: JobKeys) -> JobStatus:
-    """The public view of a job: state, progress, error, links."""
+    """The public view of a job: state, progress, error, links, webhook."""
+    return describe_job(job, keys, job_links(str(request.url_for("get_job", job_id=job.id).path)))
+
+
+def describe_job(job: Job, keys: JobKeys, links: JobLinks) -> JobStatus:
+    """:func:`status_of` for a caller without a request (the webhook dispatcher)."""
     state = job_state(job)
     meta = job.meta
     progress = meta.get("progress") or {"step": 0, "total_steps": meta.get("total_steps", 0)}
@@ -173,7 +180,10 @@ def status_of(request: Request, job: Job, keys: JobKeys) -> JobStatus:
     error = None
     if state == "failed":
         error = meta.get("error") or _failure_reason(job)
-    links = _links(request, job.id)
+    with job.connection.pipeline(transaction=False) as pipe:
+        pipe.exists(keys.cancel(job.id))
+        pipe.hgetall(keys.webhook(job.id))
+        cancel_requested, webhook = pipe.execute()
     return JobStatus(
         id=job.id,
         kind=JOB_KINDS.get(job.func_name),
@@ -183,11 +193,12 @@ def status_of(request: Request, job: Job, keys: JobKeys) -> JobStatus:
         started_at=job.started_at,
         ended_at=job.ended_at,
         error=error,
-        cancel_requested=bool(job.connection.exists(keys.cancel(job.id))),
+        cancel_requested=bool(cancel_requested),
         options=meta.get("options", {}),
         links=links,
         result_url=links.result if state == "finished" else None,
         result_info=meta.get("result_info") if state == "finished" else None,
+        webhook=delivery_of(webhook),
     )
 
 
@@ -288,12 +299,14 @@ async def submit_optimize(
     preserve_color: Annotated[bool, Form(description="Keep the photo's colours.")] = DEFAULTS.preserve_color,
     pooling: Annotated[Literal["max", "avg"], Form()] = DEFAULTS.pooling,
     style_scale: Annotated[float, Form(gt=0, le=4)] = DEFAULTS.style_scale,
+    webhook_url: WebhookUrlForm = None,
 ) -> JobStatus:
     if idempotency is not None and idempotency.job_id is not None:
         return await run_in_threadpool(
             replayed_status, request, response, queue, keys, caller, idempotency.job_id
         )
     await reject_unknown_fields(request, FORM_FIELDS)
+    webhook = await accepted_target(settings, webhook_url)
     options = _validated_options(
         settings,
         len(style),
@@ -347,7 +360,7 @@ async def submit_optimize(
         )
 
     job = await run_in_threadpool(
-        admit_and_enqueue, queue.connection, queue, settings, caller, enqueue, idempotency
+        admit_and_enqueue, queue.connection, queue, settings, caller, enqueue, idempotency, webhook
     )
     status = status_of(request, job, keys)
     response.headers["Location"] = status.links.self
@@ -496,5 +509,6 @@ def delete_job(redis: Redis, keys: JobKeys, job: Job, index: str) -> None:
     with redis.pipeline() as pipe:
         pipe.delete(*keys.everything_of(job.id, int(styles)))
         pipe.zrem(index, job.id)
+        pipe.zrem(keys.webhooks_due, job.id)
         pipe.execute()
     job.delete()

@@ -25,6 +25,7 @@ from app.problems import Problem
 from app.routers.jobs import replayed_status, status_of
 from app.schemas import JobStatus
 from app.uploads import read_image, read_upload, reject_unknown_fields
+from app.webhooks import WebhookUrlForm, accepted_target
 from core.job_options import VideoJobOptions
 from core.settings import Settings
 from core.store import VIDEO_JOB_FUNC
@@ -34,7 +35,7 @@ from models.video_probe import ACCEPTED_DESCRIPTION, VideoInfo, VideoLimits, Vid
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-FORM_FIELDS = {"file", "style", "style_image", "size", "fps", "format", "smoothing"}
+FORM_FIELDS = {"file", "style", "style_image", "size", "fps", "format", "smoothing", "webhook_url"}
 STYLE_IMAGE_SIDE = 512  # the painting is stored at most this big; the predictor looks at 256×256
 # How each kind of rejected video is answered; the field is always 'file'.
 REJECTIONS: dict[str, tuple[int, str]] = {
@@ -242,12 +243,14 @@ async def submit_stylize_video(
         float | None,
         Form(ge=0, lt=1, description="Temporal blend against flicker where the input is still; 0: off."),
     ] = None,
+    webhook_url: WebhookUrlForm = None,
 ) -> JobStatus:
     if idempotency is not None and idempotency.job_id is not None:
         return await run_in_threadpool(
             replayed_status, request, response, queue, keys, caller, idempotency.job_id
         )
     await reject_unknown_fields(request, FORM_FIELDS)
+    webhook = await accepted_target(settings, webhook_url)
     _check_style(request, style, style_image is not None)
     if size is not None and size > settings.video_max_size:
         raise Problem(
@@ -309,7 +312,7 @@ async def submit_stylize_video(
         )
 
     job = await run_in_threadpool(
-        admit_and_enqueue, queue.connection, queue, settings, caller, enqueue, idempotency
+        admit_and_enqueue, queue.connection, queue, settings, caller, enqueue, idempotency, webhook
     )
     status = status_of(request, job, keys)
     response.headers["Location"] = status.links.self
