@@ -81,6 +81,11 @@ health probes, the metrics, these docs and the web page needs `Authorization: Be
 event stream also takes `?key=`, and the live WebSocket `?key=` or a `bearer.<key>` subprotocol.
 Jobs belong to the key that submitted them: another key gets 404.
 
+**Webhooks.** Any job submission takes a `webhook_url`: once the job ends, its final status (the
+body of **GET /jobs/{id}**) is POSTed there as a Standard Webhooks message (`webhook-id` = the job's
+id, `webhook-timestamp`, and `webhook-signature` when the server has a secret), retried with backoff
+until a 2xx answer. Public addresses only, unless the server allows others.
+
 **Backpressure.** A job submitted while the queue is full gets 503, one over the key's quota of
 unfinished jobs 429; `/classify` and `/stylize` answer 503 when too many requests already wait
 for the model, and 504 when one passes the server's deadline. All with `Retry-After`.
