@@ -160,7 +160,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await custom_styles.startup(app)
         reaper = asyncio.create_task(_reap_abandoned_jobs(app))
         dispatcher = WebhookDispatcher(
-            app.state.redis, settings, lambda job_id: job_links(app.url_path_for("get_job", job_id=job_id))
+            app.state.redis,
+            settings,
+            lambda job_id: job_links(app.url_path_for("get_job", job_id=job_id)),
+            app.state.metrics.webhook_attempts,
         )
         webhook_sender = asyncio.create_task(dispatcher.run())
         _tune_interpreter(settings)

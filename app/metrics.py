@@ -40,6 +40,14 @@ class HttpMetrics:
             registry=self.registry,
         )
 
+        self.webhook_attempts = Counter(
+            "atelier_webhook_attempts",
+            "Webhook deliveries this API process tried, by outcome: delivered (2xx), retry (will be "
+            "tried again) or failed (given up).",
+            ["outcome"],
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import httpx
+from prometheus_client import Counter
 from redis import Redis
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
@@ -88,7 +89,14 @@ class Outcome:
 class WebhookDispatcher:
     """One API process's share of webhook delivery (see the module docstring)."""
 
-    def __init__(self, redis: Redis, settings: Settings, links_for: Callable[[str], JobLinks]) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        settings: Settings,
+        links_for: Callable[[str], JobLinks],
+        attempts: Counter | None = None,
+    ) -> None:
+        self._attempts = attempts
         self._redis = redis
         self._settings = settings
         self._keys = JobKeys(settings.key_prefix)
@@ -250,5 +258,7 @@ class WebhookDispatcher:
             self._redis.zadd(self._keys.webhooks_due, {job_id: int(retry_at.timestamp() * 1000)}, xx=True)
         else:
             self._redis.zrem(self._keys.webhooks_due, job_id)
+        if self._attempts is not None:
+            self._attempts.labels(fields.get("state", "retry")).inc()
         level = logging.INFO if outcome.error is None else logging.WARNING
         log.log(level, "webhook of job %s, attempt %d: %s", job_id, attempts, outcome.error or "delivered")

@@ -190,6 +190,9 @@ def test_a_failed_delivery_is_retried_until_2xx_with_the_same_id(api, receiver: 
     for delivery in (first, second, third):
         Webhook(SECRET).verify(delivery.body, delivery.headers)
     assert status["webhook"]["attempts"] == 3 and status["webhook"]["last_error"] is None
+    metrics = client.get("/metrics").text
+    assert 'atelier_webhook_attempts_total{outcome="retry"} 2.0' in metrics
+    assert 'atelier_webhook_attempts_total{outcome="delivered"} 1.0' in metrics
 
 
 def test_a_delivery_is_given_up_after_the_last_retry(api, receiver: Receiver):
