@@ -81,6 +81,10 @@ health probes, the metrics, these docs and the web page needs `Authorization: Be
 event stream also takes `?key=`, and the live WebSocket `?key=` or a `bearer.<key>` subprotocol.
 Jobs belong to the key that submitted them: another key gets 404.
 
+**Waiting.** Job requests take `Prefer: wait=N` (RFC 7240): **GET /jobs/{id}/result** answers once
+the job has finished, **GET /jobs/{id}** and the submissions once it has ended, or after N seconds
+(capped by the server) with the usual answer; `Preference-Applied` says the wait used.
+
 **Webhooks.** Any job submission takes a `webhook_url`: once the job ends, its final status (the
 body of **GET /jobs/{id}**) is POSTed there as a Standard Webhooks message (`webhook-id` = the job's
 id, `webhook-timestamp`, and `webhook-signature` when the server has a secret), retried with backoff

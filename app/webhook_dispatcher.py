@@ -38,7 +38,7 @@ from standardwebhooks.webhooks import Webhook
 from starlette.concurrency import run_in_threadpool
 
 from app import webhooks
-from app.routers.job_events import TERMINAL_STATES
+from app.job_wait import TERMINAL_STATES
 from app.routers.jobs import describe_job, job_state
 from app.schemas import JobLinks
 from app.webhook_targets import (

@@ -206,6 +206,13 @@ class Settings(BaseSettings):
     job_events_interval_s: float = Field(
         0.5, gt=0, le=10, description="How often each GET /jobs/{id}/events stream reads the job from Redis."
     )
+    job_wait_max_s: float = Field(
+        60.0,
+        ge=0,
+        le=3600,
+        description="Longest a request with `Prefer: wait=N` is held until its job ends (GET /jobs/{id}, "
+        "its result, job submissions); keep it under any proxy's read timeout.",
+    )
     job_preview_interval_s: float = Field(
         2.0,
         ge=0,

@@ -28,8 +28,9 @@ from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
 from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue
+from app.job_wait import WaitDep
 from app.problems import Problem
-from app.routers.jobs import replayed_status, status_of
+from app.routers.jobs import accepted_status
 from app.schemas import JobStatus
 from app.services.custom_styles import CustomStyleRegistry
 from app.services.stylizer import Stylizer
@@ -142,6 +143,7 @@ async def create_style(
     keys: KeysDep,
     caller: CallerDep,
     idempotency: IdempotencyDep,
+    wait: WaitDep,
     image: Annotated[UploadFile, File(description=f"The painting ({ACCEPTED_DESCRIPTION}).")],
     name: Annotated[
         str,
@@ -166,8 +168,9 @@ async def create_style(
     webhook_url: WebhookUrlForm = None,
 ) -> JobStatus:
     if idempotency is not None and idempotency.job_id is not None:
-        return await run_in_threadpool(
-            replayed_status, request, response, queue, keys, caller, idempotency.job_id
+        response.headers["Idempotent-Replayed"] = "true"
+        return await accepted_status(
+            request, response, queue, keys, settings, caller, idempotency.job_id, wait
         )
     await reject_unknown_fields(request, FORM_FIELDS)
     webhook = await accepted_target(settings, webhook_url)
@@ -239,9 +242,7 @@ async def create_style(
     job = await run_in_threadpool(
         admit_and_enqueue, queue.connection, queue, settings, caller, enqueue, idempotency, webhook
     )
-    status = status_of(request, job, keys)
-    response.headers["Location"] = status.links.self
-    return status
+    return await accepted_status(request, response, queue, keys, settings, caller, job.id, wait)
 
 
 @router.delete(

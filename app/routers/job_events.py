@@ -22,13 +22,13 @@ from starlette.concurrency import run_in_threadpool
 from app.auth import StreamCallerDep
 from app.contract import problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
+from app.job_wait import TERMINAL_STATES
 from app.problems import Problem
 from app.routers.jobs import current_status
 from app.schemas import JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-TERMINAL_STATES = frozenset({"finished", "failed", "canceled"})
 KEEPALIVE_S = 15.0  # a comment line now and then keeps proxies from closing an idle stream
 RETRY_MS = 2000
 

@@ -26,6 +26,7 @@ from app.dependencies import KeysDep, QueueDep, RedisDep, SettingsDep
 from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue
 from app.job_index import index_key
+from app.job_wait import WaitDep, applied, wait_for_end
 from app.problems import Problem
 from app.schemas import JobLinks, JobProgress, JobState, JobStatus
 from app.uploads import read_image, reject_unknown_fields
@@ -273,6 +274,7 @@ async def submit_optimize(
     keys: KeysDep,
     caller: CallerDep,
     idempotency: IdempotencyDep,
+    wait: WaitDep,
     content: Annotated[UploadFile, File(description="The photo to repaint.")],
     style: Annotated[list[UploadFile], File(description="One or more style images (repeat the field).")],
     size: Annotated[int | None, Form(ge=16, description="Longest side of the output (default 512).")] = None,
@@ -302,8 +304,9 @@ async def submit_optimize(
     webhook_url: WebhookUrlForm = None,
 ) -> JobStatus:
     if idempotency is not None and idempotency.job_id is not None:
-        return await run_in_threadpool(
-            replayed_status, request, response, queue, keys, caller, idempotency.job_id
+        response.headers["Idempotent-Replayed"] = "true"
+        return await accepted_status(
+            request, response, queue, keys, settings, caller, idempotency.job_id, wait
         )
     await reject_unknown_fields(request, FORM_FIELDS)
     webhook = await accepted_target(settings, webhook_url)
@@ -362,19 +365,47 @@ async def submit_optimize(
     job = await run_in_threadpool(
         admit_and_enqueue, queue.connection, queue, settings, caller, enqueue, idempotency, webhook
     )
-    status = status_of(request, job, keys)
-    response.headers["Location"] = status.links.self
-    return status
+    return await accepted_status(request, response, queue, keys, settings, caller, job.id, wait)
 
 
-def replayed_status(
-    request: Request, response: Response, queue, keys: JobKeys, caller: Principal | None, job_id: str
+async def accepted_status(
+    request: Request,
+    response: Response,
+    queue,
+    keys: JobKeys,
+    settings: Settings,
+    caller: Principal | None,
+    job_id: str,
+    wait_s: float | None,
 ) -> JobStatus:
-    """The answer to an Idempotency-Key repeat: 202 and the job the first request queued, as of now."""
-    status = current_status(request, queue, keys, uuid.UUID(job_id), caller)
+    """A submission's answer: the job's status (now, or once it has ended within ``Prefer: wait``) and
+    its URL in ``Location``. Also the answer to an Idempotency-Key repeat, with the first one's job."""
+    if wait_s is None:
+        status = await run_in_threadpool(current_status, request, queue, keys, uuid.UUID(job_id), caller)
+    else:
+        interval = settings.job_events_interval_s
+        status = await waited_status(request, response, queue, keys, caller, job_id, wait_s, interval)
     response.headers["Location"] = status.links.self
-    response.headers["Idempotent-Replayed"] = "true"
     return status
+
+
+async def waited_status(
+    request: Request,
+    response: Response,
+    queue,
+    keys: JobKeys,
+    caller: Principal | None,
+    job_id: str,
+    wait_s: float,
+    interval_s: float,
+) -> JobStatus:
+    """The job's status once it has ended or ``wait_s`` has passed (``Prefer: wait``)."""
+    applied(response, wait_s)
+
+    def read() -> JobStatus:
+        return current_status(request, queue, keys, uuid.UUID(job_id), caller)
+
+    return await wait_for_end(request, read, lambda status: status.state, wait_s, interval_s)
 
 
 def current_status(
@@ -396,10 +427,20 @@ def current_status(
     summary="State and progress of a job",
     responses=problem_responses(404, 503),
 )
-def get_job(
-    request: Request, job_id: uuid.UUID, queue: QueueDep, keys: KeysDep, caller: CallerDep
+async def get_job(
+    request: Request,
+    response: Response,
+    job_id: uuid.UUID,
+    queue: QueueDep,
+    keys: KeysDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    wait: WaitDep,
 ) -> JobStatus:
-    return current_status(request, queue, keys, job_id, caller)
+    if wait is None:
+        return await run_in_threadpool(current_status, request, queue, keys, job_id, caller)
+    interval = settings.job_events_interval_s
+    return await waited_status(request, response, queue, keys, caller, str(job_id), wait, interval)
 
 
 @router.get(
@@ -417,17 +458,42 @@ def get_job(
         **problem_responses(404, 409, 422, 503, d409="The job has not finished (yet)."),
     },
 )
-def get_result(
+async def get_result(
+    request: Request,
     job_id: uuid.UUID,
     queue: QueueDep,
     redis: RedisDep,
     keys: KeysDep,
+    settings: SettingsDep,
     caller: CallerDep,
+    wait: WaitDep,
     format: Annotated[
         Literal["png", "jpeg", "webp"] | None,
         Query(description="Image results: png (default), jpeg or webp. Video results come as produced."),
     ] = None,
 ) -> Response:
+    headers = {}
+    if wait is not None:
+
+        def read() -> str:
+            return job_state(fetch_job(queue, job_id, caller))
+
+        await wait_for_end(request, read, lambda state: state, wait, settings.job_events_interval_s)
+        headers = {"Preference-Applied": f"wait={wait:g}", "Vary": "Prefer"}
+    response = await run_in_threadpool(_result_response, job_id, queue, redis, keys, caller, format, headers)
+    return response
+
+
+def _result_response(
+    job_id: uuid.UUID,
+    queue,
+    redis: Redis,
+    keys: JobKeys,
+    caller: Principal | None,
+    format: str | None,
+    headers: dict[str, str],
+) -> Response:
+    """The stored result as the client asked for it, or a problem (blocking: Redis, encoding)."""
     job = fetch_job(queue, job_id, caller)
     state = job_state(job)
     if state != "finished":
@@ -437,6 +503,7 @@ def get_result(
             f"Job {job_id} is {state}; the result exists once it is finished.",
             field="job_id",
             state=state,
+            headers=headers or None,
         )
     stored_type = job.meta.get("result_media_type")  # set by video jobs: served as encoded
     if stored_type is not None and format is not None:
@@ -454,14 +521,14 @@ def get_result(
         return Response(
             stored,
             media_type=stored_type,
-            headers={"Content-Disposition": f'inline; filename="{job_id}.{extension}"'},
+            headers={"Content-Disposition": f'inline; filename="{job_id}.{extension}"', **headers},
         )
     format = format or "png"
     body = stored if format == "png" else encode_image(Image.open(io.BytesIO(stored)).convert("RGB"), format)
     return Response(
         body,
         media_type=MEDIA_TYPES[format],
-        headers={"Content-Disposition": f'inline; filename="{job_id}.{format}"'},
+        headers={"Content-Disposition": f'inline; filename="{job_id}.{format}"', **headers},
     )
 
 

@@ -21,8 +21,9 @@ from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
 from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue
+from app.job_wait import WaitDep
 from app.problems import Problem
-from app.routers.jobs import replayed_status, status_of
+from app.routers.jobs import accepted_status
 from app.schemas import JobStatus
 from app.uploads import read_image, read_upload, reject_unknown_fields
 from app.webhooks import WebhookUrlForm, accepted_target
@@ -222,6 +223,7 @@ async def submit_stylize_video(
     keys: KeysDep,
     caller: CallerDep,
     idempotency: IdempotencyDep,
+    wait: WaitDep,
     file: Annotated[UploadFile, File(description=f"The video: {ACCEPTED_DESCRIPTION}.")],
     style: Annotated[str | None, Form(description="A style name from GET /styles.")] = None,
     style_image: Annotated[
@@ -246,8 +248,9 @@ async def submit_stylize_video(
     webhook_url: WebhookUrlForm = None,
 ) -> JobStatus:
     if idempotency is not None and idempotency.job_id is not None:
-        return await run_in_threadpool(
-            replayed_status, request, response, queue, keys, caller, idempotency.job_id
+        response.headers["Idempotent-Replayed"] = "true"
+        return await accepted_status(
+            request, response, queue, keys, settings, caller, idempotency.job_id, wait
         )
     await reject_unknown_fields(request, FORM_FIELDS)
     webhook = await accepted_target(settings, webhook_url)
@@ -314,6 +317,4 @@ async def submit_stylize_video(
     job = await run_in_threadpool(
         admit_and_enqueue, queue.connection, queue, settings, caller, enqueue, idempotency, webhook
     )
-    status = status_of(request, job, keys)
-    response.headers["Location"] = status.links.self
-    return status
+    return await accepted_status(request, response, queue, keys, settings, caller, job.id, wait)
