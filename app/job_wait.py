@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request, Response
@@ -49,15 +49,41 @@ def requested_wait(prefer: str | None) -> float | None:
     return None
 
 
-def wait_preference(
+class WaitSlots:
+    """How many requests of this process may wait at once: beyond that a wait is not granted (the
+    RFC lets a server ignore a preference), so waiters cannot crowd the thread pool that every
+    request's Redis calls share."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.taken = 0
+
+    def take(self) -> bool:
+        if self.taken >= self.limit:
+            return False
+        self.taken += 1
+        return True
+
+    def release(self) -> None:
+        self.taken -= 1
+
+
+async def wait_preference(
+    request: Request,
     settings: SettingsDep,
     prefer: Annotated[str | None, Header(description=PREFER_DESCRIPTION, examples=["wait=60"])] = None,
-) -> float | None:
-    """The wait this request asked for, capped by the server's maximum; None for no wait."""
+) -> AsyncIterator[float | None]:
+    """The wait this request may use, capped by the server's maximum; None for no wait (none asked
+    for, or ``ATELIER_JOB_WAITERS_MAX`` requests of this process already wait)."""
     seconds = requested_wait(prefer)
-    if seconds is None:
-        return None
-    return min(seconds, settings.job_wait_max_s)
+    slots: WaitSlots = request.app.state.job_waiters
+    if seconds is None or not slots.take():
+        yield None
+        return
+    try:
+        yield min(seconds, settings.job_wait_max_s)
+    finally:
+        slots.release()
 
 
 WaitDep = Annotated[float | None, Depends(wait_preference)]

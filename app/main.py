@@ -23,6 +23,7 @@ from app.body_limit import BodyLimitMiddleware
 from app.contract import install_contract
 from app.fleet import fleet_status, forget_dead_workers, heartbeat_window_s
 from app.form_body import require_form_body
+from app.job_wait import WaitSlots
 from app.metrics import (
     CallbackCollector,
     HttpMetrics,
@@ -193,6 +194,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.redis = connect(settings)
     app.state.queue = make_queue(settings, app.state.redis)
     app.state.ready_checks = {}
+    app.state.job_waiters = WaitSlots(settings.job_waiters_max)
     app.state.api_keys = ApiKeys.from_settings(settings)
     app.state.model_gates = make_gates(
         settings.classify_max_pending, settings.stylize_max_pending, settings.request_deadline_s

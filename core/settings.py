@@ -213,6 +213,12 @@ class Settings(BaseSettings):
         description="Longest a request with `Prefer: wait=N` is held until its job ends (GET /jobs/{id}, "
         "its result, job submissions); keep it under any proxy's read timeout.",
     )
+    job_waiters_max: int = Field(
+        256,
+        ge=0,
+        description="Requests one API process lets wait (`Prefer: wait`) at once; beyond that the "
+        "preference is not granted and the answer comes at once.",
+    )
     job_preview_interval_s: float = Field(
         2.0,
         ge=0,

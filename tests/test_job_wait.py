@@ -124,3 +124,25 @@ def test_a_short_job_is_one_request_to_submit_and_one_to_download(redis_url: str
     finally:
         worker.stop()
         _purge(settings)
+
+
+def test_waits_beyond_the_process_limit_are_not_granted(redis_url: str):
+    settings = make_settings(redis_url, "wait-slots", job_waiters_max=1, job_wait_max_s=2)
+    try:
+        with TestClient(create_app(settings)) as client:
+            job_id = queue_job(client)
+            answers: list = []
+            first = threading.Thread(
+                target=lambda: answers.append(client.get(f"/jobs/{job_id}", headers={"Prefer": "wait=2"}))
+            )
+            first.start()
+            time.sleep(0.5)  # the first one holds the only slot
+            start = time.monotonic()
+            second = client.get(f"/jobs/{job_id}", headers={"Prefer": "wait=2"})
+            assert time.monotonic() - start < 1 and "Preference-Applied" not in second.headers
+            first.join(timeout=10)
+            assert answers[0].headers["Preference-Applied"] == "wait=2"
+            third = client.get(f"/jobs/{job_id}", headers={"Prefer": "wait=0.2"})  # the slot is free again
+            assert third.headers["Preference-Applied"] == "wait=0.2"
+    finally:
+        _purge(settings)
