@@ -70,6 +70,14 @@ class JobStatus(BaseModel):
     options: dict[str, object] = Field(default_factory=dict)
     links: JobLinks
     result_url: str | None = Field(None, description="Set once the job has finished.")
+    jobs_ahead: int | None = Field(
+        None, description="Queued jobs: how many jobs of the queue start before this one (0: it is next)."
+    )
+    estimated_end_at: datetime | None = Field(
+        None,
+        description="Running jobs: when the job should end if it keeps its pace so far (null before its "
+        "first progress report).",
+    )
     webhook: WebhookDelivery | None = Field(
         None, description="Set when the job was submitted with a `webhook_url`: how its delivery goes."
     )

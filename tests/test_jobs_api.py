@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from redis import Redis
 
 from app.main import create_app
 from core.store import JobKeys
-from tests.conftest import WorkerProcess, make_settings
+from tests.conftest import WorkerProcess, _purge, make_settings
 from tests.images import encode, photo_like, stripes
 
 PROBLEM = "application/problem+json"
@@ -338,3 +339,28 @@ def test_zero_style_layer_weight_finishes_with_finite_losses_and_a_real_image(cl
     assert all(isinstance(v, float) for v in losses.values()), losses  # NaN would be JSON null
     img = Image.open(io.BytesIO(client.get(done["result_url"]).content)).convert("L")
     assert 40 < float(np.asarray(img).mean()) < 230  # neither black nor blank
+
+
+def test_a_queued_job_says_how_many_start_before_it(redis_url):
+    settings = make_settings(redis_url, "jobs-ahead")  # no worker: the jobs wait in line
+    try:
+        with TestClient(create_app(settings)) as client:
+            first, second, third = (submit(client) for _ in range(3))
+            assert [job["jobs_ahead"] for job in (first, second, third)] == [0, 1, 2]
+            assert first["estimated_end_at"] is None
+            client.delete(f"/jobs/{first['id']}")
+            assert client.get(f"/jobs/{third['id']}").json()["jobs_ahead"] == 1
+            assert client.get(f"/jobs/{first['id']}").json()["jobs_ahead"] is None  # canceled
+    finally:
+        _purge(settings)
+
+
+def test_a_running_job_estimates_its_end_from_its_pace(client, worker):
+    job = submit(client, steps=400, size=64)
+    running = wait_for(client, job["id"], {"started"}, predicate=lambda b: 5 <= b["progress"]["percent"] < 90)
+    client.delete(f"/jobs/{job['id']}")
+    started = datetime.fromisoformat(running["started_at"])
+    end = datetime.fromisoformat(running["estimated_end_at"])
+    elapsed_at_report = (end - started).total_seconds() * running["progress"]["percent"] / 100
+    assert end > datetime.now(UTC) - timedelta(seconds=5) and running["jobs_ahead"] is None
+    assert 0 < elapsed_at_report < 120  # the pace implied is that of this job: a few seconds in

@@ -491,7 +491,8 @@ def test_stylize_a_video_follow_it_and_play_the_result(browser, live_server, wor
     shots("finished")
     job_id = q(browser, "#video-job-id").get_attribute("title")
     seen = [line for shown, line in browser.execute_script("return window.seenProgress") if shown == job_id]
-    assert seen[0] == "8 frames, waiting for a worker", seen  # the 202's status, shown at once
+    # The 202's status, shown at once, with its place in the queue.
+    assert re.fullmatch(r"8 frames, waiting for a worker · (next to start|\d+ jobs? ahead)", seen[0]), seen
     assert re.fullmatch(r"8 of 8 frames · \d+(\.\d+)? frames/s", seen[-1]), seen
     done = [int(m[1]) for line in seen if (m := re.match(r"(\d+) of 8 frames", line))]
     assert done == sorted(done) and done[-1] == 8, seen

@@ -8,11 +8,13 @@ import io
 import math
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from PIL import Image
 from redis import Redis
+from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.job import JobStatus as RQStatus
@@ -184,7 +186,9 @@ def describe_job(job: Job, keys: JobKeys, links: JobLinks) -> JobStatus:
     with job.connection.pipeline(transaction=False) as pipe:
         pipe.exists(keys.cancel(job.id))
         pipe.hgetall(keys.webhook(job.id))
-        cancel_requested, webhook = pipe.execute()
+        if state == "queued":  # workers pop from the head: its index is how many start before it
+            pipe.lpos(Queue.redis_queue_namespace_prefix + job.origin, job.id)
+        cancel_requested, webhook, *ahead = pipe.execute()
     return JobStatus(
         id=job.id,
         kind=JOB_KINDS.get(job.func_name),
@@ -200,7 +204,20 @@ def describe_job(job: Job, keys: JobKeys, links: JobLinks) -> JobStatus:
         result_url=links.result if state == "finished" else None,
         result_info=meta.get("result_info") if state == "finished" else None,
         webhook=delivery_of(webhook),
+        # Not in the list while queued: a worker has just taken it and is starting it (next, then).
+        jobs_ahead=(ahead[0] or 0) if ahead else None,
+        estimated_end_at=_estimated_end(job.started_at, progress) if state == "started" else None,
     )
+
+
+def _estimated_end(started_at: datetime | None, progress: dict[str, Any]) -> datetime | None:
+    """When a running job should end if it keeps its pace so far (None before its first step)."""
+    percent = float(progress.get("percent") or 0.0)
+    if started_at is None or not 0 < percent < 100:
+        return None
+    started = started_at if started_at.tzinfo is not None else started_at.replace(tzinfo=UTC)
+    elapsed = datetime.now(UTC) - started
+    return started + elapsed * (100.0 / percent)
 
 
 def _validated_options(settings: Settings, n_styles: int, **given: Any) -> GatysOptions:

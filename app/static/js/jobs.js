@@ -274,7 +274,7 @@ export class JobTracker {
     const percent = job.state === 'finished' ? 100 : Math.min(100, job.progress?.percent || 0);
     parts.state.textContent = job.state;
     parts.state.dataset.state = job.state;
-    parts.detail.textContent = this.describe(job);
+    parts.detail.textContent = [this.describe(job), describeWait(job)].filter(Boolean).join(' · ');
     parts.progress.value = percent;
     parts.progress.textContent = `${percent.toFixed(0)}%`;
     parts.percent.textContent = `${percent.toFixed(percent === 100 ? 0 : 1)}%`;
@@ -384,6 +384,24 @@ export class JobPreview {
     this.text.textContent = this.caption(this.shown, job); // the state may have changed, not the image
     this.download.hidden = !TERMINAL.has(job.state); // a finished job returned above: its result shows
   }
+}
+
+/** Where a job stands in time, from the server's figures: "2 jobs ahead", "next to start",
+ * "about 3 min left"; '' when it says nothing (ended, or no progress yet). */
+export function describeWait(job) {
+  const ahead = job.jobs_ahead;
+  if (job.state === 'queued' && Number.isInteger(ahead)) {
+    return ahead === 0 ? 'next to start' : `${ahead} job${ahead === 1 ? '' : 's'} ahead`;
+  }
+  const left = job.state === 'started' && job.estimated_end_at
+    ? (Date.parse(job.estimated_end_at) - Date.now()) / 1000 : 0;
+  return left > 0 ? `about ${formatSeconds(left)} left` : '';
+}
+
+function formatSeconds(s) {
+  if (s < 60) return `${Math.max(1, Math.ceil(s))} s`;
+  if (s < 3600) return `${Math.round(s / 60)} min`;
+  return `${(s / 3600).toFixed(1)} h`;
 }
 
 /** The Gatys job on display: a JobTracker plus its loss chart, its preview and result image. */

@@ -147,7 +147,7 @@ export function setupVideo({ capabilities }) {
   }
 }
 
-/** "12 of 48 frames · 3.4 frames/s · about 11 s left" */
+/** "12 of 48 frames · 3.4 frames/s" (the tracker adds "about 11 s left" from the server's estimate) */
 export function describeProgress(job) {
   const progress = job.progress || {};
   const total = progress.total_frames ?? progress.total_steps ?? 0;
@@ -155,17 +155,8 @@ export function describeProgress(job) {
   if (job.state === 'queued') return `${total} frames, waiting for a worker`;
   const parts = [`${done} of ${total} frames`];
   const fps = progress.frames_per_s;
-  if (fps > 0) {
-    parts.push(`${fps.toFixed(fps < 1 ? 2 : fps < 10 ? 1 : 0)} frames/s`);
-    if (job.state === 'started' && done < total) parts.push(`about ${formatSeconds((total - done) / fps)} left`);
-  }
+  if (fps > 0) parts.push(`${fps.toFixed(fps < 1 ? 2 : fps < 10 ? 1 : 0)} frames/s`);
   return parts.join(' · ');
-}
-
-function formatSeconds(s) {
-  if (s < 60) return `${Math.max(1, Math.ceil(s))} s`;
-  if (s < 3600) return `${Math.round(s / 60)} min`;
-  return `${(s / 3600).toFixed(1)} h`;
 }
 
 /** What the finished job reports: "24 frames · 96×64 · h264 · 3.10 s of work (7.7 frames/s) · sound copied" */
