@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, TypeVar
 
-from fastapi import Depends, Header, Request, Response
+from fastapi import Depends, Header, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import SettingsDep
@@ -105,7 +105,6 @@ async def wait_for_end(
     return current
 
 
-def applied(response: Response, wait_s: float) -> None:
-    """Say which wait was used (RFC 7240 ``Preference-Applied``), and that answers vary with it."""
-    response.headers["Preference-Applied"] = f"wait={wait_s:g}"
-    response.headers["Vary"] = "Prefer"
+def preference_applied(wait_s: float) -> dict[str, str]:
+    """Which wait was used (RFC 7240 ``Preference-Applied``), and that answers vary with it."""
+    return {"Preference-Applied": f"wait={wait_s:g}", "Vary": "Prefer"}

@@ -244,7 +244,6 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="How long one delivery may take.")
     webhook_retry_delays_s: tuple[float, ...] = Field(
         (5, 30, 120, 600, 1800, 3600),
-        min_length=0,
         description="Waits before each retry of a delivery that failed (no 2xx answer); after the last "
         "the webhook is given up. JSON list in the environment.",
     )

@@ -28,7 +28,7 @@ from app.dependencies import KeysDep, QueueDep, RedisDep, SettingsDep
 from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue
 from app.job_index import index_key
-from app.job_wait import WaitDep, applied, wait_for_end
+from app.job_wait import WaitDep, preference_applied, wait_for_end
 from app.problems import Problem
 from app.schemas import JobLinks, JobProgress, JobState, JobStatus
 from app.uploads import read_image, reject_unknown_fields
@@ -395,34 +395,34 @@ async def accepted_status(
     job_id: str,
     wait_s: float | None,
 ) -> JobStatus:
-    """A submission's answer: the job's status (now, or once it has ended within ``Prefer: wait``) and
-    its URL in ``Location``. Also the answer to an Idempotency-Key repeat, with the first one's job."""
-    if wait_s is None:
-        status = await run_in_threadpool(current_status, request, queue, keys, uuid.UUID(job_id), caller)
-    else:
-        interval = settings.job_events_interval_s
-        status = await waited_status(request, response, queue, keys, caller, job_id, wait_s, interval)
+    """A submission's answer: the job's status (see :func:`answered_status`) and its URL in
+    ``Location``. Also the answer to an Idempotency-Key repeat, with the first request's job."""
+    status = await answered_status(request, response, queue, keys, settings, caller, job_id, wait_s)
     response.headers["Location"] = status.links.self
     return status
 
 
-async def waited_status(
+async def answered_status(
     request: Request,
     response: Response,
     queue,
     keys: JobKeys,
+    settings: Settings,
     caller: Principal | None,
     job_id: str,
-    wait_s: float,
-    interval_s: float,
+    wait_s: float | None,
 ) -> JobStatus:
-    """The job's status once it has ended or ``wait_s`` has passed (``Prefer: wait``)."""
-    applied(response, wait_s)
+    """The job's status now or, with ``Prefer: wait``, once it has ended or the wait is over."""
 
     def read() -> JobStatus:
         return current_status(request, queue, keys, uuid.UUID(job_id), caller)
 
-    return await wait_for_end(request, read, lambda status: status.state, wait_s, interval_s)
+    if wait_s is None:
+        return await run_in_threadpool(read)
+    response.headers.update(preference_applied(wait_s))
+    return await wait_for_end(
+        request, read, lambda status: status.state, wait_s, settings.job_events_interval_s
+    )
 
 
 def current_status(
@@ -454,10 +454,7 @@ async def get_job(
     caller: CallerDep,
     wait: WaitDep,
 ) -> JobStatus:
-    if wait is None:
-        return await run_in_threadpool(current_status, request, queue, keys, job_id, caller)
-    interval = settings.job_events_interval_s
-    return await waited_status(request, response, queue, keys, caller, str(job_id), wait, interval)
+    return await answered_status(request, response, queue, keys, settings, caller, str(job_id), wait)
 
 
 @router.get(
@@ -496,9 +493,8 @@ async def get_result(
             return job_state(fetch_job(queue, job_id, caller))
 
         await wait_for_end(request, read, lambda state: state, wait, settings.job_events_interval_s)
-        headers = {"Preference-Applied": f"wait={wait:g}", "Vary": "Prefer"}
-    response = await run_in_threadpool(_result_response, job_id, queue, redis, keys, caller, format, headers)
-    return response
+        headers = preference_applied(wait)
+    return await run_in_threadpool(_result_response, job_id, queue, redis, keys, caller, format, headers)
 
 
 def _result_response(
