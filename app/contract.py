@@ -91,6 +91,10 @@ STANDARD_PROBLEMS: dict[int, tuple[str, dict[str, Any]]] = {
         "An upload is not an image format the API accepts, or the body is not multipart/form-data.",
         {},
     ),
+    416: (
+        "The Range starts past the end of the result.",
+        {"Content-Range": {"description": "`bytes */<length>`.", "schema": {"type": "string"}}},
+    ),
     422: ("A field is missing, malformed, out of range or unknown; or an image is empty or corrupt.", {}),
     429: ("This API key already has as many unfinished jobs as it may.", {"Retry-After": RETRY_AFTER}),
     503: (

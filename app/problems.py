@@ -37,6 +37,10 @@ PROBLEM_TYPES: dict[str, tuple[str, str]] = {
     "video-too-large": ("Video too large", "Longer, or with more or larger frames, than allowed."),
     "not-found": ("Not found", "No such resource (or it expired)."),
     "job-not-finished": ("Job not finished", "The job has no result yet; poll GET /jobs/{id}."),
+    "range-not-satisfiable": (
+        "Range not satisfiable",
+        "The requested byte range starts past the end of the result; Content-Range gives its length.",
+    ),
     "no-preview": (
         "No preview",
         "The job has no preview now: not started, none stored yet (watch `progress.preview_step`), "

@@ -23,6 +23,7 @@ from rq.serializers import JSONSerializer
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import CallerDep, Principal
+from app.byte_ranges import Conditions, download, entity_tag, not_modified
 from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, RedisDep, SettingsDep
 from app.idempotency import IdempotencyDep
@@ -463,13 +464,23 @@ async def get_job(
     response_class=Response,
     responses={
         200: {
-            "description": "The result: an image for Gatys jobs, a video (or GIF) for video jobs.",
+            "description": "The result: an image for Gatys jobs, a video (or GIF) for video jobs. With "
+            "an `ETag` (send it back in `If-None-Match`) and `Accept-Ranges: bytes`.",
             "content": {
                 t: {"schema": {"type": "string", "format": "binary"}}
                 for t in (*MEDIA_TYPES.values(), *VIDEO_MEDIA_TYPES)
             },
         },
-        **problem_responses(404, 409, 422, 503, d409="The job has not finished (yet)."),
+        206: {
+            "description": "The one byte range asked for with `Range` (a broken-off download resumed).",
+            "headers": {"Content-Range": {"schema": {"type": "string"}, "description": "`bytes a-b/length`"}},
+            "content": {
+                t: {"schema": {"type": "string", "format": "binary"}}
+                for t in (*MEDIA_TYPES.values(), *VIDEO_MEDIA_TYPES)
+            },
+        },
+        304: {"description": "`If-None-Match` names this result's `ETag`: the copy the client has is it."},
+        **problem_responses(404, 409, 416, 422, 503, d409="The job has not finished (yet)."),
     },
 )
 async def get_result(
@@ -494,7 +505,10 @@ async def get_result(
 
         await wait_for_end(request, read, lambda state: state, wait, settings.job_events_interval_s)
         headers = preference_applied(wait)
-    return await run_in_threadpool(_result_response, job_id, queue, redis, keys, caller, format, headers)
+    conditions = Conditions.of(request)
+    return await run_in_threadpool(
+        _result_response, job_id, queue, redis, keys, caller, format, conditions, headers
+    )
 
 
 def _result_response(
@@ -504,9 +518,11 @@ def _result_response(
     keys: JobKeys,
     caller: Principal | None,
     format: str | None,
+    conditions: Conditions,
     headers: dict[str, str],
 ) -> Response:
-    """The stored result as the client asked for it, or a problem (blocking: Redis, encoding)."""
+    """The stored result as the client asked for it (all, a range, or a 304), or a problem
+    (blocking: Redis, encoding)."""
     job = fetch_job(queue, job_id, caller)
     state = job_state(job)
     if state != "finished":
@@ -526,23 +542,24 @@ def _result_response(
             f"'format' applies to image results; this job's result is {stored_type}.",
             field="format",
         )
+    if stored_type is None:
+        format = format or "png"
+        etag, extension = entity_tag(str(job_id), format), format
+    else:
+        etag, extension = entity_tag(str(job_id)), job.meta.get("result_extension", "bin")
+    expired = Problem(404, "not-found", f"The result of job {job_id} has expired.", field="job_id")
+    if not_modified(conditions, etag):
+        if not redis.exists(keys.result(str(job_id))):
+            raise expired
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": "private", **headers})
     stored = redis.get(keys.result(str(job_id)))
     if stored is None:
-        raise Problem(404, "not-found", f"The result of job {job_id} has expired.", field="job_id")
+        raise expired
+    headers = {"Content-Disposition": f'inline; filename="{job_id}.{extension}"', **headers}
     if stored_type is not None:
-        extension = job.meta.get("result_extension", "bin")
-        return Response(
-            stored,
-            media_type=stored_type,
-            headers={"Content-Disposition": f'inline; filename="{job_id}.{extension}"', **headers},
-        )
-    format = format or "png"
+        return download(stored, stored_type, etag, conditions, headers)
     body = stored if format == "png" else encode_image(Image.open(io.BytesIO(stored)).convert("RGB"), format)
-    return Response(
-        body,
-        media_type=MEDIA_TYPES[format],
-        headers={"Content-Disposition": f'inline; filename="{job_id}.{format}"', **headers},
-    )
+    return download(body, MEDIA_TYPES[format], etag, conditions, headers)
 
 
 @router.delete(
