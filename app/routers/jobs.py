@@ -323,8 +323,8 @@ async def submit_optimize(
 ) -> JobStatus:
     if idempotency is not None and idempotency.job_id is not None:
         response.headers["Idempotent-Replayed"] = "true"
-        return await accepted_status(
-            request, response, queue, keys, settings, caller, idempotency.job_id, wait
+        return await answered_status(
+            request, response, queue, keys, settings, caller, idempotency.job_id, wait, submitted=True
         )
     await reject_unknown_fields(request, FORM_FIELDS)
     webhook = await accepted_target(settings, webhook_url)
@@ -383,24 +383,9 @@ async def submit_optimize(
     job = await run_in_threadpool(
         admit_and_enqueue, queue.connection, queue, settings, caller, enqueue, idempotency, webhook
     )
-    return await accepted_status(request, response, queue, keys, settings, caller, job.id, wait)
-
-
-async def accepted_status(
-    request: Request,
-    response: Response,
-    queue,
-    keys: JobKeys,
-    settings: Settings,
-    caller: Principal | None,
-    job_id: str,
-    wait_s: float | None,
-) -> JobStatus:
-    """A submission's answer: the job's status (see :func:`answered_status`) and its URL in
-    ``Location``. Also the answer to an Idempotency-Key repeat, with the first request's job."""
-    status = await answered_status(request, response, queue, keys, settings, caller, job_id, wait_s)
-    response.headers["Location"] = status.links.self
-    return status
+    return await answered_status(
+        request, response, queue, keys, settings, caller, job.id, wait, submitted=True
+    )
 
 
 async def answered_status(
@@ -412,18 +397,25 @@ async def answered_status(
     caller: Principal | None,
     job_id: str,
     wait_s: float | None,
+    *,
+    submitted: bool = False,
 ) -> JobStatus:
-    """The job's status now or, with ``Prefer: wait``, once it has ended or the wait is over."""
+    """The job's status now or, with ``Prefer: wait``, once it has ended or the wait is over. For a
+    submission (also an Idempotency-Key repeat, with the first request's job) with its URL in
+    ``Location``."""
 
     def read() -> JobStatus:
         return current_status(request, queue, keys, uuid.UUID(job_id), caller)
 
     if wait_s is None:
-        return await run_in_threadpool(read)
-    response.headers.update(preference_applied(wait_s))
-    return await wait_for_end(
-        request, read, lambda status: status.state, wait_s, settings.job_events_interval_s
-    )
+        status = await run_in_threadpool(read)
+    else:
+        response.headers.update(preference_applied(wait_s))
+        interval = settings.job_events_interval_s
+        status = await wait_for_end(request, read, lambda status: status.state, wait_s, interval)
+    if submitted:
+        response.headers["Location"] = status.links.self
+    return status
 
 
 def current_status(
