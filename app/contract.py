@@ -257,6 +257,10 @@ def _finish(doc: dict[str, Any], app: FastAPI) -> None:
             elif any(BEARER_SCHEME in requirement for requirement in operation.get("security", [])):
                 responses.setdefault("401", problem_doc(401))
             _fill_problem_contents(operation)
+    for operations in doc.get("webhooks", {}).values():
+        for operation in operations.values():
+            # What the receiver answers: FastAPI's 422 would be about requests to this server.
+            operation["responses"] = {"2XX": {"description": "Delivered: any 2xx answer."}}
     for unused in ("HTTPValidationError", "ValidationError"):
         if f'"#/components/schemas/{unused}"' not in json.dumps(doc):
             schemas.pop(unused, None)

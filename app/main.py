@@ -49,6 +49,7 @@ from app.routers import (
     web,
 )
 from app.routers.jobs import job_links
+from app.routers.webhook_docs import document_webhooks
 from app.webhook_dispatcher import WebhookDispatcher
 from core.queue import make_queue
 from core.redis_conn import connect
@@ -239,6 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(live.router)
     app.include_router(web.router)
     web.mount_static(app)
+    document_webhooks(app)
     install_contract(app)
     video_jobs.document_limits(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)

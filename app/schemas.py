@@ -100,3 +100,13 @@ class JobList(BaseModel):
         "may hold fewer jobs than `limit` and still have a next one.",
         examples=["/jobs?limit=20&cursor=1796640000000-3f0c6f2e-6f55-4a8e-9a7e-0b7f2c9e1d11"],
     )
+
+
+class JobEndedMessage(BaseModel):
+    """What a job's webhook receives once the job ends (a Standard Webhooks message)."""
+
+    type: Literal["job.finished", "job.failed", "job.canceled"] = Field(description="`job.<state>`.")
+    timestamp: datetime = Field(description="When this message was made (each attempt makes it anew).")
+    data: JobStatus = Field(
+        description="The job's final status: the body of GET /jobs/{id}, without `webhook`."
+    )

@@ -21,7 +21,6 @@ turn, then settled as ``failed``; a host that now resolves to an address webhook
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from app import webhooks
 from app.job_wait import TERMINAL_STATES
 from app.routers.jobs import describe_job, job_state
-from app.schemas import JobLinks
+from app.schemas import JobEndedMessage, JobLinks
 from app.webhook_targets import (
     IPAddress,
     UnresolvableTarget,
@@ -167,15 +166,11 @@ class WebhookDispatcher:
             self._redis.zadd(due, {job_id: webhooks.now_ms() + self._poll_ms}, xx=True)
             return None
         status = describe_job(job, self._keys, self._links_for(job_id))
-        message = {
-            "type": f"job.{state}",
-            "timestamp": datetime.now(UTC).isoformat(),
-            "data": status.model_dump(mode="json", exclude={"webhook"}),
-        }
+        message = JobEndedMessage(type=f"job.{state}", timestamp=datetime.now(UTC), data=status)
         return Delivery(
             job_id=job_id,
             target=parse_target(raw[b"url"].decode()),
-            body=json.dumps(message).encode(),
+            body=message.model_dump_json(exclude={"data": {"webhook"}}).encode(),
             attempts=int(raw.get(b"attempts", b"0")),
         )
 

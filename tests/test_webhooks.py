@@ -23,6 +23,7 @@ from redis import Redis
 from standardwebhooks.webhooks import Webhook
 
 from app.main import create_app
+from app.schemas import JobEndedMessage
 from app.webhook_targets import UnsafeTarget, allowed, checked_addresses, parse_target
 from core.settings import Settings
 from core.store import JobKeys
@@ -169,6 +170,7 @@ def test_a_finished_job_is_posted_once_signed_with_its_final_status(redis_url: s
     assert delivery.headers["webhook-signature"] == f"v1,{expected}"
     assert abs(int(delivery.headers["webhook-timestamp"]) - time.time()) < 120
 
+    assert JobEndedMessage.model_validate_json(delivery.body).data.id == job["id"]  # as documented
     assert message["type"] == "job.finished"
     data = message["data"]
     assert data["id"] == job["id"] and data["state"] == "finished" and data["kind"] == "optimize"
@@ -339,3 +341,11 @@ def test_addresses_that_are_not_public_unicast_are_refused_even_when_private_one
     assert allowed(ipaddress.ip_address("93.184.215.14"), allow_private=False)
     with pytest.raises(UnsafeTarget):
         checked_addresses(parse_target("http://[::ffff:10.0.0.1]/"), allow_private=False)
+
+
+def test_the_webhook_is_in_the_openapi_document(client: TestClient):
+    webhook = client.get("/openapi.json").json()["webhooks"]["job-ended"]["post"]
+    body = webhook["requestBody"]["content"]["application/json"]["schema"]
+    assert body["$ref"].endswith("/JobEndedMessage") and list(webhook["responses"]) == ["2XX"]
+    headers = {p["name"] for p in webhook["parameters"]}
+    assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
