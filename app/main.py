@@ -23,6 +23,7 @@ from app.body_limit import BodyLimitMiddleware
 from app.contract import install_contract
 from app.fleet import fleet_status, forget_dead_workers, heartbeat_window_s
 from app.form_body import require_form_body
+from app.head_requests import HeadAsGetMiddleware
 from app.job_wait import WaitSlots
 from app.metrics import (
     CallbackCollector,
@@ -243,6 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     document_webhooks(app)
     install_contract(app)
     video_jobs.document_limits(app)
+    app.add_middleware(HeadAsGetMiddleware)  # innermost: metrics and logs see a HEAD, the routes a GET
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every answer carries the id

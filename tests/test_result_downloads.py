@@ -92,3 +92,11 @@ def test_range_arithmetic():
     assert span("bytes=-") is None
     with pytest.raises(Problem):
         span("bytes=1000-")
+
+
+def test_head_of_a_result_gives_its_size_and_etag(client: TestClient, finished):
+    job_id, body = finished
+    head = client.head(f"/jobs/{job_id}/result")
+    assert head.status_code == 200 and head.content == b""
+    assert int(head.headers["content-length"]) == len(body)
+    assert head.headers["etag"] == client.get(f"/jobs/{job_id}/result").headers["etag"]
