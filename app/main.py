@@ -21,6 +21,7 @@ from app.admission import make_gates
 from app.auth import ApiKeys, authenticate
 from app.body_limit import BodyLimitMiddleware
 from app.contract import install_contract
+from app.cors import install_cors
 from app.fleet import fleet_status, forget_dead_workers, heartbeat_window_s
 from app.form_body import require_form_body
 from app.head_requests import HeadAsGetMiddleware
@@ -247,5 +248,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(HeadAsGetMiddleware)  # innermost: metrics and logs see a HEAD, the routes a GET
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    app.add_middleware(RequestIdMiddleware)  # added last: outermost, so every answer carries the id
+    app.add_middleware(RequestIdMiddleware)  # outermost but CORS: every answer carries the id
+    install_cors(app, settings)
     return app

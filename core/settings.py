@@ -66,6 +66,11 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = Field(
         None, description="A file of API keys as sha256 hex digests, one per line (# comments allowed)."
     )
+    cors_origins: str = Field(
+        "",
+        description="Comma-separated origins (https://app.example.com) whose pages may call this API "
+        "from a browser; `*` for any. Empty: same-origin only (the API's own page needs nothing).",
+    )
     max_queued_jobs: int = Field(100, ge=1, description="A new job while this many wait gets 503.")
     max_jobs_per_key: int = Field(
         10, ge=0, description="Unfinished jobs one API key may have; one more gets 429. 0: no quota."
