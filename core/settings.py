@@ -9,8 +9,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from standardwebhooks.webhooks import Webhook
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS_DIR = PROJECT_ROOT / "models" / "weights"
@@ -275,6 +276,22 @@ class Settings(BaseSettings):
     video_smoothing: float = Field(
         0.5, ge=0, lt=1, description="Default temporal blend (0: off); damps flicker where input is still."
     )
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _webhook_secret(cls, value: object) -> object:
+        """An empty secret (an unset variable passed through, as Compose does) means none; any other
+        must hold a key (``whsec_<base64>``), so a typo fails at start-up, not at the first delivery."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        try:
+            Webhook(str(raw))
+        except Exception as exc:
+            raise ValueError(
+                f"ATELIER_WEBHOOK_SECRET holds no key (expected whsec_<base64>): {exc}"
+            ) from None
+        return value
 
 
 @lru_cache

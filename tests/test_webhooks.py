@@ -349,3 +349,12 @@ def test_the_webhook_is_in_the_openapi_document(client: TestClient):
     assert body["$ref"].endswith("/JobEndedMessage") and list(webhook["responses"]) == ["2XX"]
     headers = {p["name"] for p in webhook["parameters"]}
     assert headers == {"webhook-id", "webhook-timestamp", "webhook-signature"}
+
+
+def test_an_empty_secret_is_none_and_one_without_a_key_fails_at_start_up(redis_url: str):
+    assert make_settings(redis_url, "secret", webhook_secret="").webhook_secret is None
+    assert (
+        make_settings(redis_url, "secret", webhook_secret=SECRET).webhook_secret.get_secret_value() == SECRET
+    )
+    with pytest.raises(ValueError, match="ATELIER_WEBHOOK_SECRET"):
+        make_settings(redis_url, "secret", webhook_secret="whsec_!!!")
