@@ -133,7 +133,9 @@ class WebhookDispatcher:
 
     def _claim(self) -> list[str]:
         now = webhooks.now_ms()
-        lease_ms = int((self._settings.webhook_timeout_s + LEASE_MARGIN_S) * 1000)
+        # Long enough for the last of a batch to wait for a slot behind slow receivers and be sent.
+        rounds = CLAIM_BATCH // MAX_CONCURRENT + 1
+        lease_ms = int((self._settings.webhook_timeout_s * rounds + LEASE_MARGIN_S) * 1000)
         ids = self._redis.eval(CLAIM_SCRIPT, 1, self._keys.webhooks_due, now, now + lease_ms, CLAIM_BATCH)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]
 
