@@ -94,11 +94,28 @@ def resolve(target: WebhookTarget) -> list[IPAddress]:
     return addresses
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 one leads to (NAT64, 6to4, Teredo): a route to them is a route inward."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    found = [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)] if address in NAT64 else []
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.append(address.teredo[1])
+    return found
+
+
 def allowed(address: IPAddress, allow_private: bool) -> bool:
     """A public unicast address; any other (loopback, private, link-local, ...) only if allowed."""
     if address.is_multicast or address.is_unspecified:
         return False
-    return address.is_global or allow_private
+    if allow_private:
+        return True
+    return address.is_global and all(allowed(inner, False) for inner in _embedded_ipv4(address))
 
 
 def checked_addresses(target: WebhookTarget, allow_private: bool) -> list[IPAddress]:

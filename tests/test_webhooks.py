@@ -339,6 +339,9 @@ def test_addresses_that_are_not_public_unicast_are_refused_even_when_private_one
     assert allowed(ipaddress.ip_address("192.168.1.2"), allow_private=True)
     assert not allowed(ipaddress.ip_address("192.168.1.2"), allow_private=False)
     assert allowed(ipaddress.ip_address("93.184.215.14"), allow_private=False)
+    for inward in ("64:ff9b::a00:1", "2002:a00:1::1", "2001:0:4136:e378:8000:63bf:f5ff:fffe"):
+        assert not allowed(ipaddress.ip_address(inward), allow_private=False), inward  # NAT64, 6to4, Teredo
+    assert allowed(ipaddress.ip_address("64:ff9b::5db8:d70e"), allow_private=False)  # NAT64 of a public one
     with pytest.raises(UnsafeTarget):
         checked_addresses(parse_target("http://[::ffff:10.0.0.1]/"), allow_private=False)
 
