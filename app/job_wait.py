@@ -23,8 +23,8 @@ from fastapi import Depends, Header, Request
 from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import SettingsDep
+from app.schemas import TERMINAL_STATES
 
-TERMINAL_STATES = frozenset({"finished", "failed", "canceled"})
 PREFER_DESCRIPTION = (
     "`wait=N` (RFC 7240): answer once the job has ended, or after N seconds (at most "
     "ATELIER_JOB_WAIT_MAX_S), whichever comes first. `Preference-Applied` says the wait used."

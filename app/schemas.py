@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 JobState = Literal["queued", "started", "finished", "failed", "canceled"]
+TERMINAL_STATES: frozenset[str] = frozenset({"finished", "failed", "canceled"})  # a job ends in one
 JobKind = Literal["optimize", "stylize-video", "train-style"]
 
 

@@ -37,9 +37,8 @@ from standardwebhooks.webhooks import Webhook
 from starlette.concurrency import run_in_threadpool
 
 from app import webhooks
-from app.job_wait import TERMINAL_STATES
 from app.routers.jobs import describe_job, job_state
-from app.schemas import JobEndedMessage, JobLinks
+from app.schemas import TERMINAL_STATES, JobEndedMessage, JobLinks
 from app.webhook_targets import (
     IPAddress,
     UnresolvableTarget,

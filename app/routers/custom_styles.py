@@ -30,7 +30,7 @@ from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue
 from app.job_wait import WaitDep
 from app.problems import Problem
-from app.routers.jobs import answered_status
+from app.routers.jobs import answered_status, replayed_status
 from app.schemas import JobStatus
 from app.services.custom_styles import CustomStyleRegistry
 from app.services.stylizer import Stylizer
@@ -168,9 +168,8 @@ async def create_style(
     webhook_url: WebhookUrlForm = None,
 ) -> JobStatus:
     if idempotency is not None and idempotency.job_id is not None:
-        response.headers["Idempotent-Replayed"] = "true"
-        return await answered_status(
-            request, response, queue, keys, settings, caller, idempotency.job_id, wait, submitted=True
+        return await replayed_status(
+            request, response, queue, keys, settings, caller, idempotency.job_id, wait
         )
     await reject_unknown_fields(request, FORM_FIELDS)
     webhook = await accepted_target(settings, webhook_url)

@@ -22,10 +22,9 @@ from starlette.concurrency import run_in_threadpool
 from app.auth import StreamCallerDep
 from app.contract import problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
-from app.job_wait import TERMINAL_STATES
 from app.problems import Problem
 from app.routers.jobs import current_status
-from app.schemas import JobStatus
+from app.schemas import TERMINAL_STATES, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

@@ -31,7 +31,7 @@ from app.job_admission import admit_and_enqueue
 from app.job_index import index_key
 from app.job_wait import WaitDep, preference_applied, wait_for_end
 from app.problems import Problem
-from app.schemas import JobLinks, JobProgress, JobState, JobStatus
+from app.schemas import TERMINAL_STATES, JobLinks, JobProgress, JobState, JobStatus
 from app.uploads import read_image, reject_unknown_fields
 from app.webhooks import WebhookUrlForm, accepted_target, delivery_of
 from core.job_options import options_to_dict
@@ -322,9 +322,8 @@ async def submit_optimize(
     webhook_url: WebhookUrlForm = None,
 ) -> JobStatus:
     if idempotency is not None and idempotency.job_id is not None:
-        response.headers["Idempotent-Replayed"] = "true"
-        return await answered_status(
-            request, response, queue, keys, settings, caller, idempotency.job_id, wait, submitted=True
+        return await replayed_status(
+            request, response, queue, keys, settings, caller, idempotency.job_id, wait
         )
     await reject_unknown_fields(request, FORM_FIELDS)
     webhook = await accepted_target(settings, webhook_url)
@@ -416,6 +415,23 @@ async def answered_status(
     if submitted:
         response.headers["Location"] = status.links.self
     return status
+
+
+async def replayed_status(
+    request: Request,
+    response: Response,
+    queue,
+    keys: JobKeys,
+    settings: Settings,
+    caller: Principal | None,
+    job_id: str,
+    wait_s: float | None,
+) -> JobStatus:
+    """The answer to an Idempotency-Key repeat: the job the first request queued, as a submission's."""
+    response.headers["Idempotent-Replayed"] = "true"
+    return await answered_status(
+        request, response, queue, keys, settings, caller, job_id, wait_s, submitted=True
+    )
 
 
 def current_status(
@@ -580,7 +596,7 @@ def cancel_job(
 ) -> JobStatus | Response:
     job = fetch_job(queue, job_id, caller)
     state = job_state(job)
-    if state in ("finished", "failed", "canceled"):
+    if state in TERMINAL_STATES:
         delete_job(redis, keys, job, index_key(settings.key_prefix, caller))
         return Response(status_code=204)
     request_cancel(redis, keys, job.id, settings.result_ttl_s)
