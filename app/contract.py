@@ -156,6 +156,7 @@ def _settings_bounds(settings: Settings) -> dict[tuple[str, str], dict[str, Any]
         ("/classify", "file"): {"maxItems": settings.max_files_per_request},
         ("/stylize", "size"): {"minimum": 16, "maximum": settings.stylize_max_size},
         ("/jobs/stylize-video", "size"): {"minimum": 16, "maximum": settings.video_max_size},
+        ("/jobs/stylize-image", "size"): {"minimum": 16, "maximum": settings.stylize_job_max_size},
         ("/styles", "iterations"): {"maximum": settings.custom_style_max_iterations},
     }
 

@@ -3,7 +3,7 @@
 A script whose POST timed out or lost its connection cannot know whether the job was queued; retrying
 blindly queues another job that runs for minutes. With ``Idempotency-Key: <1-255 visible ASCII
 characters>`` (IETF draft-ietf-httpapi-idempotency-key-header) on ``POST /jobs/optimize``,
-``/jobs/stylize-video`` or ``/styles``:
+``/jobs/stylize-image``, ``/jobs/stylize-video`` or ``/styles``:
 
 * the first request claims the key (per caller and route) and, once its job is queued, binds it to it;
 * a repeat with the same fields and files answers 202 with that job's current status and

@@ -41,6 +41,7 @@ from app.routers import (
     classify,
     custom_styles,
     health,
+    image_jobs,
     job_events,
     job_list,
     job_preview,
@@ -65,6 +66,8 @@ Neural style transfer and CIFAR-10 classification over HTTP.
 
 * **POST /stylize** – fast feed-forward style transfer, synchronous: a named style network (Johnson et
   al. 2016) or any painting sent as `style_image` (Ghiasi et al. 2017 arbitrary-style model).
+* **POST /jobs/stylize-image** – the same named styles on photos up to 4096 px by default (a queued job: the
+  worker paints tile by tile with the whole photo's statistics, seamless).
 * **POST /classify** – CIFAR-10 top-k classification, synchronous.
 * **POST /styles** – train a new fast style from a painting (a queued job that learns one style
   code of the network); it is then served by **POST /stylize** like the others, listed by
@@ -235,6 +238,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(job_list.router)
     app.include_router(job_preview.router)
     app.include_router(video_jobs.router)
+    app.include_router(image_jobs.router)
     app.include_router(job_events.router)
     app.include_router(classify.router, dependencies=keyed)
     app.include_router(stylize.router, dependencies=keyed)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 JobState = Literal["queued", "started", "finished", "failed", "canceled"]
 TERMINAL_STATES: frozenset[str] = frozenset({"finished", "failed", "canceled"})  # a job ends in one
-JobKind = Literal["optimize", "stylize-video", "train-style"]
+JobKind = Literal["optimize", "stylize-image", "stylize-video", "train-style"]
 
 
 class JobLinks(BaseModel):
@@ -58,8 +58,9 @@ class JobStatus(BaseModel):
     id: str
     kind: JobKind | None = Field(
         None,
-        description="What the job does: `optimize` (POST /jobs/optimize), `stylize-video` "
-        "(POST /jobs/stylize-video) or `train-style` (POST /styles).",
+        description="What the job does: `optimize` (POST /jobs/optimize), `stylize-image` "
+        "(POST /jobs/stylize-image), `stylize-video` (POST /jobs/stylize-video) or `train-style` "
+        "(POST /styles).",
     )
     state: JobState
     progress: JobProgress

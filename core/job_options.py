@@ -57,3 +57,36 @@ class VideoJobOptions:
     @property
     def frame_rate(self) -> Fraction | None:
         return Fraction(*self.fps) if self.fps else None
+
+
+@dataclass(frozen=True)
+class ImageJobOptions:
+    """The JSON payload of a large-image stylization job.
+
+    The API resolves the style (built-in, blend or custom) to the network's style code, so the worker
+    needs neither the manifest's names nor the custom-style store; ``network`` (the weights' version)
+    makes sure the code is applied to the weights it was made for.
+    """
+
+    width: int
+    height: int
+    style: str  # the names, comma-separated, as the client sent them (for the status)
+    style_weights: list[float]
+    network: str
+    code: list[float]
+    strength: float = 1.0
+    preserve_color: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def public(self) -> dict[str, Any]:
+        """What the job's status shows: everything but the style code (hundreds of numbers)."""
+        return {k: v for k, v in self.to_dict().items() if k != "code"}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ImageJobOptions:
+        unknown = set(raw) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        return cls(**raw)

@@ -257,6 +257,15 @@ class Settings(BaseSettings):
         1.0, gt=0, le=60, description="How often each API process looks for ended jobs with a webhook due."
     )
 
+    # --- Large-image stylization jobs (POST /jobs/stylize-image) ----------------------------------
+    stylize_job_max_size: int = Field(
+        4096,
+        ge=16,
+        description="Largest longest side of a POST /jobs/stylize-image result. The worker stylizes it "
+        "tile by tile (memory stays that of a 512 px tile); a 12-megapixel photo takes a few minutes on "
+        "2 cores (bench/results/stylize-image-*).",
+    )
+
     # --- Video stylization jobs (POST /jobs/stylize-video) ----------------------------------------
     video_max_bytes: int = Field(50 * MIB, gt=0, description="Largest uploaded video file.")
     video_max_seconds: float = Field(60.0, gt=0, description="Longest video accepted, in seconds.")

@@ -14,7 +14,13 @@ from redis.client import Pipeline
 JOB_FUNC = "worker.jobs.optimize_job"
 VIDEO_JOB_FUNC = "worker.video_job.stylize_video_job"
 STYLE_JOB_FUNC = "worker.style_job.train_style_job"
-JOB_KINDS = {JOB_FUNC: "optimize", VIDEO_JOB_FUNC: "stylize-video", STYLE_JOB_FUNC: "train-style"}
+IMAGE_JOB_FUNC = "worker.image_job.stylize_image_job"
+JOB_KINDS = {
+    JOB_FUNC: "optimize",
+    VIDEO_JOB_FUNC: "stylize-video",
+    STYLE_JOB_FUNC: "train-style",
+    IMAGE_JOB_FUNC: "stylize-image",
+}
 JOB_DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 
 

@@ -78,3 +78,14 @@ def preserve_color(content: Image.Image, stylized: Image.Image) -> Image.Image:
     y, _, _ = stylized.convert("YCbCr").split()
     _, cb, cr = content.convert("YCbCr").split()
     return Image.merge("YCbCr", (y, cb, cr)).convert("RGB")
+
+
+def finish_stylized(
+    photo: Image.Image, photo_pixels: Tensor, stylized: Tensor, strength: float, keep_colors: bool
+) -> Image.Image:
+    """A network's output as the user asked for it: cross-faded with the photo by ``strength`` (1: all
+    style), then, with ``keep_colors``, given the photo's colours (:func:`preserve_color`)."""
+    if strength < 1.0:
+        stylized = torch.lerp(photo_pixels, stylized, strength)
+    img = tensor_to_pil(stylized)
+    return preserve_color(photo, img) if keep_colors else img

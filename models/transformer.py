@@ -34,6 +34,7 @@ from torch import Tensor, nn
 DOWNSAMPLE = 4  # two stride-2 convs
 METADATA_ARCH_KEY = "atelier.arch"
 MIN_SIDE = 16  # below this the 9×9 reflection pads have nothing to reflect
+INSTANCE_NORM_EPS = 1e-5  # added to the variance, as nn.InstanceNorm2d does
 NORM_KINDS = ("instance", "affine", "robust")  # the keys of NORMS (defined with the norm classes)
 
 
@@ -143,15 +144,24 @@ class ConditionalInstanceNorm2d(_Coded):
         self.weight = nn.Parameter(torch.ones(num_styles, channels))
         self.bias = nn.Parameter(torch.zeros(num_styles, channels))
 
+    # Set by models.tiled while it stylizes an image tile by tile: the whole image's per-channel mean
+    # and spread (each 1×C×1×1), so that every tile is normalized as the whole image would be.
+    image_statistics: tuple[Tensor, Tensor] | None = None
+
     def normalize(self, x: Tensor) -> Tensor:
         """The input in the units this norm divides by (here: each map's own mean and spread)."""
-        return F.instance_norm(x, eps=1e-5)
+        return F.instance_norm(x, eps=INSTANCE_NORM_EPS)
 
     def forward(self, x: Tensor, code: Tensor) -> Tensor:
         c = self.weight.shape[1]
         scale = self._slice(code, 0, c).to(x.dtype)[:, :, None, None]
         shift = self._slice(code, c, c).to(x.dtype)[:, :, None, None]
-        return self.normalize(x) * scale + shift
+        if self.image_statistics is None:
+            z = self.normalize(x)
+        else:
+            mean, spread = self.image_statistics
+            z = (x - mean.to(x.dtype)) / spread.to(x.dtype)
+        return z * scale + shift
 
 
 class ColorSkip(_Coded):

@@ -32,7 +32,7 @@ class JobCanceled(Exception):
     """Raised at a step boundary when a client asked to cancel a running job."""
 
 
-def _load_image(redis: Redis, key: str, what: str, max_pixels: int) -> Image.Image:
+def load_image(redis: Redis, key: str, what: str, max_pixels: int) -> Image.Image:
     data = patiently(lambda: redis.get(key), f"the {what} image")
     if data is None:
         raise ValueError(f"the {what} image expired before the job ran; submit the job again")
@@ -127,9 +127,9 @@ def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
     started = time.monotonic()
     try:
         opts = options_from_dict(options)
-        content = _load_image(redis, keys.content(job.id), "content", settings.max_image_pixels)
+        content = load_image(redis, keys.content(job.id), "content", settings.max_image_pixels)
         styles = [
-            _load_image(redis, keys.style(job.id, i), f"style #{i + 1}", settings.max_image_pixels)
+            load_image(redis, keys.style(job.id, i), f"style #{i + 1}", settings.max_image_pixels)
             for i in range(style_count)
         ]
         device = runtime.resolve_device(settings.device)

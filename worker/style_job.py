@@ -47,7 +47,7 @@ from models.style_objective import StyleObjective
 from models.styles import LoadedNetwork, load_network, thumbnail
 from models.transformer import stylize
 from worker import runtime
-from worker.jobs import ProgressRecorder, _load_image, raise_if_canceled, record_job_failure, store_result
+from worker.jobs import ProgressRecorder, load_image, raise_if_canceled, record_job_failure, store_result
 from worker.patience import patiently
 
 PREVIEW_SIDE = 256
@@ -124,7 +124,7 @@ def train_style_job(
     redis: Redis = job.connection
     started = time.monotonic()
     try:
-        painting = _load_image(redis, keys.style(job.id, 0), "painting", settings.max_image_pixels)
+        painting = load_image(redis, keys.style(job.id, 0), "painting", settings.max_image_pixels)
         train, held_out = training_photos(settings.data_dir)
         network = load_network(settings.weights_dir)
         objective = _objective(network)

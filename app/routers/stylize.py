@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, FastAPI, File, Form, Request, Response, UploadFile
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from torch import Tensor
 
 from app.admission import model_gate
 from app.contract import problem_responses
@@ -291,6 +292,23 @@ def _parse_style(
     return names, weights
 
 
+def resolve_style(
+    request: Request, style: str, style_weights: str | None
+) -> tuple[Stylizer, list[str], list[float], Tensor]:
+    """The served network, the validated names and weights, and their 1×P style code: one built-in or
+    custom style, or a blend (503 without a network, 422 naming the field otherwise)."""
+    stylizer = _stylizer(request)
+    custom = registry_of(request)
+    served_custom = custom.served_names if custom is not None else []
+    _refuse_stale(custom, style)
+    names, weights = _parse_style(stylizer, style, style_weights, served_custom)
+    if custom is not None and any(n in served_custom for n in names):
+        code = mixed_code(stylizer.names, stylizer.style_code, custom, names, weights)
+    else:
+        code = stylizer.style_code(names, weights)
+    return stylizer, names, weights, code
+
+
 @router.post(
     "/stylize",
     summary="Stylize a photo with a named style network or any painting",
@@ -367,15 +385,7 @@ async def stylize(
             422, "validation-error", "'style_weights' goes with 'style' (a blend).", field="style_weights"
         )
     assert style is not None
-    stylizer = _stylizer(request)
-    custom = registry_of(request)
-    served_custom = custom.served_names if custom is not None else []
-    _refuse_stale(custom, style)
-    names, weights = _parse_style(stylizer, style, style_weights, served_custom)
-    if custom is not None and any(n in served_custom for n in names):
-        code = mixed_code(stylizer.names, stylizer.style_code, custom, names, weights)
-    else:
-        code = stylizer.style_code(names, weights)
+    stylizer, names, weights, code = resolve_style(request, style, style_weights)
     start = time.perf_counter()
     image = await read_image(file, "file", settings.max_upload_bytes, settings.max_image_pixels)
     decode_ms = elapsed_ms(start)

@@ -10,12 +10,13 @@ from fastapi import FastAPI, Header
 from app.schemas import JobEndedMessage
 
 DESCRIPTION = """
-Sent to a job's `webhook_url` (a field of **POST /jobs/optimize**, **/jobs/stylize-video** and
-**/styles**) once the job ends: finished, failed or canceled. A Standard Webhooks message: verify
-`webhook-signature` (HMAC-SHA256 over `<webhook-id>.<webhook-timestamp>.<body>` with the server's
-`whsec_` key) with any Standard Webhooks library. Answer with any 2xx; anything else, a timeout or no
-connection is retried with backoff, then given up (the job's `webhook.state` says which). Delivery is
-at least once: drop repeats by `webhook-id`.
+Sent to a job's `webhook_url` (a field of **POST /jobs/optimize**, **/jobs/stylize-image**,
+**/jobs/stylize-video** and **/styles**) once the job ends: finished, failed or canceled. A Standard
+Webhooks message: verify `webhook-signature` (HMAC-SHA256 over
+`<webhook-id>.<webhook-timestamp>.<body>` with the server's `whsec_` key) with any Standard Webhooks
+library. Answer with any 2xx; anything else, a timeout or no connection is retried with backoff,
+then given up (the job's `webhook.state` says which). Delivery is at least once: drop repeats by
+`webhook-id`.
 """
 
 

@@ -32,10 +32,9 @@ from app.services.runtime import elapsed_ms, resolve_device
 from models.imaging import (
     MEDIA_TYPES,
     encode_image,
+    finish_stylized,
     pil_to_tensor,
-    preserve_color,
     resize_longest,
-    tensor_to_pil,
 )
 from models.styles import LoadedNetwork, StyleEntry, load_network
 from models.transformer import export_onnx, pad_to_multiple
@@ -288,13 +287,7 @@ class Stylizer:
         result = await self.batcher.submit(StyleJob(pixels, style, time.perf_counter()), key=key)
 
         def finish() -> bytes:
-            out = result.pixels
-            if strength < 1.0:
-                out = torch.lerp(pixels, out, strength)
-            img = tensor_to_pil(out)
-            if keep_colors:
-                img = preserve_color(photo, img)
-            return encode_image(img, fmt)
+            return encode_image(finish_stylized(photo, pixels, result.pixels, strength, keep_colors), fmt)
 
         t1 = time.perf_counter()
         body = await run_in_threadpool(finish)

@@ -1,0 +1,224 @@
+"""Stylize an image too large for one forward pass, tile by tile, with the whole-image result.
+
+Instance norm makes every output pixel depend on statistics of the whole image: run the network on
+tiles and each tile normalizes by its own mean and spread, which shows as seams and patches of
+different colour. So the statistics come first: for each per-image norm, in network order, one pass
+over the tiles runs the network up to that norm (the norms before it already fixed to the whole
+image's statistics) and adds up its input's sums over the tiles' cores; those sums give the whole
+image's mean and spread. With every norm fixed, the network is a stack of local operations, so a
+last pass over the tiles, each with a margin wider than the network's receptive field, gives every
+tile's core exactly what one forward of the whole image would give there. Memory is bounded by the
+tile size; the price is one partial pass per per-image norm (most of them stop early in the network).
+
+Tiles start at multiples of the network's downsampling factor, so the strided convolutions sample
+the same pixels in a tile as in the whole image; at the image's edges a tile's reflection padding is
+the image's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from models.transformer import (
+    DOWNSAMPLE,
+    INSTANCE_NORM_EPS,
+    MIN_SIDE,
+    ConditionalAffine2d,
+    ConditionalInstanceNorm2d,
+    RobustInstanceNorm2d,
+    TransformerNet,
+    pad_to_multiple,
+)
+
+# At least the served networks' receptive field (~62 px from an output pixel: the 9×9 convs, two
+# strided 3×3, ten 3×3 at quarter resolution, the decoder and its 9-wide despiking window), and a
+# multiple of DOWNSAMPLE. tests/test_tiled.py checks tiles against the whole-image forward.
+DEFAULT_MARGIN = 64
+DEFAULT_TILE = 512
+
+ProgressCallback = Callable[[int, int, Tensor | None], None]  # see stylize_tiled
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A core (the output it contributes) inside a window (what the network sees), in pixels."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+    window_top: int
+    window_bottom: int
+    window_left: int
+    window_right: int
+
+    def window(self, image: Tensor) -> Tensor:
+        return image[..., self.window_top : self.window_bottom, self.window_left : self.window_right]
+
+    def core_of(self, features: Tensor) -> Tensor:
+        """The core's part of a feature map computed on the window (at any downsampled resolution)."""
+        scale = (self.window_bottom - self.window_top) // features.shape[-2]
+        return features[
+            ...,
+            (self.top - self.window_top) // scale : (self.bottom - self.window_top) // scale,
+            (self.left - self.window_left) // scale : (self.right - self.window_left) // scale,
+        ]
+
+
+def plan_tiles(height: int, width: int, tile: int, margin: int, align: int = DOWNSAMPLE) -> list[Tile]:
+    """Cores of at most ``tile`` px covering the image, windows ``margin`` px wider (clipped to it).
+
+    ``height``, ``width``, ``tile`` and ``margin`` must be multiples of ``align``.
+    """
+    sizes = {"height": height, "width": width, "tile": tile}
+    for name, value in sizes.items() | {("margin", margin + align)}:
+        if value % align or value <= 0:
+            raise ValueError(f"{name} must be a positive multiple of {align}, got {value}")
+    tiles = []
+    for top in range(0, height, tile):
+        bottom = min(top + tile, height)
+        for left in range(0, width, tile):
+            right = min(left + tile, width)
+            tiles.append(
+                Tile(
+                    top,
+                    bottom,
+                    left,
+                    right,
+                    max(0, top - margin),
+                    min(height, bottom + margin),
+                    max(0, left - margin),
+                    min(width, right + margin),
+                )
+            )
+    return tiles
+
+
+def per_image_norms(model: TransformerNet) -> list[ConditionalInstanceNorm2d]:
+    """The norms whose statistics come from the image, in the order the forward pass meets them."""
+    norms = []
+    for module in model.modules():
+        if isinstance(module, RobustInstanceNorm2d):
+            raise ValueError("tiled stylization needs plain instance norms (a robust spread is not a sum)")
+        if isinstance(module, ConditionalInstanceNorm2d) and not isinstance(module, ConditionalAffine2d):
+            norms.append(module)
+    return norms
+
+
+class _Reached(Exception):
+    """Raised by the hook on the norm being measured: the rest of the forward is not needed."""
+
+
+@contextmanager
+def _sums_of_input(norm: ConditionalInstanceNorm2d, tile_of_call: list[Tile]) -> Iterator[list[Tensor]]:
+    """Adds the norm's input over the current tile's core to [count, sum, sum of squares] (float64)."""
+    sums: list[Tensor] = []
+
+    def hook(_module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
+        core = tile_of_call[0].core_of(args[0]).double()
+        found = (
+            torch.tensor(float(core.shape[-2] * core.shape[-1]), dtype=torch.float64),
+            core.sum(dim=(-2, -1)),
+            core.square().sum(dim=(-2, -1)),
+        )
+        if sums:
+            for total, part in zip(sums, found, strict=True):
+                total += part
+        else:
+            sums.extend(t.clone() for t in found)
+        raise _Reached
+
+    handle = norm.register_forward_pre_hook(hook)
+    try:
+        yield sums
+    finally:
+        handle.remove()
+
+
+def _whole_image_statistics(
+    model: TransformerNet,
+    image: Tensor,
+    code: Tensor,
+    tiles: list[Tile],
+    norm: ConditionalInstanceNorm2d,
+    on_tile: Callable[[], None],
+) -> tuple[Tensor, Tensor]:
+    current: list[Tile] = []
+    with _sums_of_input(norm, current) as sums:
+        for tile in tiles:
+            current[:] = [tile]
+            try:
+                model.forward_code(tile.window(image), code)
+            except _Reached:
+                pass
+            else:  # pragma: no cover - the norm belongs to the model, so the forward reaches it
+                raise RuntimeError("the forward pass never reached the norm being measured")
+            on_tile()
+    count, total, squares = sums
+    mean = total / count
+    variance = (squares / count - mean.square()).clamp_min(0.0)
+    spread = (variance + INSTANCE_NORM_EPS).sqrt()
+    return mean.float()[:, :, None, None], spread.float()[:, :, None, None]
+
+
+def tile_passes(model: TransformerNet, height: int, width: int, tile: int = DEFAULT_TILE) -> int:
+    """How many tile forwards (most of them partial) :func:`stylize_tiled` runs for this size."""
+    padded_h, padded_w = (max(MIN_SIDE, -(-side // DOWNSAMPLE) * DOWNSAMPLE) for side in (height, width))
+    tiles = -(-padded_h // tile) * -(-padded_w // tile)
+    return 1 if tiles == 1 else tiles * (len(per_image_norms(model)) + 1)
+
+
+def stylize_tiled(
+    model: TransformerNet,
+    image: Tensor,
+    code: Tensor,
+    tile: int = DEFAULT_TILE,
+    margin: int = DEFAULT_MARGIN,
+    on_progress: ProgressCallback | None = None,
+) -> Tensor:
+    """``model.forward_code(image, code)`` clamped to [0, 1], for a 1×3×H×W image of any size.
+
+    ``on_progress(done, total, partial)`` follows every tile forward; ``partial`` is the result so far
+    (the photo where no tile has been painted yet) during the last pass, None before it.
+    Needs the model to itself while it runs (it sets the norms' statistics, and always clears them).
+    """
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"expected one image, 1×3×H×W, got {tuple(image.shape)}")
+    if tile % DOWNSAMPLE or tile <= 0 or margin % DOWNSAMPLE or margin < 0:
+        raise ValueError(f"tile and margin must be multiples of {DOWNSAMPLE}, tile > 0")
+    padded, height, width = pad_to_multiple(image)
+    tiles = plan_tiles(padded.shape[-2], padded.shape[-1], tile, margin)
+    total = tile_passes(model, height, width, tile)
+    done = 0
+
+    def tile_done(partial: Tensor | None) -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(done, total, None if partial is None else partial[..., :height, :width])
+
+    with torch.inference_mode():
+        if len(tiles) == 1:
+            out = model.forward_code(padded, code).clamp(0.0, 1.0)
+            tile_done(None)
+            return out[..., :height, :width]
+        norms = per_image_norms(model)
+        try:
+            for norm in norms:
+                norm.image_statistics = _whole_image_statistics(
+                    model, padded, code, tiles, norm, lambda: tile_done(None)
+                )
+            out = padded.clone()
+            for t in tiles:
+                painted = model.forward_code(t.window(padded), code).clamp(0.0, 1.0)
+                out[..., t.top : t.bottom, t.left : t.right] = t.core_of(painted)
+                tile_done(out)
+        finally:
+            for norm in norms:
+                norm.image_statistics = None
+    return out[..., :height, :width]
