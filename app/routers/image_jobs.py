@@ -141,14 +141,6 @@ async def submit_stylize_image(
     photo = await read_image(file, "file", settings.max_upload_bytes, settings.max_image_pixels)
     longest = size if size is not None else min(max(photo.size), max_size)
     width, height = fit_longest(photo.width, photo.height, longest)
-    if min(width, height) < MIN_SIDE:
-        raise Problem(
-            422,
-            "validation-error",
-            f"'size' {longest} would make the photo's shorter side {min(width, height)} px; "
-            f"at least {MIN_SIDE} is needed.",
-            field="size",
-        )
     content_png = await run_in_threadpool(_working_png, photo, (width, height))
     options = ImageJobOptions(
         width=width,
