@@ -262,8 +262,8 @@ class Settings(BaseSettings):
         4096,
         ge=16,
         description="Largest longest side of a POST /jobs/stylize-image result. The worker stylizes it "
-        "tile by tile (memory stays that of a 512 px tile); a 12-megapixel photo takes a few minutes on "
-        "2 cores (bench/results/stylize-image-*).",
+        "tile by tile: a 12-megapixel photo took 2.3 minutes and 1.0 GB on 2 cores, where one whole-image "
+        "forward needs 11 GB (bench/results/stylize-image-cpu-2026-12-07.md).",
     )
 
     # --- Video stylization jobs (POST /jobs/stylize-video) ----------------------------------------

@@ -24,7 +24,9 @@ from tests.conftest import PROJECT_ROOT
 README = PROJECT_ROOT / "README.md"
 SECTION = "## Using it with curl"
 SYNC_URLS = tuple(f"localhost:8000{path}" for path in ("/classify", "/stylize", "/styles"))
-JOB_URLS = tuple(f"localhost:8000{path}" for path in ("/jobs/optimize", "/jobs/stylize-video"))
+JOB_URLS = tuple(
+    f"localhost:8000{path}" for path in ("/jobs/optimize", "/jobs/stylize-image", "/jobs/stylize-video")
+)
 
 
 def curl_commands() -> list[list[str]]:

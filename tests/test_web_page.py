@@ -147,6 +147,39 @@ def test_stylize_a_photo_and_see_the_result_next_to_it(browser, live_server, sho
     assert console_errors(browser) == []
 
 
+def test_a_photo_larger_than_stylize_answers_is_painted_by_a_job_and_shown(
+    browser, live_server, worker, settings, shots, images
+):
+    """The live server runs with the default sizes, as the session's settings have them."""
+    open_page(browser, live_server, "stylize")
+    wait_for(browser, "!document.querySelector('#stylize-size-hint').hidden")
+    assert q(browser, "#stylize-size").get_attribute("max") == str(settings.stylize_job_max_size)
+    assert text(browser, "#stylize-size-now") == str(settings.stylize_max_size)
+    wait_for(browser, "document.querySelectorAll('#style-gallery input[type=radio]').length > 0")
+    q(browser, "#stylize-file").send_keys(str(images["photo"]))
+    wait_for(browser, image_loaded("#stylize-photo"))
+    size = q(browser, "#stylize-size")
+    size.clear()
+    size.send_keys(str(settings.stylize_max_size + 100))
+    q(browser, "#stylize-submit").click()
+    wait_for(browser, "!document.querySelector('#stylize-job-view').hidden", 30, "no job was shown")
+    shots("job")
+    wait_for(
+        browser, "document.querySelector('#stylize-job-state').textContent === 'finished'", 180, "no end"
+    )
+    wait_for(browser, image_loaded("#stylize-result"), 60, "the job's result was not shown")
+    shots("finished")
+    width, height = browser.execute_script(
+        "const i = document.querySelector('#stylize-result'); return [i.naturalWidth, i.naturalHeight];"
+    )
+    longest = settings.stylize_max_size + 100
+    assert (width, height) == (longest, longest * 3 // 4)
+    assert "by a queue worker" in text(browser, "#stylize-timing")
+    download = q(browser, "#stylize-download")
+    assert download.get_attribute("download").endswith(".jpg") and not download.get_attribute("hidden")
+    assert console_errors(browser) == []
+
+
 def test_invalid_upload_shows_the_problem_in_plain_words(browser, live_server, shots, images):
     open_page(browser, live_server, "stylize")
     q(browser, "#stylize-submit").click()

@@ -128,10 +128,13 @@ export async function detectCapabilities() {
   const stylizeFields = formFields(spec, '/stylize');
   const videoFields = formFields(spec, '/jobs/stylize-video');
   const styleFields = formFields(spec, '/styles');
+  const imageJobFields = formFields(spec, '/jobs/stylize-image');
   return {
     thumbnails: '/styles/{name}/thumbnail' in paths,
     styleImage: stylizeFields.has('style_image'),
     blend: stylizeFields.has('style_weights'),
+    stylizeMaxSize: stylizeFields.get('size')?.maximum,
+    imageJobMaxSize: imageJobFields.has('file') ? imageJobFields.get('size')?.maximum : undefined,
     events: '/jobs/{job_id}/events' in paths,
     jobList: Boolean(paths['/jobs']?.get),
     video: videoFields.has('file'),

@@ -1,8 +1,11 @@
 // Tool 1: stylize a photo (POST /stylize) with a style from the gallery, side by side with the photo.
-// The gallery itself (renderGallery) is shared with the video tool.
+// Larger than /stylize answers at once, a named style goes to POST /jobs/stylize-image instead and the
+// job is followed here (the picture appears tile by tile). The gallery itself (renderGallery) is
+// shared with the video tool.
 
-import { parseServerTiming, request } from './api.js';
+import { parseServerTiming, request, submitJob } from './api.js';
 import { closeCamera, grabFrame, openCamera } from './camera.js';
+import { JobPreview, JobTracker, TERMINAL, jobMemory, jobParts } from './jobs.js';
 import { initials, onStylesChanged, servedStyles, thumbnailUrl } from './styles.js';
 import {
   $, bindRange, clearProblem, el, formatMs, setFiles, setupDropzone, showBlob, showProblem,
@@ -36,6 +39,8 @@ export function setupStylize({ capabilities }) {
     style_image: ownInput,
     style_weights: blendWeight,
   };
+
+  const largeJobs = setupLargeJobs(capabilities, fields.size, { result, download, timing, format: fields.format });
 
   bindRange(fields.strength, $('#stylize-strength-out'));
   bindRange(blendWeight, $('#blend-weight-out'));
@@ -97,6 +102,10 @@ export function setupStylize({ capabilities }) {
     if (fields.size.value) data.append('size', fields.size.value);
     data.append('strength', fields.strength.value);
     data.append('preserve_color', String(fields.preserve_color.checked));
+    if (style !== OWN_STYLE && largeJobs?.wanted(Number(fields.size.value))) {
+      await largeJobs.submit(data, { submit, status, errorBox, fields });
+      return;
+    }
     data.append('format', fields.format.value);
 
     submit.disabled = true;
@@ -120,6 +129,61 @@ export function setupStylize({ capabilities }) {
       submit.disabled = false;
     }
   });
+}
+
+/**
+ * Sizes above what /stylize answers at once go to POST /jobs/stylize-image (when the server has it):
+ * the size field's bound becomes the job's, a hint says so, and the job on display is followed with its
+ * preview, then its result replaces the result image. Null when the server offers no such job.
+ */
+function setupLargeJobs(capabilities, sizeInput, { result, download, timing, format }) {
+  const now = capabilities.stylizeMaxSize;
+  const most = capabilities.imageJobMaxSize;
+  if (!now || !most || most <= now) return null;
+  sizeInput.max = String(most);
+  $('#stylize-size-now').textContent = String(now);
+  $('#stylize-size-most').textContent = String(most);
+  $('#stylize-size-hint').hidden = false;
+  const tracker = new JobTracker(jobParts('stylize-job'), {
+    events: capabilities.events,
+    memory: jobMemory('atelier.stylizeJob'),
+    describe: ({ state, progress }) => (state === 'queued' ? '' : `tile pass ${progress.step} of ${progress.total_steps}`),
+    preview: new JobPreview('stylize-job', (step, job) => (TERMINAL.has(job.state)
+      ? 'Where it got to' : 'Painted so far (the photo where no tile is done yet)')),
+    onOpen: () => { download.hidden = true; },
+    onFinished: async (job) => {
+      try {
+        const ext = EXTENSIONS[format.value];
+        const response = await request(`${job.result_url}?format=${format.value}`);
+        const url = showBlob(result, await response.blob());
+        download.href = url;
+        download.download = `atelier-${(job.options?.style || 'style').replace(/[^\w-]+/g, '_')}-${job.id.slice(0, 8)}.${ext}`;
+        download.hidden = false;
+        const info = job.result_info || {};
+        timing.textContent = `${info.width}×${info.height}, painted in ${formatMs((info.seconds || 0) * 1000)} by a queue worker.`;
+      } catch (error) {
+        tracker.fail(error);
+      }
+    },
+  });
+  tracker.resume();
+  return {
+    wanted: (size) => size > now,
+    async submit(data, { submit, status, errorBox, fields }) {
+      submit.disabled = true;
+      status.textContent = 'Uploading…';
+      try {
+        const job = await submitJob('/jobs/stylize-image', data);
+        status.textContent = 'A large photo: painted by a queue worker, followed below.';
+        tracker.start(job);
+      } catch (error) {
+        status.textContent = '';
+        showProblem(errorBox, error, fields);
+      } finally {
+        submit.disabled = false;
+      }
+    },
+  };
 }
 
 function describeTiming(headers, roundTrip) {
