@@ -20,6 +20,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import LockError
@@ -129,3 +130,29 @@ def admit_and_enqueue(
     finally:
         with contextlib.suppress(LockError):
             lock.release()
+
+
+def enqueue_job(
+    queue: Queue,
+    settings: Settings,
+    func: str,
+    job_id: str,
+    *,
+    kwargs: dict[str, Any],
+    meta: dict[str, Any],
+    owner: str | None,
+    description: str,
+) -> Job:
+    """Queue ``func`` as ``job_id`` with this server's time limit and lifetimes; ``owner`` is the digest
+    of the API key it belongs to (None without keys). Called inside :func:`admit_and_enqueue`."""
+    return queue.enqueue(
+        func,
+        kwargs=kwargs,
+        job_id=job_id,
+        job_timeout=settings.job_timeout_s,
+        result_ttl=settings.result_ttl_s,
+        failure_ttl=settings.result_ttl_s,
+        ttl=settings.result_ttl_s,
+        meta={**meta, "owner": owner},
+        description=description,
+    )

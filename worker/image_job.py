@@ -8,21 +8,16 @@ the last pass paints, each preview shows the result so far (the photo where no t
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 from PIL import Image
-from rq import get_current_job
 
 from core.job_options import ImageJobOptions
-from core.settings import get_settings
-from core.store import JobKeys
 from models.imaging import encode_image, finish_stylized, pil_to_tensor, resize_longest, tensor_to_pil
 from models.styles import load_network
 from models.tiled import stylize_tiled
-from worker import runtime
-from worker.jobs import ProgressRecorder, load_image, record_job_failure, store_result
+from worker.jobs import ProgressRecorder, job_run, load_image, store_result
 from worker.patience import patiently
 
 PREVIEW_SIDE = 1024  # previews are for watching the job, not the result
@@ -35,22 +30,15 @@ def _preview(partial: torch.Tensor) -> Image.Image:
 
 def stylize_image_job(options: dict[str, Any]) -> dict[str, Any]:
     """Stylize the job's photo; the PNG goes to its result key, the return value is the report."""
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("stylize_image_job must run inside an RQ worker")
-    runtime.enter_job()
-    settings = get_settings()
-    keys = JobKeys(settings.key_prefix)
-    redis = job.connection
-    started = time.monotonic()
-    try:
+    with job_run("stylize_image_job") as run:
+        settings, keys, job = run.settings, run.keys, run.job
         opts = ImageJobOptions.from_dict(options)
         network = load_network(settings.weights_dir)
         if network.manifest.network.version != opts.network:
             raise ValueError("the style network was replaced after the job was queued; submit the job again")
         model = network.model.cpu().eval()
         code = torch.tensor([opts.code], dtype=torch.float32)
-        photo = load_image(redis, keys.content(job.id), "photo", settings.max_image_pixels)
+        photo = load_image(run.redis, keys.content(job.id), "photo", settings.max_image_pixels)
         if photo.size != (opts.width, opts.height):
             raise ValueError(f"the stored photo is {photo.size}, not the job's {opts.width}x{opts.height}")
         pixels = pil_to_tensor(photo)
@@ -60,15 +48,11 @@ def stylize_image_job(options: dict[str, Any]) -> dict[str, Any]:
             progress.report(done, total, {}, None if partial is None else lambda: _preview(partial))
 
         stylized = stylize_tiled(model, pixels, code, on_progress=on_tile)
-        png = encode_image(
-            finish_stylized(photo, pixels, stylized, opts.strength, opts.preserve_color), "png"
-        )
-        seconds = time.monotonic() - started
-        info = {"width": photo.width, "height": photo.height, "bytes": len(png), "seconds": round(seconds, 1)}
+        result = finish_stylized(photo, pixels, stylized, opts.strength, opts.preserve_color)
+        png = encode_image(result, "png")
+        info = {"width": photo.width, "height": photo.height, "bytes": len(png)}
+        info["seconds"] = round(run.seconds, 1)
         job.meta["result_info"] = info
         patiently(job.save_meta, "progress")
-        store_result(redis, keys, job.id, png, settings.result_ttl_s, seconds)
+        store_result(run.redis, keys, job.id, png, settings.result_ttl_s, run.seconds)
         return info
-    except BaseException as exc:
-        record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
-        raise

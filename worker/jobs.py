@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -115,17 +117,42 @@ def _fail_message(exc: BaseException, timeout_s: int) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
-    """Run one Gatys optimization; the result PNG goes to its own key, the return value is metadata."""
+@dataclass(frozen=True)
+class JobRun:
+    """The job a work horse is running, and what every job function needs alongside it."""
+
+    job: Job
+    settings: Settings
+    keys: JobKeys
+    redis: Redis
+    started: float  # time.monotonic() when the job function began
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+
+@contextmanager
+def job_run(function: str) -> Iterator[JobRun]:
+    """The current RQ job, set up to run (:func:`runtime.enter_job`); any exception that ends it is
+    recorded in its meta (why it failed, or that it was canceled) and counted, then re-raised."""
     job = get_current_job()
     if job is None:
-        raise RuntimeError("optimize_job must run inside an RQ worker")
+        raise RuntimeError(f"{function} must run inside an RQ worker")
     runtime.enter_job()
     settings = get_settings()
-    keys = JobKeys(settings.key_prefix)
-    redis = job.connection
-    started = time.monotonic()
+    run = JobRun(job, settings, JobKeys(settings.key_prefix), job.connection, time.monotonic())
     try:
+        yield run
+    except BaseException as exc:
+        record_job_failure(job, run.keys, exc, run.seconds, settings.job_timeout_s)
+        raise
+
+
+def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
+    """Run one Gatys optimization; the result PNG goes to its own key, the return value is metadata."""
+    with job_run("optimize_job") as run:
+        settings, keys, redis, job = run.settings, run.keys, run.redis, run.job
         opts = options_from_dict(options)
         content = load_image(redis, keys.content(job.id), "content", settings.max_image_pixels)
         styles = [
@@ -143,11 +170,8 @@ def optimize_job(options: dict[str, Any], style_count: int) -> dict[str, Any]:
         result = run_gatys(vgg, content, styles, opts, device=device, on_step=on_step)
         png = encode_image(result, "png")
 
-        store_result(redis, keys, job.id, png, settings.result_ttl_s, time.monotonic() - started)
+        store_result(redis, keys, job.id, png, settings.result_ttl_s, run.seconds)
         return {"width": result.width, "height": result.height, "bytes": len(png), "device": device.type}
-    except BaseException as exc:
-        record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
-        raise
 
 
 def record_job_failure(job: Job, keys: JobKeys, exc: BaseException, seconds: float, timeout_s: int) -> None:

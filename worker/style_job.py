@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,12 +24,9 @@ from typing import Any
 
 import torch
 from PIL import Image
-from redis import Redis
 from redis.exceptions import RedisError
-from rq import get_current_job
 
-from core.settings import Settings, get_settings
-from core.store import JobKeys
+from core.settings import Settings
 from core.style_store import CustomStyleMeta, StyleKeys, release, save_style
 from models.finetune_style import (
     FinetuneConfig,
@@ -47,7 +43,7 @@ from models.style_objective import StyleObjective
 from models.styles import LoadedNetwork, load_network, thumbnail
 from models.transformer import stylize
 from worker import runtime
-from worker.jobs import ProgressRecorder, load_image, raise_if_canceled, record_job_failure, store_result
+from worker.jobs import ProgressRecorder, job_run, load_image, raise_if_canceled, store_result
 from worker.patience import patiently
 
 PREVIEW_SIDE = 256
@@ -115,96 +111,94 @@ def train_style_job(
     name: str, title: str, artist: str, iterations: int, painting_sha256: str, owner: str | None = None
 ) -> dict[str, Any]:
     """Fine-tune the style code for the job's painting and store it as the custom style ``name``."""
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("train_style_job must run inside an RQ worker")
-    runtime.enter_job()
-    settings = get_settings()
-    keys, style_keys = JobKeys(settings.key_prefix), StyleKeys(settings.key_prefix)
-    redis: Redis = job.connection
-    started = time.monotonic()
-    try:
-        painting = load_image(redis, keys.style(job.id, 0), "painting", settings.max_image_pixels)
-        train, held_out = training_photos(settings.data_dir)
-        network = load_network(settings.weights_dir)
-        objective = _objective(network)
-        device = runtime.resolve_device(settings.device)
-        vgg = runtime.vgg_on(device)
-        grams = objective.painting_grams(vgg, painting)
-        balance = settings.custom_style_balance == "trained"
-        trained = (
-            trained_painting_grams(network, settings.weights_dir, objective, vgg)
-            if balance or settings.custom_style_init == "nearest"
-            else {}
-        )
-        init, how = initial_code(
-            network.model, settings.custom_style_init, objective=objective, grams=grams, trained_grams=trained
-        )
-        fitted, style_scale = (
-            balance_for(objective, vgg, grams, train, trained) if balance else (objective, 1.0)
-        )
-        photo = _preview_photo((held_out or train)[0])
-        progress = ProgressRecorder.for_job(job, keys, settings)
-        result = finetune_code(
-            network.model,
-            fitted,
-            vgg,
-            grams,
-            train,
-            finetune_config(settings, iterations),
-            init=init,
-            device=device,
-            on_step=_training_progress(progress, network, photo),
-        )
-        raise_if_canceled(redis, keys, job.id)  # asked for during the last step
-        meta = CustomStyleMeta(
-            name=name,
-            title=title,
-            artist=artist,
-            painting_sha256=painting_sha256,
-            network_sha256=network.manifest.network.sha256,
-            code_size=network.model.code_size,
-            created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            iterations=result.iterations,
-            losses={k: round(v, 4) for k, v in result.losses.items()},
-            seconds=result.seconds,
-            init=how,
-            style_weight_scale=round(style_scale, 4),
-            owner=owner,
-        )
-        preview = encode_image(_painted(network, result.code, photo), "png")
-        info = {
-            "style": name,
-            "iterations": result.iterations,
-            "losses": meta.losses,
-            "seconds": result.seconds,
-            "style_weight_scale": meta.style_weight_scale,
-            "bf16": result.bf16,
-            "device": device.type,
-            "network_sha256": meta.network_sha256,
-        }
-        job.meta["result_info"] = info  # GET /jobs/{id} shows it once the job has finished
-        job.meta["progress"] = {
-            "step": result.iterations,
-            "total_steps": result.iterations,
-            "percent": 100.0,
-            "losses": meta.losses,
-        }
-        patiently(job.save_meta, "progress")
-        thumbnail_jpeg = _jpeg(thumbnail(painting))
-        patiently(
-            lambda: save_style(
-                redis, style_keys, meta, result.code, thumbnail_jpeg, settings.custom_style_ttl_s
-            ),
-            "the custom style",
-        )
+    with job_run("train_style_job") as run:
+        settings, keys, redis, job = run.settings, run.keys, run.redis, run.job
+        style_keys = StyleKeys(settings.key_prefix)
+        try:
+            painting = load_image(redis, keys.style(job.id, 0), "painting", settings.max_image_pixels)
+            train, held_out = training_photos(settings.data_dir)
+            network = load_network(settings.weights_dir)
+            objective = _objective(network)
+            device = runtime.resolve_device(settings.device)
+            vgg = runtime.vgg_on(device)
+            grams = objective.painting_grams(vgg, painting)
+            balance = settings.custom_style_balance == "trained"
+            trained = (
+                trained_painting_grams(network, settings.weights_dir, objective, vgg)
+                if balance or settings.custom_style_init == "nearest"
+                else {}
+            )
+            init, how = initial_code(
+                network.model,
+                settings.custom_style_init,
+                objective=objective,
+                grams=grams,
+                trained_grams=trained,
+            )
+            fitted, style_scale = (
+                balance_for(objective, vgg, grams, train, trained) if balance else (objective, 1.0)
+            )
+            photo = _preview_photo((held_out or train)[0])
+            progress = ProgressRecorder.for_job(job, keys, settings)
+            result = finetune_code(
+                network.model,
+                fitted,
+                vgg,
+                grams,
+                train,
+                finetune_config(settings, iterations),
+                init=init,
+                device=device,
+                on_step=_training_progress(progress, network, photo),
+            )
+            raise_if_canceled(redis, keys, job.id)  # asked for during the last step
+            meta = CustomStyleMeta(
+                name=name,
+                title=title,
+                artist=artist,
+                painting_sha256=painting_sha256,
+                network_sha256=network.manifest.network.sha256,
+                code_size=network.model.code_size,
+                created_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                iterations=result.iterations,
+                losses={k: round(v, 4) for k, v in result.losses.items()},
+                seconds=result.seconds,
+                init=how,
+                style_weight_scale=round(style_scale, 4),
+                owner=owner,
+            )
+            preview = encode_image(_painted(network, result.code, photo), "png")
+            info = {
+                "style": name,
+                "iterations": result.iterations,
+                "losses": meta.losses,
+                "seconds": result.seconds,
+                "style_weight_scale": meta.style_weight_scale,
+                "bf16": result.bf16,
+                "device": device.type,
+                "network_sha256": meta.network_sha256,
+            }
+            job.meta["result_info"] = info  # GET /jobs/{id} shows it once the job has finished
+            job.meta["progress"] = {
+                "step": result.iterations,
+                "total_steps": result.iterations,
+                "percent": 100.0,
+                "losses": meta.losses,
+            }
+            patiently(job.save_meta, "progress")
+            thumbnail_jpeg = _jpeg(thumbnail(painting))
+            patiently(
+                lambda: save_style(
+                    redis, style_keys, meta, result.code, thumbnail_jpeg, settings.custom_style_ttl_s
+                ),
+                "the custom style",
+            )
 
-        seconds = time.monotonic() - started
-        store_result(redis, keys, job.id, preview, settings.result_ttl_s, seconds, keys.style(job.id, 0))
-        return info
-    except BaseException as exc:
-        with contextlib.suppress(RedisError):  # the failure itself is what must be recorded
-            release(redis, style_keys, name, job.id)
-            redis.delete(keys.style(job.id, 0))
-        record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
-        raise
+            seconds = run.seconds
+            store_result(redis, keys, job.id, preview, settings.result_ttl_s, seconds, keys.style(job.id, 0))
+            return info
+        except BaseException:
+            with contextlib.suppress(RedisError):  # the failure itself is what must be recorded
+                release(redis, style_keys, name, job.id)
+                redis.delete(keys.style(job.id, 0))
+            raise

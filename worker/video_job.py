@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import io
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 from redis import Redis
-from rq import get_current_job
 
 from core.job_options import VideoJobOptions
-from core.settings import Settings, get_settings
+from core.settings import Settings
 from core.store import JobKeys
 from models.frame_stylizer import ArbitraryFrames, named_style_frames
 from models.video import FrameStylizer, ProgressCallback, RenderOptions, render_stylized_video
 from worker import runtime
-from worker.jobs import ProgressRecorder, record_job_failure, store_result
+from worker.jobs import ProgressRecorder, job_run, store_result
 from worker.patience import patiently
 
 
@@ -61,15 +59,8 @@ def _frame_stylizer(options: VideoJobOptions, settings: Settings, redis: Redis, 
 
 def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
     """Stylize the job's video; the encoded result goes to its result key, the return value is the report."""
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("stylize_video_job must run inside an RQ worker")
-    runtime.enter_job()
-    settings = get_settings()
-    keys = JobKeys(settings.key_prefix)
-    redis = job.connection
-    started = time.monotonic()
-    try:
+    with job_run("stylize_video_job") as run:
+        settings, keys, redis, job = run.settings, run.keys, run.redis, run.job
         opts = VideoJobOptions.from_dict(options)
         stylize: FrameStylizer = _frame_stylizer(opts, settings, redis, keys, job.id)
         video = patiently(lambda: redis.get(keys.video(job.id)), "the video")
@@ -109,8 +100,5 @@ def stylize_video_job(options: dict[str, Any]) -> dict[str, Any]:
         }
         patiently(job.save_meta, "progress")
 
-        store_result(redis, keys, job.id, body, settings.result_ttl_s, time.monotonic() - started)
+        store_result(redis, keys, job.id, body, settings.result_ttl_s, run.seconds)
         return info
-    except BaseException as exc:
-        record_job_failure(job, keys, exc, time.monotonic() - started, settings.job_timeout_s)
-        raise

@@ -27,7 +27,7 @@ from app.auth import CallerDep
 from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
 from app.idempotency import IdempotencyDep
-from app.job_admission import admit_and_enqueue
+from app.job_admission import admit_and_enqueue, enqueue_job
 from app.job_wait import WaitDep
 from app.problems import Problem
 from app.routers.jobs import answered_status, replayed_status
@@ -222,19 +222,14 @@ async def create_style(
         ttl = settings.result_ttl_s + settings.job_timeout_s
         redis.set(keys.style(job_id, 0), painting, ex=ttl)
         style_store.reserve(redis, style_keys, name, job_id)
-        return queue.enqueue(
+        return enqueue_job(
+            queue,
+            settings,
             STYLE_JOB_FUNC,
+            job_id,
             kwargs=job_kwargs,
-            job_id=job_id,
-            job_timeout=settings.job_timeout_s,
-            result_ttl=settings.result_ttl_s,
-            failure_ttl=settings.result_ttl_s,
-            ttl=settings.result_ttl_s,
-            meta={
-                "options": public,
-                "total_steps": steps,
-                "owner": job_kwargs["owner"],
-            },
+            meta={"options": public, "total_steps": steps},
+            owner=job_kwargs["owner"],
             description=f"train style {name} ({steps} iterations)",
         )
 

@@ -23,7 +23,7 @@ from app.auth import CallerDep
 from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
 from app.idempotency import IdempotencyDep
-from app.job_admission import admit_and_enqueue
+from app.job_admission import admit_and_enqueue, enqueue_job
 from app.job_wait import WaitDep
 from app.problems import Problem
 from app.routers.jobs import answered_status, replayed_status
@@ -159,20 +159,14 @@ async def submit_stylize_image(
     def enqueue() -> Job:
         ttl = settings.result_ttl_s + settings.job_timeout_s
         queue.connection.set(keys.content(job_id), content_png, ex=ttl)
-        return queue.enqueue(
+        return enqueue_job(
+            queue,
+            settings,
             IMAGE_JOB_FUNC,
+            job_id,
             kwargs={"options": options.to_dict()},
-            job_id=job_id,
-            job_timeout=settings.job_timeout_s,
-            result_ttl=settings.result_ttl_s,
-            failure_ttl=settings.result_ttl_s,
-            ttl=settings.result_ttl_s,
-            meta={
-                "options": public,
-                "total_steps": passes,
-                "progress": {"step": 0, "total_steps": passes},
-                "owner": caller.digest if caller is not None else None,
-            },
+            meta={"options": public, "total_steps": passes, "progress": {"step": 0, "total_steps": passes}},
+            owner=caller.digest if caller is not None else None,
             description=f"stylize {width}x{height} {options.style}",
         )
 

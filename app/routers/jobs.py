@@ -27,7 +27,7 @@ from app.byte_ranges import Conditions, download, entity_tag, not_modified
 from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, RedisDep, SettingsDep
 from app.idempotency import IdempotencyDep
-from app.job_admission import admit_and_enqueue
+from app.job_admission import admit_and_enqueue, enqueue_job
 from app.job_index import index_key
 from app.job_wait import WaitDep, preference_applied, wait_for_end
 from app.problems import Problem
@@ -363,19 +363,14 @@ async def submit_optimize(
             for i, png in enumerate(style_pngs):
                 pipe.set(keys.style(job_id, i), png, ex=ttl)
             pipe.execute()
-        return queue.enqueue(
+        return enqueue_job(
+            queue,
+            settings,
             JOB_FUNC,
+            job_id,
             kwargs={"options": payload, "style_count": len(style_pngs)},
-            job_id=job_id,
-            job_timeout=settings.job_timeout_s,
-            result_ttl=settings.result_ttl_s,
-            failure_ttl=settings.result_ttl_s,
-            ttl=settings.result_ttl_s,
-            meta={
-                "options": payload,
-                "total_steps": options.steps,
-                "owner": caller.digest if caller is not None else None,
-            },
+            meta={"options": payload, "total_steps": options.steps},
+            owner=caller.digest if caller is not None else None,
             description=f"gatys {options.size}px {options.steps} steps",
         )
 

@@ -20,7 +20,7 @@ from app.auth import CallerDep
 from app.contract import job_accepted_doc, problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
 from app.idempotency import IdempotencyDep
-from app.job_admission import admit_and_enqueue
+from app.job_admission import admit_and_enqueue, enqueue_job
 from app.job_wait import WaitDep
 from app.problems import Problem
 from app.routers.jobs import answered_status, replayed_status
@@ -294,22 +294,20 @@ async def submit_stylize_video(
             if painting is not None:
                 pipe.set(keys.style(job_id, 0), painting, ex=ttl)
             pipe.execute()
-        return queue.enqueue(
+        return enqueue_job(
+            queue,
+            settings,
             VIDEO_JOB_FUNC,
+            job_id,
             kwargs={"options": payload},
-            job_id=job_id,
-            job_timeout=settings.job_timeout_s,
-            result_ttl=settings.result_ttl_s,
-            failure_ttl=settings.result_ttl_s,
-            ttl=settings.result_ttl_s,
             meta={
                 "options": public,
                 "total_steps": total,
                 "progress": {"step": 0, "total_steps": total, "frames": 0, "total_frames": total},
                 "result_media_type": encoder.media_type,
                 "result_extension": encoder.extension,
-                "owner": caller.digest if caller is not None else None,
             },
+            owner=caller.digest if caller is not None else None,
             description=f"video {width}x{height} {total} frames",
         )
 
