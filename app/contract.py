@@ -141,6 +141,21 @@ def job_accepted_doc(description: str = "Accepted; poll the Location.") -> dict[
     }
 
 
+def job_submission_responses(
+    *extra: int, accepted: str = "Accepted; poll the Location.", **descriptions: str
+) -> dict[int | str, dict[str, Any]]:
+    """The 202 and the problems of a route that queues a job (400, 409, 413, 415, 422, 429, 503, plus
+    ``extra``), with what they mean for every such route; ``descriptions`` (``d409=...``) override."""
+    common = {
+        "d409": "A request with the same Idempotency-Key is still being handled; retry to get its job.",
+        "d422": "A field is invalid, or the Idempotency-Key was used for a different request.",
+        "d429": "This API key already has ATELIER_MAX_JOBS_PER_KEY unfinished jobs.",
+        "d503": "ATELIER_MAX_QUEUED_JOBS jobs already wait, or Redis is unavailable.",
+    }
+    statuses = (400, 409, 413, 415, 422, 429, 503, *extra)
+    return {202: job_accepted_doc(accepted), **problem_responses(*statuses, **(common | descriptions))}
+
+
 def _routes(app: FastAPI) -> list[Any]:
     """Every leaf route, also inside included routers (newer FastAPI keeps those nested)."""
     contexts = getattr(fastapi.routing, "iter_route_contexts", None)

@@ -24,7 +24,7 @@ from rq.job import Job
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import CallerDep
-from app.contract import job_accepted_doc, problem_responses
+from app.contract import job_submission_responses, problem_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
 from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue, enqueue_job
@@ -116,24 +116,14 @@ def _painting_png(data: bytes, max_pixels: int) -> bytes:
     response_model=JobStatus,
     summary="Train a new fast style from a painting (a queued job)",
     description=CREATE_DESCRIPTION,
-    responses={
-        202: job_accepted_doc("Accepted: a job trains the style; poll the Location."),
-        **problem_responses(
-            400,
-            409,
-            413,
-            415,
-            422,
-            429,
-            503,
-            507,
-            d409="The name is taken: a built-in or custom style, or a job still training one; or a "
-            "request with the same Idempotency-Key is still being handled.",
-            d429="This API key already has ATELIER_MAX_JOBS_PER_KEY unfinished jobs.",
-            d503="The queue is full, no style network is loaded, or Redis is unavailable.",
-            d507="The server already holds ATELIER_MAX_CUSTOM_STYLES custom styles.",
-        ),
-    },
+    responses=job_submission_responses(
+        507,
+        accepted="Accepted: a job trains the style; poll the Location.",
+        d409="The name is taken: a built-in or custom style, or a job still training one; or a "
+        "request with the same Idempotency-Key is still being handled.",
+        d503="The queue is full, no style network is loaded, or Redis is unavailable.",
+        d507="The server already holds ATELIER_MAX_CUSTOM_STYLES custom styles.",
+    ),
 )
 async def create_style(
     request: Request,

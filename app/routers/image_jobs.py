@@ -20,14 +20,13 @@ from rq.job import Job
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import CallerDep
-from app.contract import job_accepted_doc, problem_responses
+from app.contract import job_submission_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
 from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue, enqueue_job
 from app.job_wait import WaitDep
-from app.problems import Problem
 from app.routers.jobs import answered_status, replayed_status
-from app.routers.stylize import resolve_style
+from app.routers.stylize import check_size, resolve_style
 from app.schemas import JobStatus
 from app.uploads import ACCEPTED_DESCRIPTION, read_image, reject_unknown_fields
 from app.webhooks import WebhookUrlForm, accepted_target
@@ -35,7 +34,6 @@ from core.job_options import ImageJobOptions
 from core.store import IMAGE_JOB_FUNC
 from models.imaging import encode_image, fit_longest
 from models.tiled import tile_passes
-from models.transformer import MIN_SIDE
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -70,22 +68,9 @@ def _working_png(img: Image.Image, size: tuple[int, int]) -> bytes:
     response_model=JobStatus,
     summary="Submit a large photo for fast style transfer (a job)",
     description=DESCRIPTION,
-    responses={
-        202: job_accepted_doc(),
-        **problem_responses(
-            400,
-            409,
-            413,
-            415,
-            422,
-            429,
-            503,
-            d409="A request with the same Idempotency-Key is still being handled; retry to get its job.",
-            d422="A field is invalid, or the Idempotency-Key was used for a different request.",
-            d429="This API key already has ATELIER_MAX_JOBS_PER_KEY unfinished jobs.",
-            d503="The queue is full, no style network is loaded, or Redis is unavailable.",
-        ),
-    },
+    responses=job_submission_responses(
+        d503="The queue is full, no style network is loaded, or Redis is unavailable."
+    ),
 )
 async def submit_stylize_image(
     request: Request,
@@ -129,13 +114,7 @@ async def submit_stylize_image(
     await reject_unknown_fields(request, FORM_FIELDS)
     webhook = await accepted_target(settings, webhook_url)
     max_size = settings.stylize_job_max_size
-    if size is not None and not MIN_SIDE <= size <= max_size:
-        raise Problem(
-            422,
-            "validation-error",
-            f"'size' must be between {MIN_SIDE} and {max_size} (ATELIER_STYLIZE_JOB_MAX_SIZE); got {size}.",
-            field="size",
-        )
+    check_size(size, max_size, "ATELIER_STYLIZE_JOB_MAX_SIZE")
     stylizer, names, weights, code = resolve_style(request, style, style_weights)
     assert stylizer.network is not None
     photo = await read_image(file, "file", settings.max_upload_bytes, settings.max_image_pixels)

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth import CallerDep, Principal
 from app.byte_ranges import Conditions, download, entity_tag, not_modified
-from app.contract import job_accepted_doc, problem_responses
+from app.contract import job_submission_responses, problem_responses
 from app.dependencies import KeysDep, QueueDep, RedisDep, SettingsDep
 from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue, enqueue_job
@@ -267,22 +267,7 @@ def _normalized_png(img: Image.Image, longest: int) -> bytes:
     status_code=202,
     response_model=JobStatus,
     summary="Submit a Gatys style-transfer optimization job",
-    responses={
-        202: job_accepted_doc(),
-        **problem_responses(
-            400,
-            409,
-            413,
-            415,
-            422,
-            429,
-            503,
-            d409="A request with the same Idempotency-Key is still being handled; retry to get its job.",
-            d422="A field is invalid, or the Idempotency-Key was used for a different request.",
-            d429="This API key already has ATELIER_MAX_JOBS_PER_KEY unfinished jobs.",
-            d503="ATELIER_MAX_QUEUED_JOBS jobs already wait, or Redis is unavailable.",
-        ),
-    },
+    responses=job_submission_responses(),
 )
 async def submit_optimize(
     request: Request,

@@ -292,6 +292,18 @@ def _parse_style(
     return names, weights
 
 
+def check_size(size: int | None, max_size: int, setting: str = "") -> None:
+    """A requested output size outside MIN_SIDE..``max_size`` is a 422 naming ``size`` (and the setting)."""
+    if size is not None and not MIN_SIDE <= size <= max_size:
+        bound = f"{max_size} ({setting})" if setting else str(max_size)
+        raise Problem(
+            422,
+            "validation-error",
+            f"'size' must be between {MIN_SIDE} and {bound}; got {size}.",
+            field="size",
+        )
+
+
 def resolve_style(
     request: Request, style: str, style_weights: str | None
 ) -> tuple[Stylizer, list[str], list[float], Tensor]:
@@ -369,13 +381,7 @@ async def stylize(
     await reject_unknown_fields(request, FORM_FIELDS)
     _require_one_style(style, style_image)
     max_size = settings.stylize_max_size
-    if size is not None and not MIN_SIDE <= size <= max_size:
-        raise Problem(
-            422,
-            "validation-error",
-            f"'size' must be between {MIN_SIDE} and {max_size}; got {size}.",
-            field="size",
-        )
+    check_size(size, max_size)
     if style_image is not None:
         return await _stylize_with_painting(
             request, settings, file, style_image, size, strength, preserve_color, format

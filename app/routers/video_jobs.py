@@ -17,7 +17,7 @@ from rq.job import Job
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import CallerDep
-from app.contract import job_accepted_doc, problem_responses
+from app.contract import job_submission_responses
 from app.dependencies import KeysDep, QueueDep, SettingsDep
 from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue, enqueue_job
@@ -194,26 +194,14 @@ def _painting_png(img: Any) -> bytes:
     response_model=JobStatus,
     summary="Submit a video stylization job",
     description=DESCRIPTION,
-    responses={
-        202: job_accepted_doc(),
-        **problem_responses(
-            400,
-            409,
-            413,
-            415,
-            422,
-            429,
-            503,
-            d409="A request with the same Idempotency-Key is still being handled; retry to get its job.",
-            d413="The video (or the request) has too many bytes, seconds, frames or pixels per frame, or "
-            "more output pixels in all than one job may stylize.",
-            d415="The file is not a video in an accepted container, or the body is not multipart/form-data.",
-            d422="A field is invalid, the video is truncated, corrupt, or has no video frames, or the "
-            "Idempotency-Key was used for a different request.",
-            d429="This API key already has ATELIER_MAX_JOBS_PER_KEY unfinished jobs.",
-            d503="The queue is full, a model is not loaded, or Redis is unavailable.",
-        ),
-    },
+    responses=job_submission_responses(
+        d413="The video (or the request) has too many bytes, seconds, frames or pixels per frame, or "
+        "more output pixels in all than one job may stylize.",
+        d415="The file is not a video in an accepted container, or the body is not multipart/form-data.",
+        d422="A field is invalid, the video is truncated, corrupt, or has no video frames, or the "
+        "Idempotency-Key was used for a different request.",
+        d503="The queue is full, a model is not loaded, or Redis is unavailable.",
+    ),
 )
 async def submit_stylize_video(
     request: Request,
