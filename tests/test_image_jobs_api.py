@@ -11,12 +11,14 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.main import create_app
 from core import style_store
 from core.store import JobKeys
 from core.style_store import CustomStyleMeta, StyleKeys
 from models.imaging import finish_stylized, pil_to_tensor
 from models.tiled import tile_passes
 from models.transformer import pad_to_multiple
+from tests.conftest import _purge, make_settings
 from tests.images import encode, photo_like, stripes
 
 PROBLEM = "application/problem+json"
@@ -185,6 +187,24 @@ def test_bad_photos_are_named(client) -> None:
         post_image(client, b"not an image at all", style=style), 415, "unsupported-media-type", "file"
     )
     assert_problem(post_image(client, None, style=style), 422, "validation-error", "file")
+
+
+def test_a_size_over_the_pixel_limit_is_refused_before_queueing(redis_url) -> None:
+    """Else the worker would refuse to decode the stored photo after the job had waited its turn."""
+    settings = make_settings(redis_url, "image-jobs-pixels", max_image_pixels=100_000)
+    try:
+        with TestClient(create_app(settings)) as small:
+            style = small.app.state.stylizer.names[0]
+            body = assert_problem(
+                post_image(small, encode(photo_like(64, 48)), style=style, size=400),
+                422,
+                "validation-error",
+                "size",
+            )
+            assert "ATELIER_MAX_IMAGE_PIXELS" in body["detail"] and small.app.state.queue.count == 0
+            assert post_image(small, encode(photo_like(64, 48)), style=style, size=300).status_code == 202
+    finally:
+        _purge(settings)
 
 
 def test_the_maximum_size_is_in_the_contract(client) -> None:

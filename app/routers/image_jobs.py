@@ -25,6 +25,7 @@ from app.dependencies import KeysDep, QueueDep, SettingsDep
 from app.idempotency import IdempotencyDep
 from app.job_admission import admit_and_enqueue, enqueue_job
 from app.job_wait import WaitDep
+from app.problems import Problem
 from app.routers.jobs import answered_status, replayed_status
 from app.routers.stylize import check_size, resolve_style
 from app.schemas import JobStatus
@@ -120,6 +121,14 @@ async def submit_stylize_image(
     photo = await read_image(file, "file", settings.max_upload_bytes, settings.max_image_pixels)
     longest = size if size is not None else min(max(photo.size), max_size)
     width, height = fit_longest(photo.width, photo.height, longest)
+    if width * height > settings.max_image_pixels:  # the worker refuses to decode more
+        raise Problem(
+            422,
+            "validation-error",
+            f"'size' {longest} would make {width}x{height} pixels, more than this server's "
+            f"{settings.max_image_pixels:,} (ATELIER_MAX_IMAGE_PIXELS); ask for a smaller size.",
+            field="size",
+        )
     content_png = await run_in_threadpool(_working_png, photo, (width, height))
     options = ImageJobOptions(
         width=width,
