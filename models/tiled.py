@@ -81,10 +81,11 @@ def plan_tiles(height: int, width: int, tile: int, margin: int, align: int = DOW
 
     ``height``, ``width``, ``tile`` and ``margin`` must be multiples of ``align``.
     """
-    sizes = {"height": height, "width": width, "tile": tile}
-    for name, value in sizes.items() | {("margin", margin + align)}:
+    for name, value in (("height", height), ("width", width), ("tile", tile)):
         if value % align or value <= 0:
             raise ValueError(f"{name} must be a positive multiple of {align}, got {value}")
+    if margin % align or margin < 0:
+        raise ValueError(f"margin must be a multiple of {align} (0 or more), got {margin}")
     tiles = []
     for top in range(0, height, tile):
         bottom = min(top + tile, height)

@@ -138,5 +138,7 @@ def test_tiles_cover_the_image_once() -> None:
         covered[t.top : t.bottom, t.left : t.right] += 1
         assert t.window_top == max(0, t.top - 16) and t.window_right == min(296, t.right + 16)
     assert bool((covered == 1).all())
-    with pytest.raises(ValueError, match="multiple of 4"):
+    with pytest.raises(ValueError, match="height must be a positive multiple of 4, got 201"):
         plan_tiles(201, 296, 64, 16)
+    with pytest.raises(ValueError, match=r"margin must be a multiple of 4 .* got 6"):
+        plan_tiles(200, 296, 64, 6)
