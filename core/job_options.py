@@ -13,12 +13,16 @@ from models.gatys import GatysOptions
 from models.video import OutputFormat
 
 
-def options_from_dict(raw: dict[str, Any]) -> GatysOptions:
-    """Rebuild options from the JSON payload; tuples arrive as lists, unknown keys are refused."""
-    known = {f.name for f in fields(GatysOptions)}
-    unknown = set(raw) - known
+def _refuse_unknown(raw: dict[str, Any], options: type) -> None:
+    """A payload key the options dataclass has no field for (another version's job) is an error."""
+    unknown = set(raw) - {f.name for f in fields(options)}
     if unknown:
         raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+
+
+def options_from_dict(raw: dict[str, Any]) -> GatysOptions:
+    """Rebuild options from the JSON payload; tuples arrive as lists, unknown keys are refused."""
+    _refuse_unknown(raw, GatysOptions)
     return GatysOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
@@ -47,10 +51,7 @@ class VideoJobOptions:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> VideoJobOptions:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(raw) - known
-        if unknown:
-            raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        _refuse_unknown(raw, cls)
         fps = raw.get("fps")
         return cls(**{**raw, "fps": tuple(fps) if fps else None})
 
@@ -86,7 +87,5 @@ class ImageJobOptions:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ImageJobOptions:
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        _refuse_unknown(raw, cls)
         return cls(**raw)

@@ -19,8 +19,7 @@ the image's own.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -121,30 +120,22 @@ class _Reached(Exception):
     """Raised by the hook on the norm being measured: the rest of the forward is not needed."""
 
 
-@contextmanager
-def _sums_of_input(norm: ConditionalInstanceNorm2d, tile_of_call: list[Tile]) -> Iterator[list[Tensor]]:
-    """Adds the norm's input over the current tile's core to [count, sum, sum of squares] (float64)."""
-    sums: list[Tensor] = []
+def _input_of(norm: ConditionalInstanceNorm2d, forward: Callable[[Tensor], object], window: Tensor) -> Tensor:
+    """What ``norm`` receives when ``forward`` runs on ``window``; the forward stops there."""
+    seen: list[Tensor] = []
 
     def hook(_module: torch.nn.Module, args: tuple[Tensor, ...]) -> None:
-        core = tile_of_call[0].core_of(args[0]).double()
-        found = (
-            torch.tensor(float(core.shape[-2] * core.shape[-1]), dtype=torch.float64),
-            core.sum(dim=(-2, -1)),
-            core.square().sum(dim=(-2, -1)),
-        )
-        if sums:
-            for total, part in zip(sums, found, strict=True):
-                total += part
-        else:
-            sums.extend(t.clone() for t in found)
+        seen.append(args[0])
         raise _Reached
 
     handle = norm.register_forward_pre_hook(hook)
     try:
-        yield sums
+        forward(window)
+    except _Reached:
+        return seen[0]
     finally:
         handle.remove()
+    raise RuntimeError("the forward pass never reached the norm being measured")  # pragma: no cover
 
 
 def _whole_image_statistics(
@@ -154,19 +145,15 @@ def _whole_image_statistics(
     norm: ConditionalInstanceNorm2d,
     on_tile: Callable[[], None],
 ) -> tuple[Tensor, Tensor]:
-    """The mean and spread of ``norm``'s input over the whole image, ``forward`` run on each window."""
-    current: list[Tile] = []
-    with _sums_of_input(norm, current) as sums:
-        for tile in tiles:
-            current[:] = [tile]
-            try:
-                forward(tile.window(image))
-            except _Reached:
-                pass
-            else:  # pragma: no cover - the norm belongs to the model, so the forward reaches it
-                raise RuntimeError("the forward pass never reached the norm being measured")
-            on_tile()
-    count, total, squares = sums
+    """The mean and spread of ``norm``'s input over the whole image (sums over the tiles' cores, in
+    float64), ``forward`` run on each window."""
+    count, total, squares = 0, torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    for tile in tiles:
+        core = tile.core_of(_input_of(norm, forward, tile.window(image))).double()
+        count += core.shape[-2] * core.shape[-1]
+        total = total + core.sum(dim=(-2, -1))
+        squares = squares + core.square().sum(dim=(-2, -1))
+        on_tile()
     mean = total / count
     variance = (squares / count - mean.square()).clamp_min(0.0)
     spread = (variance + INSTANCE_NORM_EPS).sqrt()
@@ -213,7 +200,8 @@ def tile_passes(model: TransformerNet, height: int, width: int, tile: int = DEFA
     if tiles == 1:
         return 1
     norms = per_image_norms(model)
-    encoder_pass = any(id(n) in _residual_norms(model) for n in norms)
+    in_residuals = _residual_norms(model)
+    encoder_pass = any(id(n) in in_residuals for n in norms)
     return tiles * (len(norms) + 1 + encoder_pass)
 
 
@@ -233,8 +221,6 @@ def stylize_tiled(
     """
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected one image, 1×3×H×W, got {tuple(image.shape)}")
-    if tile % DOWNSAMPLE or tile <= 0 or margin % DOWNSAMPLE or margin < 0:
-        raise ValueError(f"tile and margin must be multiples of {DOWNSAMPLE}, tile > 0")
     padded, height, width = pad_to_multiple(image)
     tiles = plan_tiles(padded.shape[-2], padded.shape[-1], tile, margin)
     total = tile_passes(model, height, width, tile)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 
 import numpy as np
 import pytest
@@ -20,8 +19,7 @@ from models.tiled import tile_passes
 from models.transformer import pad_to_multiple
 from tests.conftest import _purge, make_settings
 from tests.images import encode, photo_like, stripes
-
-PROBLEM = "application/problem+json"
+from tests.job_api import assert_problem, wait_for
 
 
 def post_image(client: TestClient, photo: bytes | None, **form):
@@ -34,27 +32,6 @@ def submit(client: TestClient, photo: Image.Image, **form) -> dict:
     assert resp.status_code == 202, resp.text
     assert resp.headers["location"] == f"/jobs/{resp.json()['id']}"
     return resp.json()
-
-
-def wait_for(
-    client: TestClient, job_id: str, states: set[str], timeout_s: float = 180.0, predicate=None
-) -> dict:
-    deadline = time.monotonic() + timeout_s
-    body: dict = {}
-    while time.monotonic() < deadline:
-        body = client.get(f"/jobs/{job_id}").json()
-        if body["state"] in states and (predicate is None or predicate(body)):
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not reach {states} in {timeout_s}s; last: {body}")
-
-
-def assert_problem(resp, status: int, slug: str, field: str) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith(PROBLEM)
-    body = resp.json()
-    assert body["type"] == f"/problems/{slug}" and body["field"] == field, body
-    return body
 
 
 def stored_photo(client: TestClient, job_id: str) -> Image.Image:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import io
-import time
 
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from tests.images import encode, photo_like, stripes
+from tests.job_api import assert_problem, wait_for
 from tests.videos import audio_only_mp4, make_clip, streams, zero_frame_webm
 
-PROBLEM = "application/problem+json"
 MIB = 1024 * 1024
 
 
@@ -30,27 +29,6 @@ def submit(client: TestClient, data: bytes, **form) -> dict:
     assert resp.status_code == 202, resp.text
     assert resp.headers["location"] == f"/jobs/{resp.json()['id']}"
     return resp.json()
-
-
-def wait_for(
-    client: TestClient, job_id: str, states: set[str], timeout_s: float = 180.0, predicate=None
-) -> dict:
-    deadline = time.monotonic() + timeout_s
-    body: dict = {}
-    while time.monotonic() < deadline:
-        body = client.get(f"/jobs/{job_id}").json()
-        if body["state"] in states and (predicate is None or predicate(body)):
-            return body
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} did not reach {states} in {timeout_s}s; last: {body}")
-
-
-def assert_problem(resp, status: int, slug: str, field: str) -> dict:
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith(PROBLEM)
-    body = resp.json()
-    assert body["type"] == f"/problems/{slug}" and body["field"] == field, body
-    return body
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,6 @@ def stylize_image_job(options: dict[str, Any]) -> dict[str, Any]:
         network = load_network(settings.weights_dir)
         if network.manifest.network.version != opts.network:
             raise ValueError("the style network was replaced after the job was queued; submit the job again")
-        model = network.model.cpu().eval()
         code = torch.tensor([opts.code], dtype=torch.float32)
         photo = load_image(run.redis, keys.content(job.id), "photo", settings.max_image_pixels)
         if photo.size != (opts.width, opts.height):
@@ -47,7 +46,7 @@ def stylize_image_job(options: dict[str, Any]) -> dict[str, Any]:
         def on_tile(done: int, total: int, partial: torch.Tensor | None) -> None:
             progress.report(done, total, {}, None if partial is None else lambda: _preview(partial))
 
-        stylized = stylize_tiled(model, pixels, code, on_progress=on_tile)
+        stylized = stylize_tiled(network.model, pixels, code, on_progress=on_tile)  # on the CPU, eval
         result = finish_stylized(photo, pixels, stylized, opts.strength, opts.preserve_color)
         png = encode_image(result, "png")
         info = {"width": photo.width, "height": photo.height, "bytes": len(png)}

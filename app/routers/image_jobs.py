@@ -33,7 +33,7 @@ from app.uploads import ACCEPTED_DESCRIPTION, read_image, reject_unknown_fields
 from app.webhooks import WebhookUrlForm, accepted_target
 from core.job_options import ImageJobOptions
 from core.store import IMAGE_JOB_FUNC
-from models.imaging import encode_image, fit_longest
+from models.imaging import encode_image, fit_longest, resize_longest
 from models.tiled import tile_passes
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -55,11 +55,10 @@ output has finer strokes relative to the picture.
 """
 
 
-def _working_png(img: Image.Image, size: tuple[int, int]) -> bytes:
-    """The photo at the job's output size, as PNG (what the worker reads back)."""
-    if img.size != size:
-        shrinking = size[0] < img.width
-        img = img.resize(size, Image.Resampling.LANCZOS if shrinking else Image.Resampling.BICUBIC)
+def _working_png(img: Image.Image, longest: int) -> bytes:
+    """The photo at the job's output size (larger or smaller), as PNG (what the worker reads back)."""
+    if max(img.size) != longest:
+        img = resize_longest(img, longest)
     return encode_image(img, "png")
 
 
@@ -129,7 +128,7 @@ async def submit_stylize_image(
             f"{settings.max_image_pixels:,} (ATELIER_MAX_IMAGE_PIXELS); ask for a smaller size.",
             field="size",
         )
-    content_png = await run_in_threadpool(_working_png, photo, (width, height))
+    content_png = await run_in_threadpool(_working_png, photo, longest)
     options = ImageJobOptions(
         width=width,
         height=height,

@@ -3,9 +3,11 @@
 // style is in every gallery without a reload. The styles made so far are listed, each with a way
 // to use it and a delete button (DELETE /styles/{name}, after a confirmation).
 
-import { request, submitJob } from './api.js';
+import { request } from './api.js';
 import { LossChart } from './chart.js';
-import { JobPreview, JobTracker, TERMINAL, fetchResult, jobMemory, jobParts } from './jobs.js';
+import {
+  JobPreview, JobTracker, TERMINAL, fetchResult, jobMemory, jobParts, sendJobForm,
+} from './jobs.js';
 import { customStyles, initials, onStylesChanged, refreshStyles, thumbnailUrl } from './styles.js';
 import { selectInGallery } from './stylize.js';
 import { $, clearProblem, confirmDelete, el, setupDropzone, showBlob, showProblem } from './ui.js';
@@ -120,18 +122,10 @@ export function setupCustomStyles({ capabilities }) {
       const value = fields[key].value.trim();
       if (value !== '') data.append(key, value);
     }
-    submit.disabled = true;
-    status.textContent = 'Uploading…';
-    try {
-      const job = await submitJob('/styles', data);
-      status.textContent = `Learning “${name}”: a queue worker trains it; follow it here.`;
-      tracker.start(job);
-    } catch (error) {
-      status.textContent = '';
-      showProblem(errorBox, error, fields);
-    } finally {
-      submit.disabled = false;
-    }
+    const job = await sendJobForm('/styles', data, { submit, status, errorBox, fields });
+    if (!job) return;
+    status.textContent = `Learning “${name}”: a queue worker trains it; follow it here.`;
+    tracker.start(job);
   });
 
   onStylesChanged(() => renderList());

@@ -125,22 +125,14 @@ export function setupJobs({ capabilities }) {
       if (fields[name].value !== '') data.append(name, fields[name].value);
     }
     data.append('preserve_color', String(fields.preserve_color.checked));
-    submit.disabled = true;
-    status.textContent = 'Uploading…';
-    try {
-      const job = await submitJob('/jobs/optimize', data);
-      status.textContent = 'Job submitted; its progress is shown on the right.';
-      remember({
-        id: job.id, state: job.state, submittedAt: Date.now(),
-        size: job.options?.size ?? fields.size.value, steps: job.progress.total_steps,
-      });
-      view.open(job.id, job);
-    } catch (error) {
-      status.textContent = '';
-      showProblem(errorBox, error, fields);
-    } finally {
-      submit.disabled = false;
-    }
+    const job = await sendJobForm('/jobs/optimize', data, { submit, status, errorBox, fields });
+    if (!job) return;
+    status.textContent = 'Job submitted; its progress is shown on the right.';
+    remember({
+      id: job.id, state: job.state, submittedAt: Date.now(),
+      size: job.options?.size ?? fields.size.value, steps: job.progress.total_steps,
+    });
+    view.open(job.id, job);
   });
 
   const latest = loadRecent()[0];
@@ -442,6 +434,25 @@ class GatysJobView {
     } catch (error) {
       this.tracker.fail(error);
     }
+  }
+}
+
+/**
+ * POST a job form from one of the tools: its button is disabled and its status says "Uploading…"
+ * while the request runs; a refusal is shown next to the form's fields. Resolves to the job, or to
+ * null when there is none (the problem is on display).
+ */
+export async function sendJobForm(path, data, { submit, status, errorBox, fields }) {
+  submit.disabled = true;
+  status.textContent = 'Uploading…';
+  try {
+    return await submitJob(path, data);
+  } catch (error) {
+    status.textContent = '';
+    showProblem(errorBox, error, fields);
+    return null;
+  } finally {
+    submit.disabled = false;
   }
 }
 

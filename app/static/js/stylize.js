@@ -3,9 +3,11 @@
 // job is followed here (the picture appears tile by tile). The gallery itself (renderGallery) is
 // shared with the video tool.
 
-import { parseServerTiming, request, submitJob } from './api.js';
+import { parseServerTiming, request } from './api.js';
 import { closeCamera, grabFrame, openCamera } from './camera.js';
-import { JobPreview, JobTracker, TERMINAL, jobMemory, jobParts } from './jobs.js';
+import {
+  JobPreview, JobTracker, TERMINAL, jobMemory, jobParts, sendJobForm,
+} from './jobs.js';
 import { initials, onStylesChanged, servedStyles, thumbnailUrl } from './styles.js';
 import {
   $, bindRange, clearProblem, el, formatMs, setFiles, setupDropzone, showBlob, showProblem,
@@ -169,19 +171,11 @@ function setupLargeJobs(capabilities, sizeInput, { result, download, timing, for
   tracker.resume();
   return {
     wanted: (size) => size > now,
-    async submit(data, { submit, status, errorBox, fields }) {
-      submit.disabled = true;
-      status.textContent = 'Uploading…';
-      try {
-        const job = await submitJob('/jobs/stylize-image', data);
-        status.textContent = 'A large photo: painted by a queue worker, followed below.';
-        tracker.start(job);
-      } catch (error) {
-        status.textContent = '';
-        showProblem(errorBox, error, fields);
-      } finally {
-        submit.disabled = false;
-      }
+    async submit(data, form) {
+      const job = await sendJobForm('/jobs/stylize-image', data, form);
+      if (!job) return;
+      form.status.textContent = 'A large photo: painted by a queue worker, followed below.';
+      tracker.start(job);
     },
   };
 }

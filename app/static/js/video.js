@@ -2,12 +2,13 @@
 // from the same gallery as photos, follow the job frame by frame (frames done, frames/s, time left),
 // cancel it, then play and download the result. The job on display comes back after a reload.
 
-import { submitJob } from './api.js';
 import { ServerJobList } from './job-list.js';
-import { JobPreview, JobTracker, TERMINAL, fetchResult, jobMemory, jobParts } from './jobs.js';
+import {
+  JobPreview, JobTracker, TERMINAL, fetchResult, jobMemory, jobParts, sendJobForm,
+} from './jobs.js';
 import { onStylesChanged, servedStyles } from './styles.js';
 import { OWN_STYLE, galleryChoice, renderGallery, reportMissing } from './stylize.js';
-import { $, clearProblem, formatMs, releaseMedia, setupDropzone, showMedia, showProblem } from './ui.js';
+import { $, clearProblem, formatMs, releaseMedia, setupDropzone, showMedia } from './ui.js';
 
 const memory = jobMemory('atelier.videoJob');
 const EXTENSIONS = { 'video/mp4': 'mp4', 'video/webm': 'webm', 'image/gif': 'gif' };
@@ -126,18 +127,10 @@ export function setupVideo({ capabilities }) {
       if (fields[name].value !== '') data.append(name, fields[name].value);
     }
     data.append('format', fields.format.value);
-    submit.disabled = true;
-    status.textContent = 'Uploading…';
-    try {
-      const job = await submitJob('/jobs/stylize-video', data);
-      status.textContent = 'Job submitted: follow it frame by frame here.';
-      tracker.start(job);
-    } catch (error) {
-      status.textContent = '';
-      showProblem(errorBox, error, fields);
-    } finally {
-      submit.disabled = false;
-    }
+    const job = await sendJobForm('/jobs/stylize-video', data, { submit, status, errorBox, fields });
+    if (!job) return;
+    status.textContent = 'Job submitted: follow it frame by frame here.';
+    tracker.start(job);
   });
 
   tracker.resume();
